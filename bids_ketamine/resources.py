@@ -198,3 +198,21 @@ def get_template(name: str = DEFAULT_TEMPLATE, *, allow_fallback: bool = True) -
         OFFLINE_TEMPLATE,
     )
     return _nilearn_template()
+
+
+def template_grid(template: Template, resolution: float) -> nib.Nifti1Image:
+    """An empty image on the template's field of view with ``resolution`` mm voxels.
+
+    Used as the output grid of template-space maps (the template files are 1 mm; maps are
+    written at the DWI's order of resolution).
+    """
+    ref = nib.load(template.mask)
+    zooms = np.array(ref.header.get_zooms()[:3], dtype=float)
+    shape = np.ceil(np.array(ref.shape[:3]) * zooms / resolution).astype(int)
+    affine = ref.affine.copy()
+    affine[:3, :3] = ref.affine[:3, :3] / zooms * resolution
+    # keep the field of view centred on the template's
+    centre_old = ref.affine @ np.r_[(np.array(ref.shape[:3]) - 1) / 2.0, 1.0]
+    centre_new = affine @ np.r_[(shape - 1) / 2.0, 1.0]
+    affine[:3, 3] += (centre_old - centre_new)[:3]
+    return nib.Nifti1Image(np.zeros(tuple(shape), dtype=np.uint8), affine)

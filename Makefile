@@ -1,0 +1,29 @@
+# bids_ketamine: the two entry points of README.md.
+#   make demo   install the app and run it on the built-in simulated trial
+#   make test   install system tools + the app with its test extra, then run every test
+PYTHON ?= python3
+SYSTEM_PACKAGES = mrtrix3 chromium chromium-driver slurm-wlm munge
+
+.PHONY: demo test test-fast system-deps
+
+demo:
+	$(PYTHON) -m pip install . && bids-ketamine-demo demo_output
+
+# Reference tools used by the tests (MRtrix3 for denoising/tensor agreement, Chromium for
+# the reports, Slurm for the HPC test). Installed only where we are root with apt-get;
+# elsewhere the tests that need them skip with a message.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else echo "not root or no apt-get: tests that need $(SYSTEM_PACKAGES) will skip"; fi
+
+test: system-deps
+	$(PYTHON) -m pip install -q -e '.[test]'
+	$(PYTHON) -m pytest -m "slow or not slow" -p no:cacheprovider
+
+test-fast:
+	$(PYTHON) -m pytest

@@ -1,0 +1,243 @@
+"""Loading and checking a DWI series and its gradient table.
+
+Conventions (docs/dwi-conventions in the project's shared docs):
+
+- ``.bvec`` files follow FSL/BIDS: vectors in the image's *voxel* axes, with the x component
+  negated when the voxel-to-world affine has a positive determinant.  Internally we work with
+  *voxel-frame* vectors (no FSL flip) of the RAS+-reoriented image, and convert back when
+  writing ``.bvec`` files.
+- b-values are rounded to the nearest 50 s/mm^2 for shell detection; b <= ``b0_threshold``
+  counts as b=0.
+- The tensor is fitted to b=0 and the shells at or below ``dti_max_bval``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+from bids_ketamine.errors import InputError
+
+#: Tolerance on the norm of a b>0 gradient vector before it is an error.
+UNIT_NORM_TOLERANCE = 0.1
+
+
+class DwiInputError(InputError):
+    """A DWI series cannot be processed as it is."""
+
+
+@dataclass
+class DwiSeriesData:
+    """A loaded, checked, RAS+-reoriented DWI series.
+
+    Attributes
+    ----------
+    img : nibabel.Nifti1Image
+        4-D image, RAS+ voxel order, float32 data.
+    bvals : ndarray, shape (n,)
+        b-values as written (s/mm^2), b <= b0_threshold set to 0.
+    bvecs : ndarray, shape (n, 3)
+        Unit gradient directions in the voxel frame of ``img`` (zeros for b=0).
+    warnings : list of str
+        Problems that were repaired (and must be reported), e.g. NaN voxels set to 0.
+    """
+
+    img: nib.Nifti1Image
+    bvals: np.ndarray
+    bvecs: np.ndarray
+    warnings: list[str]
+
+
+def fsl_flip(affine: np.ndarray) -> np.ndarray:
+    """The sign vector that converts between FSL bvecs and voxel-frame vectors.
+
+    FSL negates the x component for images whose affine has a positive determinant.
+    """
+    return np.array([-1.0, 1.0, 1.0]) if np.linalg.det(affine[:3, :3]) > 0 else np.ones(3)
+
+
+def read_gradients(bval_path: Path, bvec_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read FSL-format bval/bvec files, checking their shape.
+
+    Returns
+    -------
+    bvals : ndarray, shape (n,)
+    bvecs : ndarray, shape (n, 3)
+        As written in the file (FSL convention).
+    """
+    try:
+        bvals = np.loadtxt(bval_path, ndmin=1).astype(float).ravel()
+    except (ValueError, OSError) as err:
+        raise DwiInputError(f"'{bval_path}' is not a readable list of numbers ({err}); fix the file") from None
+    try:
+        bvecs = np.loadtxt(bvec_path, ndmin=2).astype(float)
+    except (ValueError, OSError) as err:
+        raise DwiInputError(f"'{bvec_path}' is not a readable table of numbers ({err}); fix the file") from None
+    if bvecs.shape[0] == 3 and bvecs.shape[1] != 3:
+        bvecs = bvecs.T
+    elif bvecs.shape == (3, 3):
+        bvecs = bvecs.T  # FSL layout: one row per axis
+    if bvecs.ndim != 2 or bvecs.shape[1] != 3:
+        raise DwiInputError(
+            f"'{bvec_path}' must have 3 rows (x, y, z) of one value per volume; it has shape {bvecs.shape}"
+        )
+    if len(bvals) != len(bvecs):
+        raise DwiInputError(
+            f"'{bval_path}' lists {len(bvals)} b-values but '{bvec_path}' {len(bvecs)} vectors; "
+            "they must list one per volume"
+        )
+    return bvals, bvecs
+
+
+def load_image(path: Path) -> nib.Nifti1Image:
+    """Load a NIfTI image, turning unreadable files into one clear error."""
+    path = Path(path)
+    if not path.exists():
+        raise DwiInputError(f"'{path}' does not exist")
+    if path.stat().st_size == 0:
+        raise DwiInputError(f"'{path}' is empty (0 bytes): re-export or re-copy the image")
+    try:
+        img = nib.load(str(path))
+        img.get_fdata(dtype=np.float32)  # force reading: catches truncated files now
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error, ValueError,
+            nib.filebasedimages.ImageFileError) as err:
+        raise DwiInputError(
+            f"'{path}' cannot be read as NIfTI ({type(err).__name__}: {err}); the file is probably "
+            "truncated or corrupt: re-export or re-copy it"
+        ) from None
+    return img
+
+
+def reorient_to_ras(img: nib.Nifti1Image, bvecs_voxel: np.ndarray) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Reorient an image to RAS+ voxel order, and its voxel-frame gradients with it.
+
+    Parameters
+    ----------
+    img : Nifti1Image
+    bvecs_voxel : ndarray, shape (n, 3)
+        Gradient directions in the voxel frame of ``img`` (no FSL flip).
+
+    Returns
+    -------
+    img_ras : Nifti1Image
+    bvecs_ras : ndarray, shape (n, 3)
+        The same physical directions in the voxel frame of ``img_ras``.
+    """
+    current = io_orientation(img.affine)
+    target = axcodes2ornt(("R", "A", "S"))
+    transform = ornt_transform(current, target)
+    img_ras = img.as_reoriented(transform)
+    bvecs_ras = np.zeros_like(bvecs_voxel)
+    for old_axis, (new_axis, flip) in enumerate(transform):
+        bvecs_ras[:, int(new_axis)] = flip * bvecs_voxel[:, old_axis]
+    return img_ras, bvecs_ras
+
+
+def load_dwi_series(
+    dwi_path: Path,
+    bval_path: Path | None,
+    bvec_path: Path | None,
+    *,
+    b0_threshold: float = 50.0,
+) -> DwiSeriesData:
+    """Load and check one DWI series; return it RAS+-oriented with voxel-frame gradients.
+
+    Checks (each failure raises :class:`DwiInputError` naming the file and the fix): the
+    image is readable and 4-D; bval/bvec exist and have one entry per volume; b>0 vectors
+    are unit length (within 10 %, then renormalised); there is at least one b=0 volume.
+    Non-finite voxels are set to 0 and reported in ``warnings``.
+    """
+    dwi_path = Path(dwi_path)
+    if bval_path is None or not Path(bval_path).exists() or bvec_path is None or not Path(bvec_path).exists():
+        stem = dwi_path.name.split(".")[0]
+        raise DwiInputError(
+            f"'{dwi_path}' has no {stem}.bval/{stem}.bvec beside it: add the gradient files "
+            "(dcm2niix writes them)"
+        )
+    img = load_image(dwi_path)
+    if img.ndim != 4:
+        raise DwiInputError(
+            f"'{dwi_path}' is {img.ndim}-D but a DWI series must be 4-D (one volume per gradient); "
+            "if it is not diffusion data, rename it or exclude it with --bids-filter-file"
+        )
+    bvals, bvecs = read_gradients(Path(bval_path), Path(bvec_path))
+    n_volumes = img.shape[3]
+    if len(bvals) != n_volumes:
+        raise DwiInputError(
+            f"'{dwi_path}' has {n_volumes} volumes but '{bval_path}' lists {len(bvals)} b-values; "
+            "the gradient files must describe every volume (re-export with dcm2niix)"
+        )
+    bvals = np.where(bvals <= b0_threshold, 0.0, bvals)
+    diffusion = bvals > 0
+    if not np.any(~diffusion):
+        raise DwiInputError(
+            f"'{dwi_path}' has no b=0 volume (lowest b-value {bvals.min():g} > --b0-threshold "
+            f"{b0_threshold:g}); the tensor fit needs one: raise --b0-threshold if the lowest shell is b=0-like"
+        )
+    norms = np.linalg.norm(bvecs, axis=1)
+    bad = diffusion & (np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE)
+    if np.any(bad):
+        first = int(np.flatnonzero(bad)[0])
+        raise DwiInputError(
+            f"'{bvec_path}' has {int(bad.sum())} zero or non-unit vector(s) for b>0 volumes "
+            f"(first: volume {first}, norm {norms[first]:.3f}); fix the file (every b>0 vector must "
+            "have length 1)"
+        )
+    bvecs = np.where(diffusion[:, None], bvecs / np.where(norms > 0, norms, 1.0)[:, None], 0.0)
+
+    warnings: list[str] = []
+    data = img.get_fdata(dtype=np.float32)
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_bad = int((~finite.all(axis=3)).sum())
+        data = np.where(finite, data, 0.0).astype(np.float32)
+        warnings.append(f"{n_bad} voxel(s) with NaN or Inf values in '{dwi_path.name}' were set to 0 "
+                        "and left out of the brain mask")
+    header = img.header.copy()
+    header.set_data_dtype(np.float32)
+    clean = nib.Nifti1Image(data, img.affine, header)
+    clean.header.set_xyzt_units("mm", "sec")
+    vox_bvecs = bvecs * fsl_flip(img.affine)
+    img_ras, bvecs_ras = reorient_to_ras(clean, vox_bvecs)
+    return DwiSeriesData(img=img_ras, bvals=bvals, bvecs=bvecs_ras, warnings=warnings)
+
+
+def round_bvals(bvals: np.ndarray, step: float = 50.0) -> np.ndarray:
+    """Round b-values to the nearest ``step`` (995, 1000, 1005 -> 1000)."""
+    return np.round(np.asarray(bvals, dtype=float) / step) * step
+
+
+def shells(bvals: np.ndarray) -> dict[float, int]:
+    """Number of volumes per (rounded) shell, b=0 included."""
+    rounded = round_bvals(bvals)
+    values, counts = np.unique(rounded, return_counts=True)
+    return {float(v): int(c) for v, c in zip(values, counts)}
+
+
+def dti_volumes(bvals: np.ndarray, dti_max_bval: float = 1500.0) -> np.ndarray:
+    """Indices of the volumes the tensor is fitted to: b=0 and shells <= ``dti_max_bval``."""
+    rounded = round_bvals(bvals)
+    selected = np.flatnonzero(rounded <= dti_max_bval)
+    if not np.any(rounded[selected] > 0):
+        lowest = float(rounded[rounded > 0].min()) if np.any(rounded > 0) else 0.0
+        raise DwiInputError(
+            f"no diffusion-weighted shell at or below --dti-max-bval {dti_max_bval:g} "
+            f"(lowest shell b={lowest:g}); raise --dti-max-bval"
+        )
+    return selected
+
+
+def write_fsl_gradients(bvals: np.ndarray, bvecs_voxel: np.ndarray, affine: np.ndarray,
+                        bval_path: Path, bvec_path: Path) -> None:
+    """Write voxel-frame gradients as FSL/BIDS ``.bval``/``.bvec`` files for ``affine``."""
+    from bids_ketamine.utils.atomic import atomic_write_text
+
+    fsl = np.asarray(bvecs_voxel, dtype=float) * fsl_flip(affine)
+    atomic_write_text(bval_path, " ".join(f"{b:g}" for b in bvals) + "\n")
+    atomic_write_text(bvec_path, "\n".join(" ".join(f"{v:.6f}" for v in row) for row in fsl.T) + "\n")

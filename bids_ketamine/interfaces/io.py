@@ -1,0 +1,100 @@
+"""Input and output interfaces: loading a DWI series, writing derivatives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+from bids_ketamine.dwi.gradients import load_dwi_series, write_fsl_gradients
+
+
+def read_voxel_gradients(bval_file: str, bvec_file: str, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Read FSL gradient files written for ``affine`` back into voxel-frame vectors."""
+    from bids_ketamine.dwi.gradients import fsl_flip, read_gradients
+
+    bvals, bvecs = read_gradients(Path(bval_file), Path(bvec_file))
+    return bvals, bvecs * fsl_flip(affine)
+
+
+class _LoadDWIInputSpec(BaseInterfaceInputSpec):
+    dwi_file = File(exists=True, mandatory=True, desc="raw DWI series (4-D NIfTI)")
+    bval_file = File(exists=True, mandatory=True, desc="its .bval")
+    bvec_file = File(exists=True, mandatory=True, desc="its .bvec")
+    b0_threshold = traits.Float(50.0, usedefault=True, desc="b-values at or below count as b=0")
+
+
+class _LoadDWIOutputSpec(TraitedSpec):
+    dwi_file = File(exists=True, desc="checked DWI, RAS+ voxel order, float32")
+    bval_file = File(exists=True, desc="b-values (b <= threshold set to 0)")
+    bvec_file = File(exists=True, desc="FSL-convention b-vectors of the RAS+ image")
+    warnings = traits.List(traits.Str, desc="problems repaired on loading")
+
+
+class LoadDWI(SimpleInterface):
+    """Check a DWI series and reorient it to RAS+ with its gradients (one call:
+    :func:`bids_ketamine.dwi.gradients.load_dwi_series`)."""
+
+    input_spec = _LoadDWIInputSpec
+    output_spec = _LoadDWIOutputSpec
+
+    def _run_interface(self, runtime):
+        series = load_dwi_series(Path(self.inputs.dwi_file), Path(self.inputs.bval_file),
+                                 Path(self.inputs.bvec_file), b0_threshold=self.inputs.b0_threshold)
+        out = Path(runtime.cwd)
+        self._results["dwi_file"] = str(out / "dwi_ras.nii.gz")
+        self._results["bval_file"] = str(out / "dwi_ras.bval")
+        self._results["bvec_file"] = str(out / "dwi_ras.bvec")
+        series.img.to_filename(self._results["dwi_file"])
+        write_fsl_gradients(series.bvals, series.bvecs, series.img.affine,
+                            Path(self._results["bval_file"]), Path(self._results["bvec_file"]))
+        self._results["warnings"] = list(series.warnings)
+        return runtime
+
+
+class _DerivativesSinkInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, xor=["content"], desc="file to copy into the derivatives")
+    content = traits.Dict(xor=["in_file"], desc="or: a dict written as JSON")
+    out_path = traits.Str(mandatory=True, desc="final path, absolute")
+
+
+class _DerivativesSinkOutputSpec(TraitedSpec):
+    out_file = File(desc="the written derivative")
+
+
+class DerivativesSink(SimpleInterface):
+    """Copy one result to its BIDS-derivatives name, atomically, with its sidecar.
+
+    The file appears under its final name only once complete (written to a temporary name
+    in the same folder, then renamed), so an interrupted run never leaves half a file.
+    """
+
+    input_spec = _DerivativesSinkInputSpec
+    output_spec = _DerivativesSinkOutputSpec
+    #: always copy, even when nipype has the node cached: a deleted output is written again
+    always_run = True
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.utils.atomic import atomic_copy, atomic_write_text
+
+        target = Path(self.inputs.out_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isdefined(self.inputs.in_file):
+            atomic_copy(self.inputs.in_file, target)
+        elif isdefined(self.inputs.content):
+            atomic_write_text(target, json.dumps(self.inputs.content, indent=2, sort_keys=True,
+                                                 default=str) + "\n")
+        else:
+            raise ValueError(f"nothing to write to {target}: give in_file or content")
+        self._results["out_file"] = str(target)
+        return runtime

@@ -1,0 +1,225 @@
+"""Registration interfaces: within-subject midpoint space, template registration, warping.
+
+Transforms are stored as files so that every node can be rerun from its inputs:
+
+- ``from-dwi_to-midpoint`` rigid transforms are 4x4 matrices (text) mapping a point's world
+  coordinates (mm) in the session's DWI space to world coordinates in the midpoint space.
+- The midpoint -> template registration is saved by
+  :meth:`bids_ketamine.dwi.registration.TemplateRegistration.save`.
+
+A native image is mapped through the midpoint into the template by giving it the affine
+``rigid @ affine``: its voxels expressed in midpoint world coordinates.  No data are resampled
+more than once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    InputMultiObject,
+    OutputMultiObject,
+    SimpleInterface,
+    TraitedSpec,
+    traits,
+)
+
+
+def _in_midpoint_world(img: nib.Nifti1Image, rigid: np.ndarray) -> nib.Nifti1Image:
+    """The same voxels, with an affine that places them in midpoint world coordinates."""
+    return nib.Nifti1Image(np.asanyarray(img.dataobj), rigid @ img.affine, img.header)
+
+
+class _MidpointInputSpec(BaseInterfaceInputSpec):
+    b0_files = InputMultiObject(File(exists=True), mandatory=True, desc="mean b=0 of each series")
+    mask_files = InputMultiObject(File(exists=True), mandatory=True, desc="brain mask of each series")
+    n_threads = traits.Int(1, usedefault=True, desc="threads")
+
+
+class _MidpointOutputSpec(TraitedSpec):
+    xfm_files = OutputMultiObject(File(exists=True), desc="rigid series -> midpoint (4x4 text)")
+    midpoint_file = File(exists=True, desc="mean b=0 in the midpoint space")
+    midpoint_mask = File(exists=True, desc="brain mask in the midpoint space")
+
+
+class MidpointSpace(SimpleInterface):
+    """Register a subject's series to their unbiased within-subject midpoint
+    (:func:`bids_ketamine.dwi.registration.midpoint_space`).  With one series, the midpoint is
+    the series itself (identity transform)."""
+
+    input_spec = _MidpointInputSpec
+    output_spec = _MidpointOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.registration import midpoint_space
+
+        out = Path(runtime.cwd)
+        images = [nib.load(f) for f in self.inputs.b0_files]
+        masks = [nib.load(f) for f in self.inputs.mask_files]
+        if len(images) == 1:
+            transforms = [np.eye(4)]
+            midpoint_img, midpoint_mask = images[0], masks[0]
+        else:
+            result = midpoint_space(images, masks)
+            transforms = result.to_midpoint
+            midpoint_img, midpoint_mask = result.image, result.mask
+        xfm_files = []
+        for index, matrix in enumerate(transforms):
+            path = out / f"series{index:02d}_to_midpoint.txt"
+            np.savetxt(path, np.asarray(matrix, dtype=float), fmt="%.10f")
+            xfm_files.append(str(path))
+        self._results["xfm_files"] = xfm_files
+        self._results["midpoint_file"] = str(out / "midpoint_b0.nii.gz")
+        self._results["midpoint_mask"] = str(out / "midpoint_mask.nii.gz")
+        nib.Nifti1Image(np.asarray(midpoint_img.dataobj, dtype=np.float32), midpoint_img.affine).to_filename(
+            self._results["midpoint_file"])
+        nib.Nifti1Image((np.asarray(midpoint_mask.dataobj) > 0.5).astype(np.uint8),
+                        midpoint_mask.affine).to_filename(self._results["midpoint_mask"])
+        return runtime
+
+
+class _TemplateRegistrationInputSpec(BaseInterfaceInputSpec):
+    moving_file = File(exists=True, mandatory=True, desc="b=0 image to register (midpoint or session)")
+    moving_mask = File(exists=True, mandatory=True, desc="its brain mask")
+    template = traits.Str(mandatory=True, desc="template name (resources.get_template)")
+    n_threads = traits.Int(1, usedefault=True, desc="threads")
+
+
+class _TemplateRegistrationOutputSpec(TraitedSpec):
+    registration_dir = traits.Directory(exists=True, desc="saved registration (TemplateRegistration.load)")
+    affine_file = File(exists=True, desc="affine part, 4x4 text")
+    warped_file = File(exists=True, desc="moving image in template space (for QC)")
+
+
+class TemplateRegistration(SimpleInterface):
+    """Register a b=0 image to the template's b=0-like contrast: affine, then SyN
+    (:func:`bids_ketamine.dwi.registration.register_to_template`)."""
+
+    input_spec = _TemplateRegistrationInputSpec
+    output_spec = _TemplateRegistrationOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.registration import register_to_template, template_b0_contrast
+        from bids_ketamine.resources import get_template
+
+        template = get_template(self.inputs.template)
+        fixed = template_b0_contrast(template)
+        fixed_mask = nib.load(template.mask)
+        registration = register_to_template(nib.load(self.inputs.moving_file), nib.load(self.inputs.moving_mask),
+                                            fixed, fixed_mask, n_threads=self.inputs.n_threads)
+        out = Path(runtime.cwd) / "registration"
+        out.mkdir(exist_ok=True)
+        registration.save(out)
+        self._results["registration_dir"] = str(out)
+        self._results["affine_file"] = str(out / "affine.txt")
+        np.savetxt(self._results["affine_file"], np.asarray(registration.affine), fmt="%.10f")
+        self._results["warped_file"] = str(Path(runtime.cwd) / "warped_b0.nii.gz")
+        registration.to_template(nib.load(self.inputs.moving_file), order=1).to_filename(
+            self._results["warped_file"])
+        return runtime
+
+
+class _WarpAtlasInputSpec(BaseInterfaceInputSpec):
+    atlas_file = File(exists=True, mandatory=True, desc="atlas labels in template space")
+    reference_file = File(exists=True, mandatory=True, desc="an image on the native DWI grid")
+    rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
+    registration_dir = traits.Directory(exists=True, mandatory=True, desc="midpoint -> template")
+
+
+class _WarpAtlasOutputSpec(TraitedSpec):
+    dseg_file = File(exists=True, desc="atlas labels on the native grid")
+
+
+class WarpAtlasToNative(SimpleInterface):
+    """Bring the atlas into a series' native grid with nearest-neighbour interpolation."""
+
+    input_spec = _WarpAtlasInputSpec
+    output_spec = _WarpAtlasOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.registration import TemplateRegistration as Registration
+
+        registration = Registration.load(Path(self.inputs.registration_dir))
+        reference = nib.load(self.inputs.reference_file)
+        rigid = np.loadtxt(self.inputs.rigid_file)
+        grid = nib.Nifti1Image(np.zeros(reference.shape[:3], dtype=np.uint8), rigid @ reference.affine)
+        warped = registration.from_template(nib.load(self.inputs.atlas_file), grid, order=0)
+        labels = np.rint(np.asarray(warped.dataobj)).astype(np.int16)
+        self._results["dseg_file"] = str(Path(runtime.cwd) / "dseg.nii.gz")
+        nib.Nifti1Image(labels, reference.affine).to_filename(self._results["dseg_file"])
+        return runtime
+
+
+class _WarpToTemplateInputSpec(BaseInterfaceInputSpec):
+    in_files = InputMultiObject(File(exists=True), mandatory=True, desc="native maps")
+    rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
+    registration_dir = traits.Directory(exists=True, mandatory=True, desc="midpoint -> template")
+    template = traits.Str(mandatory=True, desc="template name")
+    resolution = traits.Float(2.0, usedefault=True, desc="output voxel size (mm)")
+    reference_file = File(exists=True, desc="output grid (default: the template at `resolution`)")
+    order = traits.Int(1, usedefault=True, desc="interpolation order")
+
+
+class _WarpToTemplateOutputSpec(TraitedSpec):
+    out_files = OutputMultiObject(File(exists=True), desc="maps in template space")
+
+
+class WarpToTemplate(SimpleInterface):
+    """Resample native maps into template space (rigid to midpoint, then the template warp)."""
+
+    input_spec = _WarpToTemplateInputSpec
+    output_spec = _WarpToTemplateOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.registration import TemplateRegistration as Registration
+        from bids_ketamine.resources import get_template, template_grid
+
+        registration = Registration.load(Path(self.inputs.registration_dir))
+        rigid = np.loadtxt(self.inputs.rigid_file)
+        if self.inputs.reference_file:
+            reference = nib.load(self.inputs.reference_file)
+        else:
+            reference = template_grid(get_template(self.inputs.template), self.inputs.resolution)
+        outputs = []
+        for index, path in enumerate(self.inputs.in_files):
+            img = _in_midpoint_world(nib.load(path), rigid)
+            warped = registration.to_template(img, order=self.inputs.order, reference=reference)
+            out = Path(runtime.cwd) / f"warped{index:02d}_{Path(path).name}"
+            nib.Nifti1Image(np.asarray(warped.dataobj, dtype=np.float32), warped.affine).to_filename(out)
+            outputs.append(str(out))
+        self._results["out_files"] = outputs
+        return runtime
+
+
+class _CoverageInputSpec(BaseInterfaceInputSpec):
+    atlas_file = File(exists=True, mandatory=True, desc="atlas in template space")
+    labels_file = File(exists=True, mandatory=True, desc="atlas labels TSV")
+    mask_file = File(exists=True, mandatory=True, desc="brain mask resampled onto the atlas grid")
+
+
+class _CoverageOutputSpec(TraitedSpec):
+    coverage = traits.Dict(traits.Str, traits.Float, desc="ROI name -> coverage")
+
+
+class ROICoverage(SimpleInterface):
+    """Fraction of each ROI's template voxels inside the session's brain mask
+    (:func:`bids_ketamine.dwi.roi.roi_coverage`)."""
+
+    input_spec = _CoverageInputSpec
+    output_spec = _CoverageOutputSpec
+
+    def _run_interface(self, runtime):
+        import pandas as pd
+
+        from bids_ketamine.dwi.roi import roi_coverage
+
+        self._results["coverage"] = roi_coverage(
+            np.asarray(nib.load(self.inputs.atlas_file).dataobj).astype(int),
+            np.asarray(nib.load(self.inputs.mask_file).dataobj, dtype=np.float32),
+            pd.read_csv(self.inputs.labels_file, sep="\t"),
+        )
+        return runtime

@@ -1,0 +1,300 @@
+"""The participant-level workflow: one sub-workflow per participant, run by a nipype plugin.
+
+Per participant (:func:`init_single_subject_wf`):
+
+1. every DWI series is preprocessed (:func:`~bids_ketamine.workflows.dwi_preproc.init_dwi_preproc_wf`)
+   and its tensor fitted (:func:`~bids_ketamine.workflows.tensor.init_tensor_wf`) in its own space;
+2. the series' mean b=0 images are registered to their unbiased within-subject midpoint
+   (all sessions and acquisitions of the subject, none privileged), and the midpoint image to the
+   template (affine + SyN): one template warp shared by every session;
+3. the atlas is brought into each series' native grid (nearest neighbour) through that shared
+   path, and ROI statistics are taken there, on maps that were never interpolated;
+4. FA and MD are also resampled once into template space, and everything is written with BIDS
+   derivative names (:mod:`bids_ketamine.workflows.outputs`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import nibabel as nib
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_ketamine import __version__
+from bids_ketamine.bids import DwiSeries
+from bids_ketamine.config import Config
+from bids_ketamine.errors import InputError
+from bids_ketamine.interfaces.registration import (
+    MidpointSpace,
+    ROICoverage,
+    TemplateRegistration,
+    WarpAtlasToNative,
+    WarpToTemplate,
+)
+from bids_ketamine.interfaces.roi import ROIStats
+from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb
+from bids_ketamine.workflows.outputs import init_series_derivatives_wf, output_path
+from bids_ketamine.workflows.tensor import init_tensor_wf
+
+LOGGER = logging.getLogger(__name__)
+
+
+def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config, *,
+                           template: str, atlas_file: str, labels_file: str, atlas_name: str,
+                           provenance: dict | None = None):
+    """Build the workflow of one participant.
+
+    Parameters
+    ----------
+    subject : str
+        Participant label (no prefix).
+    series : list of DwiSeries
+        Every DWI series of the participant (all sessions).
+    config : Config
+    template : str
+        Template space actually used (name of :func:`bids_ketamine.resources.get_template`).
+    atlas_file, labels_file : str
+        Atlas label image in that template space, and its TSV.
+    atlas_name : str
+        Atlas label used in output names.
+    provenance : dict, optional
+        Template and atlas files used, recorded in the atlas sidecar of every series.
+    """
+    workflow = pe.Workflow(name=f"sub_{subject}_wf")
+    threads = config.omp_nthreads
+    groups = [list(range(len(series)))] if config.longitudinal else [[i] for i in range(len(series))]
+    series_nodes = []
+    for item in series:
+        header = nib.load(str(item.dwi)).header
+        shape = header.get_data_shape()
+        n_volumes = shape[3] if len(shape) > 3 else 1
+        mem_gb = series_mem_gb(int(shape[0] * shape[1] * shape[2]), n_volumes)
+        preproc = init_dwi_preproc_wf(config, mem_gb=mem_gb, name=f"dwi_preproc_{item.key}_wf")
+        preproc.inputs.inputnode.dwi_file = str(item.dwi)
+        preproc.inputs.inputnode.bval_file = str(item.bval)
+        preproc.inputs.inputnode.bvec_file = str(item.bvec)
+        tensor = init_tensor_wf(config, mem_gb=mem_gb, name=f"tensor_{item.key}_wf")
+        summary = pe.Node(niu.Function(function=series_summary,
+                                       input_names=["source", "bval_file", "warnings", "options"],
+                                       output_names=["summary"]),
+                          name=f"summary_{item.key}", run_without_submitting=True)
+        summary.inputs.source = str(item.dwi)
+        summary.inputs.options = {
+            "denoise": config.denoise, "degibbs": config.degibbs, "fit_method": config.fit_method,
+            "b0_threshold": config.b0_threshold, "dti_max_bval": config.dti_max_bval,
+            "template": template, "atlas": atlas_name, "csf_md_threshold": config.csf_md_threshold,
+            "longitudinal": config.longitudinal, "version": __version__,
+        }
+        derivatives = init_series_derivatives_wf(item, config.output_dir, template=template,
+                                                 atlas=atlas_name, denoise=config.denoise,
+                                                 name=f"derivatives_{item.key}_wf")
+        workflow.connect([
+            (preproc, tensor, [("outputnode.dwi_file", "inputnode.dwi_file"),
+                               ("outputnode.bval_file", "inputnode.bval_file"),
+                               ("outputnode.bvec_file", "inputnode.bvec_file"),
+                               ("outputnode.mask_file", "inputnode.mask_file"),
+                               ("outputnode.noise_file", "inputnode.noise_file")]),
+            (preproc, summary, [("outputnode.bval_file", "bval_file"), ("outputnode.warnings", "warnings")]),
+            (summary, derivatives, [("summary", "inputnode.preproc_metadata")]),
+            (preproc, derivatives, [(f"outputnode.{f}", f"inputnode.{f}") for f in
+                                    ("dwi_file", "bval_file", "bvec_file", "b0_file", "mask_file",
+                                     "motion_file")
+                                    + (("noise_file",) if config.denoise != "none" else ())]),
+            (tensor, derivatives, [("outputnode.fa_file", "inputnode.fa_file"),
+                                   ("outputnode.md_file", "inputnode.md_file"),
+                                   ("outputnode.ad_file", "inputnode.ad_file"),
+                                   ("outputnode.rd_file", "inputnode.rd_file"),
+                                   ("outputnode.metadata", "inputnode.model_metadata")]),
+        ])
+        series_nodes.append((item, preproc, tensor, derivatives, mem_gb))
+
+    for group_index, members in enumerate(groups):
+        suffix = "" if len(groups) == 1 else f"_{series[members[0]].key}"
+        merge_b0 = pe.Node(niu.Merge(len(members)), name=f"merge_b0{suffix}", run_without_submitting=True)
+        merge_mask = pe.Node(niu.Merge(len(members)), name=f"merge_mask{suffix}", run_without_submitting=True)
+        midpoint = pe.Node(MidpointSpace(n_threads=threads), name=f"midpoint{suffix}", n_procs=threads,
+                           mem_gb=2.0)
+        register = pe.Node(TemplateRegistration(template=template, n_threads=threads),
+                           name=f"template_registration{suffix}", n_procs=threads, mem_gb=3.0)
+        workflow.connect([
+            (merge_b0, midpoint, [("out", "b0_files")]),
+            (merge_mask, midpoint, [("out", "mask_files")]),
+            (midpoint, register, [("midpoint_file", "moving_file"), ("midpoint_mask", "moving_mask")]),
+        ])
+        for position, index in enumerate(members, start=1):
+            item, preproc, tensor, derivatives, mem_gb = series_nodes[index]
+            workflow.connect([
+                (preproc, merge_b0, [("outputnode.b0_file", f"in{position}")]),
+                (preproc, merge_mask, [("outputnode.mask_file", f"in{position}")]),
+            ])
+            pick_rigid = pe.Node(niu.Select(index=position - 1), name=f"rigid_{item.key}",
+                                 run_without_submitting=True)
+            to_native = pe.Node(WarpAtlasToNative(atlas_file=atlas_file), name=f"atlas_to_native_{item.key}",
+                                mem_gb=1.0)
+            to_template = pe.Node(WarpToTemplate(template=template), name=f"maps_to_template_{item.key}",
+                                  mem_gb=1.0)
+            mask_to_atlas = pe.Node(WarpToTemplate(template=template, reference_file=atlas_file, order=1),
+                                    name=f"mask_to_atlas_{item.key}", mem_gb=1.5)
+            merge_maps = pe.Node(niu.Merge(2), name=f"merge_maps_{item.key}", run_without_submitting=True)
+            split_maps = pe.Node(niu.Split(splits=[1, 1], squeeze=True), name=f"split_maps_{item.key}",
+                                 run_without_submitting=True)
+            coverage = pe.Node(ROICoverage(atlas_file=atlas_file, labels_file=labels_file),
+                               name=f"coverage_{item.key}", mem_gb=1.0)
+            roistats = pe.Node(ROIStats(labels_file=labels_file, csf_md_threshold=config.csf_md_threshold),
+                               name=f"roistats_{item.key}", mem_gb=1.0)
+            derivatives.inputs.inputnode.dseg_tsv = labels_file
+            derivatives.inputs.inputnode.dseg_metadata = dict(provenance or {}, Space="dwi",
+                                                              Interpolation="nearest neighbour")
+            workflow.connect([
+                (midpoint, pick_rigid, [("xfm_files", "inlist")]),
+                (pick_rigid, to_native, [("out", "rigid_file")]),
+                (register, to_native, [("registration_dir", "registration_dir")]),
+                (preproc, to_native, [("outputnode.b0_file", "reference_file")]),
+                (tensor, merge_maps, [("outputnode.fa_file", "in1"), ("outputnode.md_file", "in2")]),
+                (merge_maps, to_template, [("out", "in_files")]),
+                (pick_rigid, to_template, [("out", "rigid_file")]),
+                (register, to_template, [("registration_dir", "registration_dir")]),
+                (to_template, split_maps, [("out_files", "inlist")]),
+                (preproc, mask_to_atlas, [("outputnode.mask_file", "in_files")]),
+                (pick_rigid, mask_to_atlas, [("out", "rigid_file")]),
+                (register, mask_to_atlas, [("registration_dir", "registration_dir")]),
+                (mask_to_atlas, coverage, [(("out_files", _first), "mask_file")]),
+                (to_native, roistats, [("dseg_file", "dseg_file")]),
+                (preproc, roistats, [("outputnode.mask_file", "mask_file")]),
+                (tensor, roistats, [("outputnode.fa_file", "fa_file"), ("outputnode.md_file", "md_file"),
+                                    ("outputnode.ad_file", "ad_file"), ("outputnode.rd_file", "rd_file")]),
+                (coverage, roistats, [("coverage", "coverage")]),
+                (split_maps, derivatives, [("out1", "inputnode.tpl_fa_file"),
+                                           ("out2", "inputnode.tpl_md_file")]),
+                (pick_rigid, derivatives, [("out", "inputnode.midpoint_xfm")]),
+                (to_native, derivatives, [("dseg_file", "inputnode.dseg_file")]),
+                (roistats, derivatives, [("out_file", "inputnode.roistats_file")]),
+            ])
+    return workflow
+
+
+def _first(items):
+    return items[0] if isinstance(items, (list, tuple)) else items
+
+
+def series_summary(source, bval_file, warnings, options):
+    """Summary of one series for its preprocessed-DWI sidecar (a nipype Function node body)."""
+    import numpy as np
+
+    from bids_ketamine.dwi.gradients import shells
+
+    bvals = np.loadtxt(bval_file, ndmin=1)
+    return {
+        "Sources": [str(source)],
+        "NumberOfVolumes": int(len(bvals)),
+        "Shells": {f"{b:g}": n for b, n in shells(bvals).items()},
+        "Options": dict(options),
+        "Warnings": list(warnings or []),
+        "SkullStripped": False,
+        "Description": "Denoised, motion-corrected DWI in RAS+ orientation with rotated b-vectors",
+    }
+
+
+def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
+    """Build the whole participant-level workflow (one sub-workflow per participant)."""
+    from bids_ketamine.atlas import get_atlas
+    from bids_ketamine.resources import get_template
+
+    template = get_template(config.template)
+    atlas = get_atlas(config.atlas, template, config.atlas_labels)
+    labels_file = Path(config.work_dir or ".") / f"atlas-{atlas.name}_space-{template.name}_dseg.tsv"
+    labels_file.parent.mkdir(parents=True, exist_ok=True)
+    atlas.labels[["index", "name"]].to_csv(labels_file, sep="\t", index=False)
+    workflow = pe.Workflow(name="bids_ketamine_wf")
+    for subject, series in series_by_subject.items():
+        workflow.add_nodes([init_single_subject_wf(
+            subject, series, config, template=template.name, atlas_file=str(atlas.image),
+            labels_file=str(labels_file), atlas_name=atlas.name,
+            provenance={"Template": template.provenance(), "Atlas": atlas.provenance,
+                        "AtlasFile": str(atlas.image)})])
+    return workflow, template, atlas
+
+
+def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
+    """Check every series before building the workflow.
+
+    Returns the series that can be processed and one message per series that cannot
+    (the message names the file and the fix).  With ``--stop-on-first-crash`` the first
+    problem raises instead.
+    """
+    from bids_ketamine.dwi.gradients import DwiInputError, load_dwi_series
+
+    usable: dict[str, list[DwiSeries]] = {}
+    problems: list[str] = []
+    for subject, series in series_by_subject.items():
+        for item in series:
+            try:
+                loaded = load_dwi_series(item.dwi, item.bval, item.bvec, b0_threshold=config.b0_threshold)
+            except DwiInputError as err:
+                if config.stop_on_first_crash:
+                    raise
+                problems.append(str(err))
+                LOGGER.error("Skipping %s: %s", item.prefix, err)
+                continue
+            if loaded.bvals.max() <= 0 and "direction" in item.entities:
+                LOGGER.info("Skipping %s: b=0-only series with a dir- entity (reverse phase encoding "
+                            "reference), not a DWI series to fit", item.prefix)
+                continue
+            usable.setdefault(subject, []).append(item)
+    return usable, problems
+
+
+def run_participant_workflows(config: Config, series_by_subject: dict[str, list[DwiSeries]]) -> list[str]:
+    """Check, build and run the participant workflow; return one message per failure."""
+    usable, problems = preflight(config, series_by_subject)
+    if not usable:
+        raise InputError("no DWI series can be processed: " + "; ".join(problems))
+    work_dir = config.work_dir or (config.output_dir.parent / "work")
+    config = config.replace(work_dir=work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    workflow, template, atlas = init_bids_ketamine_wf(config, usable)
+    workflow.base_dir = str(work_dir)
+    crash_dir = work_dir / "crashes"
+    workflow.config["execution"] = {
+        "crashdump_dir": str(crash_dir),
+        "crashfile_format": "txt",
+        "stop_on_first_crash": config.stop_on_first_crash,
+        "remove_unnecessary_outputs": False,
+        "hash_method": "content",
+        "create_report": False,
+        "poll_sleep_duration": 1 if config.plugin.startswith(("SLURM", "SGE", "PBS", "LSF")) else 0.1,
+    }
+    workflow.config["monitoring"] = {"enabled": False}
+    plugin_args = dict(config.plugin_args)
+    if config.plugin in ("MultiProc", "LegacyMultiProc"):
+        plugin_args.setdefault("n_procs", config.nprocs)
+        if config.mem_gb:
+            plugin_args.setdefault("memory_gb", config.mem_gb)
+        plugin_args.setdefault("raise_insufficient", False)
+    for subject in usable:
+        log_dir = config.output_dir / f"sub-{subject}" / "log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        from bids_ketamine.utils.atomic import atomic_write_text
+
+        atomic_write_text(log_dir / "config.json", config.to_json() + "\n")
+    LOGGER.info("Template %s (%s), atlas %s; running %d participant(s) with %s",
+                template.name, template.source, atlas.name, len(usable), config.plugin)
+    started = time.time()
+    try:
+        workflow.run(plugin=config.plugin, plugin_args=plugin_args)
+    except RuntimeError as err:
+        LOGGER.error("Some nodes failed: %s", str(err).splitlines()[0])
+        if config.stop_on_first_crash:
+            problems.append(f"processing stopped at the first crash; crash files in {crash_dir}")
+    LOGGER.info("Participant workflow finished in %.1f s", time.time() - started)
+    for subject, series in usable.items():
+        for item in series:
+            table = output_path(config.output_dir, item, "roistats_file", tpl=template.name,
+                                atlas=atlas.name, denoise=config.denoise)
+            if not table.exists():
+                problems.append(f"{item.prefix}: processing failed (no {table.name}); see the crash "
+                                f"files in {crash_dir}, fix the cause and rerun (finished steps are reused)")
+    return problems

@@ -1,0 +1,42 @@
+"""Tensor fitting of one preprocessed DWI series."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_ketamine.config import Config
+from bids_ketamine.interfaces.tensor import FitTensor
+
+
+def init_tensor_wf(config: Config, *, mem_gb: float = 1.0, name: str = "tensor_wf"):
+    """Build the tensor-fitting workflow.
+
+    Inputs
+    ------
+    dwi_file, bval_file, bvec_file, mask_file, noise_file
+
+    Outputs
+    -------
+    fa_file, md_file, ad_file, rd_file
+        Maps in the series' native space (diffusivities in um^2/ms).
+    metadata
+        Content of the model sidecar (FitMethod, volumes used).
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file",
+                                                      "mask_file", "noise_file"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["fa_file", "md_file", "ad_file", "rd_file",
+                                                       "metadata"]), name="outputnode")
+    fit = pe.Node(FitTensor(fit_method=config.fit_method, dti_max_bval=config.dti_max_bval,
+                            b0_threshold=config.b0_threshold, n_threads=config.omp_nthreads),
+                  name="fit_tensor", n_procs=config.omp_nthreads, mem_gb=mem_gb * 2)
+    workflow.connect([
+        (inputnode, fit, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
+                          ("bvec_file", "bvec_file"), ("mask_file", "mask_file")]),
+        (fit, outputnode, [("fa_file", "fa_file"), ("md_file", "md_file"), ("ad_file", "ad_file"),
+                           ("rd_file", "rd_file"), ("metadata", "metadata")]),
+    ])
+    if config.fit_method == "restore":
+        workflow.connect([(inputnode, fit, [("noise_file", "noise_file")])])
+    return workflow
