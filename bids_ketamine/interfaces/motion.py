@@ -1,0 +1,62 @@
+"""Between-volume motion correction interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from bids_ketamine.interfaces.io import read_voxel_gradients
+
+
+class _MotionCorrectInputSpec(BaseInterfaceInputSpec):
+    dwi_file = File(exists=True, mandatory=True, desc="denoised DWI (RAS+)")
+    bval_file = File(exists=True, mandatory=True, desc="b-values")
+    bvec_file = File(exists=True, mandatory=True, desc="b-vectors (FSL convention for this image)")
+    b0_threshold = traits.Float(50.0, usedefault=True, desc="b=0 threshold")
+    n_iter = traits.Int(2, usedefault=True, desc="model-prediction iterations")
+    n_threads = traits.Int(1, usedefault=True, desc="threads")
+
+
+class _MotionCorrectOutputSpec(TraitedSpec):
+    dwi_file = File(exists=True, desc="motion-corrected DWI on the b=0 reference grid")
+    bval_file = File(exists=True, desc="b-values")
+    bvec_file = File(exists=True, desc="b-vectors rotated with each volume (FSL convention)")
+    b0_file = File(exists=True, desc="mean of the aligned b=0 volumes")
+    motion_file = File(exists=True, desc="per-volume motion parameters and framewise displacement")
+
+
+class MotionCorrect(SimpleInterface):
+    """Align every volume to the b=0 reference and rotate its b-vector
+    (:func:`bids_ketamine.dwi.motion.correct_motion`)."""
+
+    input_spec = _MotionCorrectInputSpec
+    output_spec = _MotionCorrectOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.gradients import write_fsl_gradients
+        from bids_ketamine.dwi.motion import correct_motion
+
+        img = nib.load(self.inputs.dwi_file)
+        bvals, bvecs = read_voxel_gradients(self.inputs.bval_file, self.inputs.bvec_file, img.affine)
+        result = correct_motion(np.asarray(img.dataobj, dtype=np.float32), img.affine, bvals, bvecs,
+                                b0_threshold=self.inputs.b0_threshold, n_iter=self.inputs.n_iter,
+                                n_threads=self.inputs.n_threads)
+        out = Path(runtime.cwd)
+        self._results["dwi_file"] = str(out / "dwi_mc.nii.gz")
+        self._results["bval_file"] = str(out / "dwi_mc.bval")
+        self._results["bvec_file"] = str(out / "dwi_mc.bvec")
+        self._results["b0_file"] = str(out / "b0_ref.nii.gz")
+        self._results["motion_file"] = str(out / "motion.tsv")
+        header = img.header.copy()
+        header.set_data_dtype(np.float32)
+        nib.Nifti1Image(np.asarray(result.data, dtype=np.float32), img.affine, header).to_filename(
+            self._results["dwi_file"])
+        write_fsl_gradients(bvals, result.bvecs, img.affine, Path(self._results["bval_file"]),
+                            Path(self._results["bvec_file"]))
+        nib.Nifti1Image(np.asarray(result.b0_reference, dtype=np.float32), img.affine).to_filename(
+            self._results["b0_file"])
+        result.params.to_csv(self._results["motion_file"], sep="\t", index=False, float_format="%.6f")
+        return runtime
