@@ -73,7 +73,7 @@ class Config:
     template: str = DEFAULT_TEMPLATE
     atlas: str = "ketamine7"
     atlas_labels: Path | None = None
-    csf_md_threshold: float | None = 1.5
+    csf_md_threshold: float | None = 1.1
     combine_runs: str = "separate"
     longitudinal: bool = True
     # --- group level -----------------------------------------------------------

@@ -393,10 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--csf-md-threshold",
         type=_threshold_or_none,
-        default=1.5,
+        default=1.1,
         metavar="MD|none",
-        help="exclude ROI voxels whose MD exceeds this (um^2/ms) as CSF-contaminated; "
-        "'none' keeps every voxel",
+        help="exclude ROI voxels whose MD exceeds this (um^2/ms) as CSF-contaminated "
+        "(healthy grey matter is 0.7-0.9, CSF 3.0); 'none' keeps every voxel",
     )
     reg.add_argument(
         "--no-longitudinal",

@@ -53,7 +53,7 @@ def roi_statistics(
     mask: np.ndarray,
     *,
     md: np.ndarray | None = None,
-    csf_md_threshold: float | None = 1.5,
+    csf_md_threshold: float | None = 1.1,
     coverage: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Mean, median and standard deviation of each map inside each ROI.

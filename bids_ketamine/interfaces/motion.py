@@ -43,7 +43,7 @@ class MotionCorrect(SimpleInterface):
         bvals, bvecs = read_voxel_gradients(self.inputs.bval_file, self.inputs.bvec_file, img.affine)
         result = correct_motion(np.asarray(img.dataobj, dtype=np.float32), img.affine, bvals, bvecs,
                                 b0_threshold=self.inputs.b0_threshold, n_iter=self.inputs.n_iter,
-                                n_threads=self.inputs.n_threads)
+                                n_threads=self.inputs.n_threads, bvec_convention="voxel")
         out = Path(runtime.cwd)
         self._results["dwi_file"] = str(out / "dwi_mc.nii.gz")
         self._results["bval_file"] = str(out / "dwi_mc.bval")
