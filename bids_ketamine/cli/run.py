@@ -100,7 +100,8 @@ def run_group(config: Config) -> int:
     from bids_ketamine.bids import check_bids_dir, check_group_inputs
 
     check_bids_dir(config.bids_dir)
-    check_group_inputs(config.output_dir, config.atlas_name)
+    if set(config.params) & {"fa", "md", "ad", "rd"}:
+        check_group_inputs(config.output_dir, config.atlas_name)
     from bids_ketamine.reports.group import build_group_report
 
     if not config.reports_only:

@@ -1,0 +1,539 @@
+"""Clinical data of a BIDS dataset: arms, participant covariates and per-session scores.
+
+Where the app reads them (docs/interfaces.md):
+
+- ``participants.tsv``: ``participant_id``, the group column, age, sex, ...
+- ``sub-<s>/sub-<s>_sessions.tsv``: ``session_id``, ``acq_time`` and one column per measure.
+- ``phenotype/<name>.tsv``: with ``participant_id`` and ``session_id``, per-session measures;
+  without ``session_id``, per-participant columns (joined to ``participants.tsv``).
+
+Labels are stored without their ``sub-``/``ses-`` prefixes.  Every problem a user must fix
+raises :class:`bids_ketamine.errors.ClinicalDataError` with a one-line message naming the
+file and the fix.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_ketamine.errors import ClinicalDataError
+
+LOGGER = logging.getLogger("bids_ketamine.group")
+
+#: Session labels whose order is known without acq_time (lower rank = earlier).
+_SESSION_ORDER_WORDS = {
+    "screening": 0, "screen": 0,
+    "baseline": 1, "base": 1, "bl": 1, "pre": 1, "preinfusion": 1, "before": 1,
+    "post": 2, "postinfusion": 2, "after": 2, "followup": 2, "fu": 2, "follow": 2,
+}
+
+
+def bare_label(value: object, prefix: str) -> str:
+    """Return a label without its BIDS entity prefix (``sub-01`` -> ``01``).
+
+    Parameters
+    ----------
+    value : object
+        The label as found in a table (``"sub-01"``, ``"01"``, ``1``).
+    prefix : str
+        ``"sub"`` or ``"ses"``.
+
+    Returns
+    -------
+    str
+    """
+    text = str(value).strip()
+    return text[len(prefix) + 1:] if text.startswith(f"{prefix}-") else text
+
+
+def read_bids_tsv(path: Path) -> pd.DataFrame:
+    """Read a BIDS TSV file (``n/a`` = missing; identifiers kept as text).
+
+    Raises
+    ------
+    ClinicalDataError
+        If the file cannot be parsed as a tab-separated table.
+    """
+    try:
+        table = pd.read_csv(
+            path, sep="\t", na_values=["n/a", "N/A", "NA", ""], keep_default_na=False,
+            dtype={"participant_id": str, "session_id": str},
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise ClinicalDataError(
+            f"{path} is not a readable tab-separated table ({err}); fix or remove it"
+        ) from None
+    table.columns = [str(c).strip() for c in table.columns]
+    return table
+
+
+def _read_small_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a small TSV file (csv module: cheap for many small files)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.reader(handle, delimiter="\t") if row]
+    except UnicodeDecodeError as err:
+        raise ClinicalDataError(f"{path} is not UTF-8 text ({err}); fix or remove it") from None
+    if not rows:
+        raise ClinicalDataError(f"{path} is empty; add a header row (session_id, ...)")
+    header = [name.strip() for name in rows[0]]
+    width = len(header)
+    body = []
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != width:
+            raise ClinicalDataError(
+                f"{path} line {number} has {len(row)} columns, the header {width}; fix the row"
+            )
+        body.append([cell.strip() for cell in row])
+    return header, body
+
+
+def read_participants(bids_dir: Path, group_column: str = "group",
+                      participant_label: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Read ``participants.tsv`` and the per-participant phenotype tables.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Root of the BIDS dataset.
+    group_column : str
+        Column holding the arm (``--group-column``).
+    participant_label : tuple of str
+        Restrict to these participants (bare labels); empty = all.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by bare participant label; the group column is renamed ``group``
+        (text, missing = NaN); other columns kept.
+
+    Raises
+    ------
+    ClinicalDataError
+        If the file is missing, has no ``participant_id``, lacks the group column, or
+        lists a participant twice.
+    """
+    path = Path(bids_dir) / "participants.tsv"
+    if not path.is_file():
+        raise ClinicalDataError(
+            f"{path} not found: the group level needs participants.tsv with participant_id "
+            f"and the arm column '{group_column}'"
+        )
+    table = read_bids_tsv(path)
+    if "participant_id" not in table.columns:
+        raise ClinicalDataError(f"{path} has no 'participant_id' column; add it (BIDS requires it)")
+    if group_column not in table.columns:
+        raise ClinicalDataError(
+            f"{path} has no column '{group_column}' (columns: {', '.join(table.columns)}); "
+            "name the arm column with --group-column"
+        )
+    table["participant_id"] = table["participant_id"].map(lambda v: bare_label(v, "sub"))
+    duplicated = table["participant_id"][table["participant_id"].duplicated()].unique()
+    if len(duplicated):
+        raise ClinicalDataError(
+            f"{path} lists participant(s) {', '.join('sub-' + d for d in duplicated)} more "
+            "than once; keep one row per participant"
+        )
+    if group_column != "group":
+        table = table.drop(columns=["group"], errors="ignore")
+    table = table.rename(columns={group_column: "group"}).set_index("participant_id")
+    table["group"] = table["group"].map(lambda v: np.nan if pd.isna(v) else str(v).strip())
+    for extra in _participant_phenotypes(Path(bids_dir)):
+        new = [c for c in extra.columns if c not in table.columns]
+        table = table.join(extra[new], how="left")
+    if participant_label:
+        table = table.loc[table.index.isin(participant_label)]
+    return table
+
+
+def _phenotype_tables(bids_dir: Path):
+    folder = bids_dir / "phenotype"
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.glob("*.tsv")):
+        table = read_bids_tsv(path)
+        if "participant_id" not in table.columns:
+            raise ClinicalDataError(
+                f"{path} has no 'participant_id' column; BIDS phenotype tables need one"
+            )
+        table["participant_id"] = table["participant_id"].map(lambda v: bare_label(v, "sub"))
+        yield path, table
+
+
+def _participant_phenotypes(bids_dir: Path):
+    for path, table in _phenotype_tables(bids_dir):
+        if "session_id" in table.columns:
+            continue
+        if table["participant_id"].duplicated().any():
+            raise ClinicalDataError(
+                f"{path} lists a participant twice but has no session_id column; add "
+                "session_id for per-session measures"
+            )
+        yield table.set_index("participant_id")
+
+
+def read_session_scores(bids_dir: Path, participants: pd.Index | None = None) -> pd.DataFrame:
+    """Read every per-session measure: sessions.tsv files and phenotype tables.
+
+    Parameters
+    ----------
+    bids_dir : Path
+        Root of the BIDS dataset.
+    participants : pandas.Index, optional
+        Keep only these participants (bare labels).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per participant and session: ``participant_id``, ``session_id`` (bare
+        labels), ``acq_time`` (datetime, NaT when unknown) and one column per measure
+        (numeric columns converted to float).
+
+    Raises
+    ------
+    ClinicalDataError
+        If a table lacks ``session_id``, repeats a session, or two tables disagree on a
+        value.
+    """
+    bids_dir = Path(bids_dir)
+    records = []
+    for path in sorted(bids_dir.glob("sub-*/sub-*_sessions.tsv")):
+        subject = bare_label(path.parent.name, "sub")
+        if participants is not None and subject not in participants:
+            continue
+        header, rows = _read_small_tsv(path)
+        if "session_id" not in header:
+            raise ClinicalDataError(f"{path} has no 'session_id' column; add it (BIDS requires it)")
+        for row in rows:
+            record = dict(zip(header, row))
+            record["participant_id"] = subject
+            record["_source"] = str(path)
+            records.append(record)
+    frames = [pd.DataFrame.from_records(records)] if records else []
+    for path, table in _phenotype_tables(bids_dir):
+        if "session_id" in table.columns:
+            frames.append(table.assign(_source=str(path)))
+    columns = ["participant_id", "session_id", "acq_time"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    scores = pd.concat(frames, ignore_index=True)
+    scores = scores.replace({"n/a": np.nan, "N/A": np.nan, "NA": np.nan, "": np.nan})
+    scores["session_id"] = scores["session_id"].map(lambda v: bare_label(v, "ses"))
+    repeated = scores.duplicated(["_source", "participant_id", "session_id"])
+    if repeated.any():
+        raise ClinicalDataError(
+            f"{scores.loc[repeated, '_source'].iloc[0]} lists a session of one participant "
+            "twice; keep one row per session"
+        )
+    if participants is not None:
+        scores = scores.loc[scores["participant_id"].isin(participants)]
+    measures = [c for c in scores.columns if c not in ("participant_id", "session_id", "_source")]
+    for name in measures:
+        if name == "acq_time":
+            continue
+        converted = pd.to_numeric(scores[name], errors="coerce")
+        if converted.notna().sum() == scores[name].notna().sum():
+            scores[name] = converted.astype(float)
+    merged = _merge_sources(scores, measures)
+    if "acq_time" in merged.columns:
+        merged["acq_time"] = pd.to_datetime(merged["acq_time"], errors="coerce", format="mixed")
+    else:
+        merged["acq_time"] = pd.NaT
+    return merged[columns + [m for m in measures if m != "acq_time"]]
+
+
+def _merge_sources(scores: pd.DataFrame, measures: list[str]) -> pd.DataFrame:
+    """One row per (participant, session); values from several files must agree."""
+    keys = ["participant_id", "session_id"]
+    grouped = scores.groupby(keys, sort=True)
+    counts = grouped[measures].nunique(dropna=True)
+    conflicts = counts.gt(1)
+    if conflicts.to_numpy().any():
+        (subject, session), measure = next(
+            (idx, col) for idx, row in conflicts.iterrows() for col in conflicts.columns if row[col]
+        )
+        rows = scores.set_index(keys).loc[(subject, session)]
+        sources = sorted(set(rows["_source"]))
+        raise ClinicalDataError(
+            f"'{measure}' of sub-{subject} ses-{session} differs between {' and '.join(sources)}; "
+            "keep one value"
+        )
+    return grouped[measures].first().reset_index()
+
+
+def numeric_measures(scores: pd.DataFrame) -> list[str]:
+    """Names of the numeric per-session measure columns."""
+    return [
+        c for c in scores.columns
+        if c not in ("participant_id", "session_id", "acq_time")
+        and pd.api.types.is_numeric_dtype(scores[c]) and scores[c].notna().any()
+    ]
+
+
+def resolve_outcomes(requested: tuple[str, ...] | None, scores: pd.DataFrame,
+                     defaults: tuple[str, ...], bids_dir: Path) -> list[str]:
+    """The outcome columns to model.
+
+    Parameters
+    ----------
+    requested : tuple of str or None
+        ``--outcomes``; None = every numeric per-session column among ``defaults``.
+    scores : pandas.DataFrame
+        From :func:`read_session_scores`.
+    defaults : tuple of str
+        Default outcome names (``madrs``, ``qids_sr``).
+    bids_dir : Path
+        For messages.
+
+    Raises
+    ------
+    ClinicalDataError
+        If a requested outcome is missing or not numeric, or none is found.
+    """
+    available = numeric_measures(scores)
+    where = f"{bids_dir}/sub-*/sub-*_sessions.tsv or {bids_dir}/phenotype/*.tsv"
+    if requested is None:
+        outcomes = [name for name in defaults if name in available]
+        if not outcomes:
+            raise ClinicalDataError(
+                f"none of the default outcomes ({', '.join(defaults)}) is a numeric column of "
+                f"{where} (numeric columns: {', '.join(available) or 'none'}); name them with --outcomes"
+            )
+        return outcomes
+    missing = [name for name in requested if name not in available]
+    if missing:
+        raise ClinicalDataError(
+            f"outcome(s) {', '.join(missing)} not found as numeric per-session columns in {where} "
+            f"(numeric columns: {', '.join(available) or 'none'}); fix --outcomes"
+        )
+    return list(dict.fromkeys(requested))
+
+
+def assign_arms(participants: pd.DataFrame, treatment_label: str,
+                control_label: str | None, path: Path) -> tuple[pd.Series, str]:
+    """Code each participant's arm as treatment = 1 / control = 0.
+
+    Parameters
+    ----------
+    participants : pandas.DataFrame
+        From :func:`read_participants` (column ``group``).
+    treatment_label, control_label : str
+        ``--treatment-label`` and ``--control-label`` (None = the other value).
+    path : Path
+        participants.tsv, for messages.
+
+    Returns
+    -------
+    treatment : pandas.Series
+        1.0, 0.0, or NaN for a participant without a group value.
+    control_label : str
+        The control label used.
+
+    Raises
+    ------
+    ClinicalDataError
+        If values other than the two labels are present, or an arm is missing.
+    """
+    values = sorted(participants["group"].dropna().unique())
+    found = ", ".join(repr(v) for v in values) or "none"
+    if treatment_label not in values:
+        raise ClinicalDataError(
+            f"no participant of {path} has group '{treatment_label}' (values found: {found}); "
+            "give the treatment arm with --treatment-label"
+        )
+    others = [v for v in values if v != treatment_label]
+    if control_label is None:
+        if len(others) != 1:
+            raise ClinicalDataError(
+                f"{path} must hold exactly two arms but the group column has values {found}; "
+                "give --control-label, or fix the values"
+            )
+        control_label = others[0]
+    unknown = [v for v in others if v != control_label]
+    if unknown or control_label not in values:
+        raise ClinicalDataError(
+            f"group values in {path} must be '{treatment_label}' or '{control_label}' "
+            f"(values found: {found}); fix the values or --treatment-label/--control-label"
+        )
+    treatment = participants["group"].map({treatment_label: 1.0, control_label: 0.0})
+    return treatment.astype(float), control_label
+
+
+@dataclass
+class SessionChoice:
+    """Which session is baseline and which is follow-up, per participant.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame
+        Indexed by participant: ``baseline``, ``followup`` (bare labels, NaN when
+        missing) and ``rule`` (how they were chosen).
+    summary : dict
+        What ``models.json`` records (labels, rule, participants ordered differently).
+    problems : dict
+        Participant -> reason why no pair of sessions could be formed.
+    """
+
+    table: pd.DataFrame
+    summary: dict
+    problems: dict = field(default_factory=dict)
+
+
+def _label_sort_key(label: str):
+    word = re.sub(r"[^a-z]", "", label.lower())
+    rank = _SESSION_ORDER_WORDS.get(word)
+    parts = re.split(r"(\d+)", label)
+    natural = tuple((0, int(p), "") if p.isdigit() else (1, 0, p.lower()) for p in parts if p)
+    return (0 if rank is not None else 1, rank if rank is not None else 0, natural)
+
+
+def order_two_sessions(labels: list[str], acq_times: dict[str, pd.Timestamp]) -> tuple[str, str, str]:
+    """Order two sessions: by ``acq_time`` when both are known, else by label.
+
+    Labels with a known meaning (``pre``/``post``, ``baseline``/``followup``) are
+    ordered by it; others in natural order (``2`` before ``10``, dates in ISO order).
+
+    Returns
+    -------
+    baseline, followup, rule : str
+    """
+    first, second = labels
+    t1, t2 = acq_times.get(first), acq_times.get(second)
+    if t1 is not None and t2 is not None and not pd.isna(t1) and not pd.isna(t2) and t1 != t2:
+        return (first, second, "acq_time") if t1 < t2 else (second, first, "acq_time")
+    ordered = sorted(labels, key=_label_sort_key)
+    return ordered[0], ordered[1], "label"
+
+
+def choose_sessions(sessions: dict[str, set[str]], acq_times: pd.DataFrame,
+                    baseline: str | None, followup: str | None) -> SessionChoice:
+    """Pick baseline and follow-up sessions for every participant.
+
+    Parameters
+    ----------
+    sessions : dict
+        Participant -> the session labels found for them (clinical tables and
+        participant-level outputs together).
+    acq_times : pandas.DataFrame
+        ``participant_id``, ``session_id``, ``acq_time`` (from sessions.tsv).
+    baseline, followup : str or None
+        ``--baseline-session`` / ``--followup-session``.
+
+    Returns
+    -------
+    SessionChoice
+
+    Raises
+    ------
+    ClinicalDataError
+        If the sessions are not given and a participant has more than two sessions, or
+        only one of the two is given and a participant's other session is ambiguous.
+    """
+    times = {
+        (row.participant_id, row.session_id): row.acq_time
+        for row in acq_times[["participant_id", "session_id", "acq_time"]].itertuples()
+    }
+    rows, problems = {}, {}
+    for subject in sorted(sessions):
+        labels = sorted(sessions[subject])
+        if baseline is not None and followup is not None:
+            rows[subject] = (
+                baseline if baseline in labels else np.nan,
+                followup if followup in labels else np.nan,
+                "given",
+            )
+            continue
+        if baseline is not None or followup is not None:
+            given = baseline if baseline is not None else followup
+            others = [label for label in labels if label != given]
+            if len(others) > 1:
+                option = "--followup-session" if baseline is not None else "--baseline-session"
+                raise ClinicalDataError(
+                    f"sub-{subject} has sessions {', '.join(labels)}: the other session is "
+                    f"ambiguous; give {option} too"
+                )
+            other = others[0] if others else None
+            pair = (given, other) if baseline is not None else (other, given)
+            rows[subject] = tuple(v if v in labels else np.nan for v in pair) + ("given",)
+            continue
+        if len(labels) > 2:
+            raise ClinicalDataError(
+                f"sub-{subject} has {len(labels)} sessions ({', '.join(labels)}); give "
+                "--baseline-session and --followup-session"
+            )
+        if len(labels) < 2:
+            problems[subject] = (
+                f"only one session ({labels[0]})" if labels else "no session found"
+            )
+            rows[subject] = (np.nan, np.nan, "none")
+            continue
+        first, second, rule = order_two_sessions(
+            labels, {label: times.get((subject, label)) for label in labels}
+        )
+        rows[subject] = (first, second, rule)
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["baseline", "followup", "rule"])
+    table.index.name = "participant_id"
+    _place_single_sessions(table, sessions, problems)
+    summary = _summarise_choice(table, baseline, followup)
+    if summary["rule"] != "given":
+        LOGGER.info(
+            "baseline/follow-up sessions not given: chose %s by %s (recorded in models.json)",
+            summary["pairs"], summary["rule"],
+        )
+        if len(summary["pairs"]) > 1 and summary.get("label_pairs_shared"):
+            LOGGER.warning("participants sharing session labels were ordered differently by "
+                           "acq_time: %s", summary["pairs"])
+    return SessionChoice(table=table, summary=summary, problems=problems)
+
+
+def _place_single_sessions(table: pd.DataFrame, sessions: dict, problems: dict) -> None:
+    """A lone session takes its slot when every complete pair has the same labels."""
+    complete = table.dropna(subset=["baseline", "followup"])
+    pairs = set(zip(complete["baseline"], complete["followup"]))
+    if len(pairs) != 1:
+        return
+    baseline, followup = next(iter(pairs))
+    for subject in list(problems):
+        labels = sessions[subject]
+        if len(labels) == 1 and next(iter(labels)) in (baseline, followup):
+            label = next(iter(labels))
+            slot = "baseline" if label == baseline else "followup"
+            table.loc[subject, slot] = label
+            table.loc[subject, "rule"] = "single session, labels of the other participants"
+            del problems[subject]
+
+
+def _summarise_choice(table: pd.DataFrame, baseline: str | None, followup: str | None) -> dict:
+    complete = table.dropna(subset=["baseline", "followup"])
+    pairs = complete.groupby(["baseline", "followup"]).size()
+    rules = sorted(set(complete["rule"])) or ["none"]
+    summary = {
+        "rule": "given" if baseline is not None or followup is not None else "+".join(rules),
+        "given": {"baseline": baseline, "followup": followup},
+        "pairs": [
+            {"baseline": b, "followup": f, "n_participants": int(n)} for (b, f), n in pairs.items()
+        ],
+        "description": (
+            "given on the command line" if baseline is not None or followup is not None else
+            "not given: each participant with exactly two sessions has them ordered by "
+            "acq_time in sessions.tsv when both are known, else by label (pre/baseline before "
+            "post/followup, otherwise natural order)"
+        ),
+    }
+    label_sets = {frozenset((b, f)) for b, f in pairs.index}
+    summary["label_pairs_shared"] = len(label_sets) < len(pairs)
+    if len(pairs) == 1:
+        summary["baseline"], summary["followup"] = pairs.index[0]
+    if len(pairs) > 1:
+        summary["per_participant"] = {
+            f"sub-{s}": {"baseline": r.baseline, "followup": r.followup, "rule": r.rule}
+            for s, r in complete.iterrows()
+        }
+    return summary

@@ -1,0 +1,237 @@
+"""Participant-level ROI tables (``*_roistats.tsv``), one value per participant, session, ROI.
+
+A session can hold several DWI series (``acq-``/``run-`` entities), each with its own
+table.  The rule (docs/group.md): the table without acq/run entities (written by
+``--combine-runs average``) is used when present; otherwise the series are averaged,
+weighted by ``n_voxels``.  Either way the choice is returned so that ``models.json``
+records it: a series is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_ketamine.errors import InputError
+
+#: Columns every ROI table must have (docs/interfaces.md).
+ROISTATS_COLUMNS = ("roi", "param", "mean", "median", "std", "n_voxels", "coverage")
+#: Tensor parameters found in ROI tables.
+TENSOR_PARAMS = ("fa", "md", "ad", "rd")
+
+_NAME = re.compile(
+    r"^sub-(?P<sub>[A-Za-z0-9]+)_ses-(?P<ses>[A-Za-z0-9]+)"
+    r"(?P<entities>(?:_[A-Za-z]+-[A-Za-z0-9]+)*?)"
+    r"_atlas-(?P<atlas>[A-Za-z0-9]+)_model-tensor_roistats\.tsv$"
+)
+
+
+def find_roistats(output_dir: Path, atlas: str,
+                  participant_label: tuple[str, ...] = ()) -> pd.DataFrame:
+    """List the ROI tables of one atlas in a derivatives folder.
+
+    Parameters
+    ----------
+    output_dir : Path
+        OUTPUT_DIR of the participant level.
+    atlas : str
+        Atlas name of the file names (``atlas-<atlas>``).
+    participant_label : tuple of str
+        Restrict to these participants; empty = all.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``participant_id``, ``session_id``, ``entities`` (e.g. ``"_acq-ortho_run-1"``,
+        empty for the session table) and ``path``.
+    """
+    rows = []
+    for path in sorted(Path(output_dir).glob("sub-*/ses-*/dwi/*_roistats.tsv")):
+        match = _NAME.match(path.name)
+        if match is None or match["atlas"] != atlas:
+            continue
+        if participant_label and match["sub"] not in participant_label:
+            continue
+        rows.append((match["sub"], match["ses"], match["entities"], path))
+    return pd.DataFrame(rows, columns=["participant_id", "session_id", "entities", "path"])
+
+
+def _read_table_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a small TSV (the csv module: far cheaper than pandas per file)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = [row for row in csv.reader(handle, delimiter="\t") if row]
+    if not rows:
+        raise InputError(f"{path} is empty; rerun the participant level to rewrite it")
+    header = [name.strip() for name in rows[0]]
+    missing = [c for c in ROISTATS_COLUMNS if c not in header]
+    if missing:
+        raise InputError(
+            f"{path} lacks column(s) {', '.join(missing)}; rerun the participant level to "
+            "rewrite it"
+        )
+    return header, rows[1:]
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float("nan")  # "n/a" and empty cells
+
+
+def read_roistats(path: Path) -> pd.DataFrame:
+    """Read one ROI table and check its columns.
+
+    Raises
+    ------
+    InputError
+        If the file lacks a contract column.
+    """
+    header, rows = _read_table_rows(path)
+    columns = {name: [row[i] if i < len(row) else "" for row in rows]
+               for i, name in enumerate(header)}
+    table = pd.DataFrame({
+        "roi": columns["roi"],
+        "param": [p.strip().lower() for p in columns["param"]],
+        **{name: np.array([_number(v) for v in columns[name]], dtype=float)
+           for name in ROISTATS_COLUMNS[2:]},
+    })
+    return table
+
+
+def combine_series(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """Average the ROI tables of several series of one session.
+
+    ``mean`` and ``median`` are averaged with weights ``n_voxels`` (a series whose ROI
+    is empty has no weight), ``n_voxels`` is summed and ``coverage`` is the smallest of
+    the series (the conservative value for the ``--min-coverage`` rule).
+
+    Parameters
+    ----------
+    tables : list of pandas.DataFrame
+        ROI tables (:func:`read_roistats`).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ROI and parameter: ``roi``, ``param``, ``mean``, ``median``,
+        ``n_voxels``, ``coverage``.
+    """
+    if not tables:
+        raise ValueError("combine_series needs at least one ROI table")
+    stacked = pd.concat(tables, ignore_index=True)
+    weights = stacked["n_voxels"].fillna(0).clip(lower=0).astype(float)
+    valid = stacked["mean"].notna() & (weights > 0)
+    weights = weights.where(valid, 0.0)
+    stacked = stacked.assign(
+        _w=weights,
+        _wmean=stacked["mean"].fillna(0) * weights,
+        _wmedian=stacked["median"].fillna(0) * weights,
+    )
+    grouped = stacked.groupby(["roi", "param"], sort=False)
+    total = grouped["_w"].sum()
+    combined = pd.DataFrame({
+        "mean": grouped["_wmean"].sum() / total.replace(0, np.nan),
+        "median": grouped["_wmedian"].sum() / total.replace(0, np.nan),
+        "n_voxels": grouped["n_voxels"].sum(min_count=1),
+        "coverage": grouped["coverage"].min(),
+    })
+    return combined.reset_index()
+
+
+def load_roi_values(output_dir: Path, atlas: str,
+                    participant_label: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[dict]]:
+    """One ROI value table for the whole study, with the rule for multi-series sessions.
+
+    Parameters
+    ----------
+    output_dir : Path
+        OUTPUT_DIR of the participant level.
+    atlas : str
+        Atlas name.
+    participant_label : tuple of str
+        Restrict to these participants; empty = all.
+
+    Returns
+    -------
+    values : pandas.DataFrame
+        ``participant_id``, ``session_id``, ``roi``, ``param``, ``value`` (the ROI mean),
+        ``n_voxels``, ``coverage``.
+    series_notes : list of dict
+        One entry per session with several series tables: which table(s) gave the
+        values and how.
+
+    Raises
+    ------
+    InputError
+        If there is no ROI table at all ("run the participant level first").
+    """
+    found = find_roistats(output_dir, atlas, participant_label)
+    if found.empty:
+        raise InputError(
+            f"no participant-level outputs in {output_dir} (no *_atlas-{atlas}_model-tensor_"
+            "roistats.tsv): run the participant level first"
+        )
+    pieces, notes = [], []
+    simple = found.groupby(["participant_id", "session_id"])["path"].transform("size") == 1
+    if simple.any():
+        pieces.append(_read_single_tables(found.loc[simple]))
+    for (subject, session), files in found.loc[~simple].groupby(
+            ["participant_id", "session_id"], sort=True):
+        session_table = files.loc[files["entities"] == ""]
+        series = files.loc[files["entities"] != ""]
+        if not session_table.empty:
+            table = read_roistats(session_table["path"].iloc[0])
+            if len(series):
+                notes.append({
+                    "participant_id": f"sub-{subject}", "session_id": f"ses-{session}",
+                    "rule": "session table (--combine-runs average) used",
+                    "used": [session_table["path"].iloc[0].name],
+                    "not_used": [p.name for p in series["path"]],
+                })
+        else:
+            table = combine_series([read_roistats(p) for p in series["path"]])
+            notes.append({
+                "participant_id": f"sub-{subject}", "session_id": f"ses-{session}",
+                "rule": "series averaged (weights n_voxels; coverage = minimum)",
+                "used": [p.name for p in series["path"]],
+                "not_used": [],
+            })
+        pieces.append(pd.DataFrame({
+            "participant_id": subject,
+            "session_id": session,
+            "roi": table["roi"].to_numpy(),
+            "param": table["param"].to_numpy(),
+            "value": table["mean"].to_numpy(dtype=float),
+            "n_voxels": table["n_voxels"].to_numpy(dtype=float),
+            "coverage": table["coverage"].to_numpy(dtype=float),
+        }))
+    values = pd.concat(pieces, ignore_index=True)
+    return values.sort_values(["participant_id", "session_id"], kind="stable",
+                              ignore_index=True), notes
+
+
+def _read_single_tables(found: pd.DataFrame) -> pd.DataFrame:
+    """Sessions with one ROI table each, read in bulk into one value table."""
+    subjects, sessions, rois, params, value, n_voxels, coverage = ([] for _ in range(7))
+    for subject, session, path in found[["participant_id", "session_id", "path"]].itertuples(
+            index=False):
+        header, rows = _read_table_rows(path)
+        at = {name: header.index(name) for name in ROISTATS_COLUMNS}
+        for row in rows:
+            subjects.append(subject)
+            sessions.append(session)
+            rois.append(row[at["roi"]])
+            params.append(row[at["param"]].strip().lower())
+            value.append(_number(row[at["mean"]]))
+            n_voxels.append(_number(row[at["n_voxels"]]))
+            coverage.append(_number(row[at["coverage"]]))
+    return pd.DataFrame({
+        "participant_id": subjects, "session_id": sessions, "roi": rois, "param": params,
+        "value": np.array(value, dtype=float), "n_voxels": np.array(n_voxels, dtype=float),
+        "coverage": np.array(coverage, dtype=float),
+    })

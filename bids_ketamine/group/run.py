@@ -1,0 +1,432 @@
+"""The group level: from participant-level ROI tables and clinical data to the group outputs.
+
+:func:`run_group_level` is the entry point called by the command line.  Outputs, in
+``OUTPUT_DIR/group/`` (docs/group.md): ``change.tsv``, ``models.tsv``, ``models.json``,
+``response.tsv``, ``outcomes.tsv``, ``prediction.tsv`` and ``figures/``.  Every file is
+written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_ketamine import __version__
+from bids_ketamine.config import DEFAULT_OUTCOMES, KETAMINE7_ROIS, Config
+from bids_ketamine.errors import ClinicalDataError, InputError
+from bids_ketamine.group import clinical, figures, models, prediction, response, roistats, tables
+from bids_ketamine.utils.atomic import atomic_write_text, atomic_write_tsv
+
+LOGGER = logging.getLogger("bids_ketamine.group")
+
+#: Participant-level columns used as default covariates when present.
+DEFAULT_PARTICIPANT_COVARIATES = ("age", "sex")
+#: Columns of ``prediction.tsv``.
+PREDICTION_COLUMNS = ("param", "outcome", "roi", "term", "std_beta", "selection_frequency",
+                      "r2_oos", "p_permutation", "n_obs", "n_permutations", "cv_outer",
+                      "cv_inner_folds", "alpha", "l1_ratio")
+
+
+class _Exclusions:
+    """Collects (participant, reason, analysis, param, roi, outcome) and summarises them."""
+
+    def __init__(self):
+        self.records = []
+
+    def add(self, participant, reason, analysis, param="all", roi="all", outcome="all"):
+        self.records.append((participant, reason, analysis, param, roi, outcome))
+
+    def add_reasons(self, reasons: pd.Series, analysis, param, roi, outcome):
+        for participant, reason in reasons.dropna().items():
+            self.add(participant, reason, analysis, param, roi, outcome)
+
+    def summary(self) -> list[dict]:
+        grouped = defaultdict(lambda: defaultdict(set))
+        for participant, reason, analysis, param, roi, outcome in self.records:
+            entry = grouped[(participant, reason)]
+            entry["analyses"].add(analysis)
+            entry["params"].add(param)
+            entry["rois"].add(roi)
+            entry["outcomes"].add(outcome)
+        return [
+            {"participant_id": f"sub-{participant}", "reason": reason,
+             **{key: sorted(values) for key, values in entry.items()}}
+            for (participant, reason), entry in sorted(grouped.items())
+        ]
+
+
+def _software_versions() -> dict:
+    import matplotlib
+    import scipy
+    import sklearn
+    import statsmodels
+
+    return {
+        "bids_ketamine": __version__, "python": platform.python_version(),
+        "numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
+        "statsmodels": statsmodels.__version__, "scikit-learn": sklearn.__version__,
+        "matplotlib": matplotlib.__version__,
+    }
+
+
+def _classify_params(params, scores: pd.DataFrame, bids_dir: Path) -> tuple[list, list]:
+    measures = clinical.numeric_measures(scores)
+    imaging, per_session = [], []
+    for param in params:
+        if param.lower() in roistats.TENSOR_PARAMS:
+            imaging.append(param.lower())
+        elif param in measures:
+            per_session.append(param)
+        else:
+            raise ClinicalDataError(
+                f"--params {param}: neither a tensor parameter ({', '.join(roistats.TENSOR_PARAMS)}) "
+                f"nor a numeric per-session column of {bids_dir}/sub-*/sub-*_sessions.tsv or "
+                f"phenotype/*.tsv (numeric columns: {', '.join(measures) or 'none'}); fix --params"
+            )
+    return imaging, per_session
+
+
+def _roi_order(values: pd.DataFrame, param: str) -> list[str]:
+    found = list(dict.fromkeys(values.loc[values["param"] == param, "roi"]))
+    known = [roi for roi in KETAMINE7_ROIS if roi in found]
+    return known + [roi for roi in found if roi not in known]
+
+
+def _covariate_names(config: Config, outcome: str, data: pd.DataFrame, bids_dir: Path) -> list[str]:
+    if config.covariates is None:
+        names = [f"{outcome}_baseline"]
+        names += [c for c in DEFAULT_PARTICIPANT_COVARIATES
+                  if c in data.columns and data[c].notna().any()]
+        return names
+    names = [name.replace("{outcome}", outcome) for name in config.covariates]
+    missing = [name for name in names if name not in data.columns]
+    if missing:
+        available = [c for c in data.columns if c not in ("group", "treatment")]
+        raise ClinicalDataError(
+            f"covariate(s) {', '.join(missing)} not found in {bids_dir}/participants.tsv nor as "
+            f"<outcome>_baseline (available: {', '.join(available)}); fix --covariates"
+        )
+    return names
+
+
+def _model_rows(terms: pd.DataFrame, model, roi, param, outcome, measure) -> pd.DataFrame:
+    rows = terms.copy()
+    rows.insert(0, "model", model)
+    rows.insert(1, "roi", roi)
+    rows.insert(2, "param", param)
+    rows.insert(3, "outcome", outcome)
+    rows["measure"] = measure
+    return rows
+
+
+def _fit_change_models(frame, sessions, choice, config, param, roi, outcome, cov_terms,
+                       arms, exclusions):
+    """Interaction, simple slopes (change and percent improvement) and remission logit."""
+    rows, samples = [], {}
+    for measure in ("change", "pctimprovement"):
+        dependent = f"{outcome}_{measure}"
+        needed = [(f"{outcome}_baseline", f"{outcome} at baseline"),
+                  (f"{outcome}_followup", f"{outcome} at follow-up")]
+        if measure == "pctimprovement":
+            needed.append((dependent, f"{outcome} percent improvement (baseline score 0)"))
+        reasons = tables.exclusion_reasons(frame, sessions, param, roi, needed, cov_terms,
+                                           config.min_coverage, choice.problems)
+        exclusions.add_reasons(reasons, f"models ({measure})", param, roi, outcome)
+        kept = frame.loc[reasons.isna()]
+        samples[measure] = kept
+        label = outcome if measure == "change" else dependent
+        terms = models.interaction_terms(param, cov_terms)
+        rows.append(_model_rows(models.fit_ols(kept, dependent, terms), "interaction",
+                                roi, param, label, measure))
+        for arm, value in arms:
+            arm_rows = kept.loc[kept["treatment"] == value]
+            fitted = models.fit_ols(arm_rows, dependent, models.slope_terms(param, cov_terms))
+            rows.append(_model_rows(fitted, f"slope_{arm}", roi, param, label, measure))
+    remission = f"{outcome}_remission"
+    if remission in frame.columns:
+        kept = samples["change"]
+        fitted = models.fit_logit(kept, remission, models.interaction_terms(param, cov_terms))
+        rows.append(_model_rows(fitted, "remission_logit", roi, param, outcome, "remission"))
+    return rows, samples["change"]
+
+
+def _prediction_rows(result: prediction.PredictionResult, param, outcome, rois, n_obs):
+    k = len(rois)
+    roi_of = [*rois, tables.NO_ROI, *rois]
+    term_of = [f"{param}_change"] * k + ["treatment"] + [f"treatment:{param}_change"] * k
+    return pd.DataFrame({
+        "param": param, "outcome": outcome, "roi": roi_of, "term": term_of,
+        "std_beta": result.std_beta, "selection_frequency": result.selection_frequency,
+        "r2_oos": result.r2, "p_permutation": result.p_value, "n_obs": n_obs,
+        "n_permutations": result.scheme["n_permutations"], "cv_outer": result.scheme["outer"],
+        "cv_inner_folds": result.scheme["inner_folds"], "alpha": result.alpha,
+        "l1_ratio": result.l1_ratio,
+    })
+
+
+def _run_prediction(frames_by_roi, sessions, choice, config, param, outcome, rois, exclusions,
+                    n_jobs):
+    dependent = f"{outcome}_change"
+    needed = [(f"{outcome}_baseline", f"{outcome} at baseline"),
+              (f"{outcome}_followup", f"{outcome} at follow-up")]
+    first = frames_by_roi[rois[0]]
+    reasons = pd.Series(None, index=first.index, dtype=object)
+    for roi in rois:
+        roi_reasons = tables.exclusion_reasons(frames_by_roi[roi], sessions, param, roi, needed,
+                                               [], config.min_coverage, choice.problems)
+        exclusions.add_reasons(roi_reasons.where(reasons.isna()), "prediction", param, roi,
+                               outcome)
+        reasons = reasons.where(reasons.notna(), roi_reasons)
+    kept = reasons.index[reasons.isna()]
+    n_obs = len(kept)
+    summary = {"param": param, "outcome": outcome, "n_obs": n_obs,
+               "features": "each ROI change, treatment, treatment x each ROI change"}
+    if n_obs < 10:
+        summary["note"] = f"skipped: {n_obs} participants with complete data (at least 10 needed)"
+        return None, summary
+    changes = np.column_stack(
+        [frames_by_roi[roi].loc[kept, f"{param}_change"].to_numpy(float) for roi in rois]
+    )
+    names = [f"{param}_change" if roi == tables.NO_ROI else f"{param}_change[{roi}]" for roi in rois]
+    features, feature_names = prediction.treatment_change_features(
+        changes, first.loc[kept, "treatment"].to_numpy(float), names
+    )
+    result = prediction.predict_outcome(
+        features, first.loc[kept, dependent].to_numpy(float), feature_names,
+        n_permutations=max(config.n_permutations, 0), seed=config.seed, n_jobs=n_jobs,
+    )
+    summary.update({
+        "r2_oos": result.r2, "p_permutation": result.p_value, "alpha": result.alpha,
+        "l1_ratio": result.l1_ratio, "scheme": result.scheme,
+        "feature_names": result.feature_names,
+    })
+    LOGGER.info("prediction of %s from %s changes: out-of-sample R2 = %.3f (p = %s, n = %d)",
+                dependent, param, result.r2, f"{result.p_value:.3g}", n_obs)
+    return _prediction_rows(result, param, outcome, rois, n_obs), summary
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return None if not np.isfinite(value) else float(value)
+    if isinstance(value, (pd.Timestamp,)):
+        return value.isoformat()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _clean_json(value):
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def run_group_level(config: Config) -> dict:
+    """Run the group level and write its outputs to ``OUTPUT_DIR/group/``.
+
+    Parameters
+    ----------
+    config : bids_ketamine.config.Config
+        The run's options (group fields, ``bids_dir``, ``output_dir``,
+        ``participant_label``, ``atlas_name``, ``nprocs``).
+
+    Returns
+    -------
+    dict
+        Paths of the files written (``change``, ``models``, ``models_json``,
+        ``response``, ``outcomes``, ``prediction``, ``figures``) and counts
+        (``n_participants``, ``n_excluded``).
+
+    Raises
+    ------
+    bids_ketamine.errors.InputError
+        No participant-level outputs, unusable clinical tables (``ClinicalDataError``),
+        unknown options.
+    """
+    bids_dir = Path(config.bids_dir)
+    output_dir = Path(config.output_dir)
+    group_dir = output_dir / "group"
+    exclusions = _Exclusions()
+
+    participants = clinical.read_participants(bids_dir, config.group_column,
+                                              tuple(config.participant_label))
+    scores = clinical.read_session_scores(bids_dir, participants.index)
+    outcomes = clinical.resolve_outcomes(config.outcomes, scores, DEFAULT_OUTCOMES, bids_dir)
+    imaging, per_session = _classify_params(config.params, scores, bids_dir)
+    params = imaging + per_session
+    treatment, control_label = clinical.assign_arms(
+        participants, config.treatment_label, config.control_label, bids_dir / "participants.tsv"
+    )
+    arms = [(config.treatment_label, 1.0), (control_label, 0.0)]
+
+    pieces, series_notes = [], []
+    if imaging:
+        roi_values, series_notes = roistats.load_roi_values(
+            output_dir, config.atlas_name, tuple(config.participant_label))
+        unknown = sorted(set(roi_values["participant_id"]) - set(participants.index))
+        for participant in unknown:
+            exclusions.add(participant, f"has participant-level outputs but is not listed in "
+                                        f"{bids_dir / 'participants.tsv'}", "all")
+        missing_params = [p for p in imaging if p not in set(roi_values["param"])]
+        if missing_params:
+            raise InputError(
+                f"parameter(s) {', '.join(missing_params)} not found in the ROI tables of "
+                f"{output_dir}; choose --params among {', '.join(sorted(set(roi_values['param'])))}"
+            )
+        pieces.append(roi_values.loc[roi_values["param"].isin(imaging)])
+    for param in per_session:
+        pieces.append(tables.values_from_scores(scores, param))
+    values = pd.concat(pieces, ignore_index=True)
+
+    in_arm = treatment.notna()
+    for participant in participants.index[~in_arm]:
+        exclusions.add(participant, f"no value in column '{config.group_column}' of participants.tsv",
+                       "all")
+    universe = participants.index[in_arm]
+    values = values.loc[values["participant_id"].isin(universe)]
+    scores_in = scores.loc[scores["participant_id"].isin(universe)]
+
+    found_sessions = {participant: set() for participant in universe}
+    for frame in (values, scores_in):
+        for participant, session in frame[["participant_id", "session_id"]].drop_duplicates().itertuples(index=False):
+            found_sessions[participant].add(session)
+    choice = clinical.choose_sessions(found_sessions, scores_in, config.baseline_session,
+                                      config.followup_session)
+    sessions = choice.table
+
+    paired = tables.pair_sessions(values, sessions)
+    outcome_pairs = tables.pair_outcomes(scores_in, sessions, outcomes, universe)
+    clinical_wide = response.clinical_outcomes(outcome_pairs, outcomes, config.response_threshold,
+                                               config.remission_thresholds)
+    participant_data = participants.loc[universe].copy()
+    participant_data["treatment"] = treatment.loc[universe]
+    participant_data = participant_data.join(clinical_wide)
+
+    group_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    change = tables.change_table(paired, outcome_pairs, participant_data["group"], outcomes)
+    written["change"] = atomic_write_tsv(change, group_dir / "change.tsv")
+    outcome_table = clinical_wide.copy()
+    outcome_table.insert(0, "group", participant_data["group"])
+    outcome_table.index = "sub-" + outcome_table.index
+    written["outcomes"] = atomic_write_tsv(outcome_table.reset_index(), group_dir / "outcomes.tsv")
+    rates = response.response_rates(participant_data, outcomes)
+    written["response"] = atomic_write_tsv(rates, group_dir / "response.tsv")
+
+    model_rows, prediction_rows, prediction_summaries = [], [], []
+    formulas, covariates_used, coding_all = {}, {}, {}
+    figure_paths = []
+    figures_dir = group_dir / "figures"
+    for outcome in outcomes:
+        names = _covariate_names(config, outcome, participant_data, bids_dir)
+        encoded, cov_terms, coding = models.encode_covariates(participant_data, names)
+        coding_all.update(coding)
+        covariates_used[outcome] = cov_terms
+        for param in params:
+            rois = _roi_order(values, param)
+            frames_by_roi = {}
+            for roi in rois:
+                frame = tables.model_frame(paired, encoded, param, roi)
+                frames_by_roi[roi] = frame
+                rows, sample = _fit_change_models(frame, sessions, choice, config, param, roi,
+                                                  outcome, cov_terms, arms, exclusions)
+                model_rows.extend(rows)
+                if param == params[0]:
+                    data = figures.scatter_data(sample.assign(group=sample["group"]),
+                                                f"{param}_change", f"{outcome}_change",
+                                                [a for a, _ in arms])
+                    name = (f"scatter_param-{figures.safe_name(param)}_outcome-"
+                            f"{figures.safe_name(outcome)}_roi-{figures.safe_name(roi)}.png")
+                    title = f"{roi}: {outcome} change vs {param} change" if roi != tables.NO_ROI \
+                        else f"{outcome} change vs {param} change"
+                    figure_paths.append(figures.plot_scatter(
+                        data, f"{param} change (follow-up - baseline)",
+                        f"{outcome} change (follow-up - baseline)", title, figures_dir / name))
+            for measure, dependent in (("change", f"{outcome}_change"),
+                                       ("pctimprovement", f"{outcome}_pctimprovement")):
+                formulas[f"interaction/{param}/{dependent}"] = models.formula(
+                    dependent, models.interaction_terms(param, cov_terms))
+                formulas[f"slope/{param}/{dependent}"] = models.formula(
+                    dependent, models.slope_terms(param, cov_terms)) + " (within each arm)"
+            formulas[f"remission_logit/{param}/{outcome}_remission"] = models.formula(
+                f"{outcome}_remission", models.interaction_terms(param, cov_terms)) + " (logistic)"
+            table, summary = _run_prediction(frames_by_roi, sessions, choice, config, param,
+                                             outcome, rois, exclusions, max(config.nprocs, 1))
+            prediction_summaries.append(summary)
+            if table is not None:
+                prediction_rows.append(table)
+
+    model_table = models.add_fdr(pd.concat(model_rows, ignore_index=True))
+    model_table = model_table[list(models.MODEL_COLUMNS)]
+    written["models"] = atomic_write_tsv(model_table, group_dir / "models.tsv")
+    prediction_table = (pd.concat(prediction_rows, ignore_index=True) if prediction_rows
+                        else pd.DataFrame(columns=PREDICTION_COLUMNS))
+    written["prediction"] = atomic_write_tsv(prediction_table[list(PREDICTION_COLUMNS)],
+                                             group_dir / "prediction.tsv")
+    for param in params:
+        data = figures.forest_data(model_table, param)
+        name = f"forest_param-{figures.safe_name(param)}_term-interaction.png"
+        figure_paths.append(figures.plot_forest(
+            data, f"treatment x {param} change (interaction models)", figures_dir / name))
+
+    excluded = exclusions.summary()
+    for entry in excluded:
+        LOGGER.info("excluded %s from %s: %s", entry["participant_id"],
+                    ", ".join(entry["analyses"]), entry["reason"])
+    document = {
+        "description": "bids_ketamine group level: treatment x change models (docs/group.md)",
+        "software": _software_versions(),
+        "options": config.to_dict(),
+        "arms": {"column": config.group_column, "treatment": config.treatment_label,
+                 "control": control_label, "coding": "treatment = 1, control = 0",
+                 "n": {arm: int((participant_data["treatment"] == v).sum()) for arm, v in arms}},
+        "sessions": choice.summary,
+        "outcomes": outcomes,
+        "params": {"imaging": imaging, "per_session": per_session,
+                   "per_session_roi": tables.NO_ROI},
+        "roi_value": "ROI mean of the participant-level roistats.tsv",
+        "roi_tables": {"rule": "session table without acq/run entities when present, else "
+                               "series averaged weighted by n_voxels",
+                       "multi_series_sessions": series_notes},
+        "covariates": covariates_used,
+        "covariate_coding": coding_all,
+        "formulas": formulas,
+        "estimation": {
+            "ols": "statsmodels formula API, OLS", "cov_type": "HC3 (robust)",
+            "reference_distribution": "t with residual degrees of freedom",
+            "confidence_level": 0.95,
+            "std_estimate": "estimate x SD(design column) / SD(dependent)",
+            "logistic": "statsmodels Logit (maximum likelihood, Wald z); separation reported "
+                        "in the note column, estimates left missing",
+        },
+        "fdr": {"method": "Benjamini-Hochberg (statsmodels.stats.multitest, fdr_bh)",
+                "family": "all ROIs x outcomes of one model, param, measure and term"},
+        "response": {"pct_improvement": "100 x (baseline - followup) / baseline",
+                     "response_threshold_percent": config.response_threshold,
+                     "remission_thresholds": dict(config.remission_thresholds)},
+        "min_coverage": config.min_coverage,
+        "prediction": prediction_summaries,
+        "excluded": excluded,
+        "outputs": {key: Path(path).name for key, path in written.items()},
+    }
+    text = json.dumps(_clean_json(json.loads(json.dumps(document, default=_json_default))),
+                      indent=2)
+    written["models_json"] = atomic_write_text(group_dir / "models.json", text + "\n")
+    written["figures"] = [Path(p) for p in figure_paths]
+    written["n_participants"] = int(len(universe))
+    written["n_excluded"] = len({entry["participant_id"] for entry in excluded})
+    return written

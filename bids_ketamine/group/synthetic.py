@@ -1,0 +1,112 @@
+"""Fabricated group-level inputs for tests and benchmarks (no imaging involved).
+
+:func:`write_study` writes given tables as the files the group level reads
+(``participants.tsv``, ``sub-<s>/sub-<s>_sessions.tsv`` and participant-level
+``*_roistats.tsv``); :func:`random_study` makes such tables with a known treatment x MD
+change effect.  The full simulator of the app (DWI and all) is
+:mod:`bids_ketamine.simulate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bids_ketamine.config import KETAMINE7_ROIS
+
+
+def write_study(bids_dir: Path, output_dir: Path, participants: pd.DataFrame,
+                session_scores: pd.DataFrame, roi_values: pd.DataFrame,
+                atlas: str = "ketamine7") -> None:
+    """Write participants.tsv, sessions.tsv files and ROI tables.
+
+    Parameters
+    ----------
+    bids_dir, output_dir : Path
+        Created if missing.
+    participants : pandas.DataFrame
+        Written as is to participants.tsv (``participant_id`` with ``sub-``).
+    session_scores : pandas.DataFrame
+        ``participant_id`` (bare label), ``session_id`` (bare), then measure columns
+        (``acq_time`` optional); one sessions.tsv per participant.
+    roi_values : pandas.DataFrame
+        ``participant_id``, ``session_id`` (bare), ``roi``, ``param``, ``mean``,
+        ``n_voxels``, ``coverage`` and optionally ``entities`` (e.g. ``"_run-1"``; one
+        table per distinct value).
+    atlas : str
+        Atlas name in the file names.
+    """
+    bids_dir, output_dir = Path(bids_dir), Path(output_dir)
+    bids_dir.mkdir(parents=True, exist_ok=True)
+    participants.to_csv(bids_dir / "participants.tsv", sep="\t", index=False, na_rep="n/a")
+    for subject, rows in session_scores.groupby("participant_id", sort=False):
+        folder = bids_dir / f"sub-{subject}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table = rows.drop(columns="participant_id").copy()
+        table["session_id"] = "ses-" + table["session_id"].astype(str)
+        table.to_csv(folder / f"sub-{subject}_sessions.tsv", sep="\t", index=False, na_rep="n/a")
+    values = roi_values.copy()
+    if "entities" not in values:
+        values["entities"] = ""
+    values["median"] = values.get("median", values["mean"])
+    values["std"] = values.get("std", 0.1)
+    columns = ["roi", "param", "mean", "median", "std", "n_voxels", "coverage"]
+    for (subject, session, entities), rows in values.groupby(
+            ["participant_id", "session_id", "entities"], sort=False):
+        folder = output_dir / f"sub-{subject}" / f"ses-{session}" / "dwi"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"sub-{subject}_ses-{session}{entities}_atlas-{atlas}_model-tensor_roistats.tsv"
+        rows[columns].to_csv(folder / name, sep="\t", index=False, na_rep="n/a")
+
+
+def random_study(n_subjects: int, rois=KETAMINE7_ROIS, seed: int = 0,
+                 interaction: float = -40.0, sessions=("pre", "post")):
+    """Random tables with a treatment x MD change effect on MADRS and QIDS-SR change.
+
+    MADRS change = -8 x treatment + ``interaction`` x treatment x MD change(first ROI)
+    + noise (SD 5); QIDS-SR change is half of it plus noise.  Arms 2:1
+    ketamine:placebo.
+
+    Returns
+    -------
+    participants, session_scores, roi_values : pandas.DataFrame
+        Inputs of :func:`write_study`.
+    """
+    rng = np.random.default_rng(seed)
+    labels = [f"{i:04d}" for i in range(1, n_subjects + 1)]
+    treatment = (rng.random(n_subjects) < 2 / 3).astype(float)
+    participants = pd.DataFrame({
+        "participant_id": [f"sub-{s}" for s in labels],
+        "group": np.where(treatment == 1, "ketamine", "placebo"),
+        "age": rng.integers(20, 65, n_subjects),
+        "sex": rng.choice(["F", "M"], n_subjects),
+    })
+    md_base = 0.8 + 0.05 * rng.standard_normal((n_subjects, len(rois)))
+    md_change = 0.02 * rng.standard_normal((n_subjects, len(rois)))
+    madrs_base = rng.normal(32, 5, n_subjects).round()
+    madrs_change = (-8 * treatment + interaction * treatment * md_change[:, 0] * 10
+                    + rng.normal(0, 5, n_subjects))
+    qids_base = rng.normal(17, 3, n_subjects).round()
+    qids_change = 0.5 * madrs_change + rng.normal(0, 2, n_subjects)
+    scores = pd.DataFrame({
+        "participant_id": np.repeat(labels, 2),
+        "session_id": np.tile(sessions, n_subjects),
+        "acq_time": np.tile(["2020-01-01T09:00:00", "2020-01-02T09:00:00"], n_subjects),
+        "madrs": np.column_stack([madrs_base, (madrs_base + madrs_change).clip(0, 60)]).ravel(),
+        "qids_sr": np.column_stack([qids_base, (qids_base + qids_change).clip(0, 27)]).ravel(),
+    })
+    pieces = []
+    for index, session in enumerate(sessions):
+        values = md_base + index * md_change
+        pieces.append(pd.DataFrame({
+            "participant_id": np.repeat(labels, len(rois)),
+            "session_id": session,
+            "roi": np.tile(rois, n_subjects),
+            "param": "md",
+            "mean": values.ravel(),
+            "n_voxels": 500,
+            "coverage": 0.95,
+        }))
+    return participants, scores, pd.concat(pieces, ignore_index=True)
