@@ -96,11 +96,9 @@ class Config:
     @property
     def atlas_name(self) -> str:
         """The atlas label used in output file names (``atlas-<name>``)."""
-        path = Path(self.atlas)
-        if path.suffix in (".gz", ".nii"):
-            name = path.name.split(".")[0]
-            return "".join(ch for ch in name if ch.isalnum()) or "custom"
-        return self.atlas
+        from bids_ketamine.atlas import atlas_name_from_path
+
+        return atlas_name_from_path(self.atlas) if Path(self.atlas).suffix in (".gz", ".nii") else self.atlas
 
     def to_dict(self) -> dict[str, Any]:
         """Options as JSON-serialisable values (paths become strings)."""
