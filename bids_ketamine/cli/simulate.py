@@ -1,0 +1,150 @@
+"""``bids-ketamine-simulate``: write a simulated two-arm trial as a BIDS dataset.
+
+Errors a user can fix (a non-empty output folder without ``--overwrite``, bad numbers) are
+printed as one line (``bids-ketamine-simulate: error: ...``) and exit with status 2, without a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from bids_ketamine import __version__
+
+PROG = "bids-ketamine-simulate"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message):  # noqa: D401 - argparse API
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _ratio(text: str) -> tuple:
+    parts = text.replace("/", ":").split(":")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a ratio K:S such as 2:1") from None
+    if len(values) != 2 or min(values) < 0 or sum(values) <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a ratio K:S of non-negative numbers, such as 2:1")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``bids-ketamine-simulate``."""
+    parser = _OneLineParser(
+        prog=PROG,
+        description="Simulate a two-arm (ketamine vs saline) DWI trial with known ground truth "
+                    "and write it as a BIDS dataset (truth in sourcedata/simulation/).",
+    )
+    parser.add_argument("output_dir", metavar="OUTPUT_BIDS_DIR", type=Path)
+    parser.add_argument("--n-subjects", type=_positive_int, default=6)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", choices=("small", "realistic"), default="small",
+                        help="small: 3 mm, 6 b=0 + 30 directions; realistic: 2 mm, 6 b=0 + 64 "
+                             "directions (b=1000)")
+    parser.add_argument("--null", action="store_true",
+                        help="no imaging change and no imaging-outcome relation")
+    parser.add_argument("--snr", type=_finite, default=None,
+                        help="b=0 SNR in grey matter (default: 50 small, 30 realistic)")
+    parser.add_argument("--motion", type=_finite, default=None,
+                        help="scale of per-volume motion (SD, mm and degrees; 0 disables; default 0.3)")
+    parser.add_argument("--md-change-ketamine", nargs=2, type=_finite, metavar=("MEAN", "SD"),
+                        default=(-3.0, 2.0), help="percent MD change per follow-up visit (default -3 2)")
+    parser.add_argument("--md-change-saline", nargs=2, type=_finite, metavar=("MEAN", "SD"),
+                        default=(0.0, 1.0), help="percent MD change per follow-up visit (default 0 1)")
+    parser.add_argument("--arm-ratio", type=_ratio, default=(2.0, 1.0), metavar="K:S",
+                        help="ketamine:saline allocation (default 2:1)")
+    parser.add_argument("--sessions", nargs="+", default=["pre", "post"], metavar="LABEL",
+                        help="session labels, baseline first; with more than two the MD change of "
+                             "each visit accumulates (default: pre post)")
+    parser.add_argument("--visit-interval-hours", type=_finite, default=24.0,
+                        help="time between consecutive sessions (default 24)")
+    parser.add_argument("--roi-correlation", type=_finite, default=0.7,
+                        help="correlation of a subject's MD changes across ROIs (default 0.7)")
+    parser.add_argument("--orientation", choices=("LAS", "RAS"), default="LAS",
+                        help="voxel axes of the written images (default LAS)")
+    parser.add_argument("--oblique", type=_finite, default=0.0, metavar="DEG",
+                        help="tilt of the slab about left-right, degrees (default 0)")
+    parser.add_argument("--atlas-image", type=Path, default=None,
+                        help="ROI labels 1..7 on the template grid (default: the app's ketamine7 atlas)")
+    parser.add_argument("--no-noise", action="store_true", help="write noise-free data")
+    parser.add_argument("--no-motion", action="store_true", help="no per-volume motion")
+    parser.add_argument("--no-images", action="store_true",
+                        help="write only the clinical tables and the truth (fast, for power analyses)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous simulation in OUTPUT_BIDS_DIR")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from bids_ketamine.simulate import simulate_trial
+
+    options = dict(
+        snr=args.snr,
+        motion=args.motion,
+        md_change_ketamine=tuple(args.md_change_ketamine),
+        md_change_saline=tuple(args.md_change_saline),
+        arm_ratio=tuple(args.arm_ratio),
+        sessions=tuple(s[4:] if s.startswith("ses-") else s for s in args.sessions),
+        null=args.null,
+        noise=not args.no_noise,
+        motion_enabled=not args.no_motion,
+        roi_correlation=args.roi_correlation,
+        visit_interval_hours=args.visit_interval_hours,
+        orientation=args.orientation,
+        oblique_deg=args.oblique,
+    )
+    if args.atlas_image is not None and not args.atlas_image.is_file():
+        parser.error(f"--atlas-image {args.atlas_image} does not exist")
+    start = time.perf_counter()
+    try:
+        root = simulate_trial(args.output_dir, args.n_subjects, args.seed, args.preset,
+                              overwrite=args.overwrite, progress=not args.quiet,
+                              images=not args.no_images,
+                              atlas_image=args.atlas_image, **options)
+    except (ValueError, FileExistsError) as err:
+        parser.error(" ".join(str(err).split()))
+    if not args.quiet:
+        elapsed = time.perf_counter() - start
+        n_series = args.n_subjects * len(args.sessions)
+        what = "clinical tables" if args.no_images else f"{n_series} DWI series"
+        print(f"{PROG}: wrote {args.n_subjects} participants x {len(args.sessions)} sessions "
+              f"({what}) to {root} in {elapsed:.1f} s; truth in "
+              f"{root / 'sourcedata' / 'simulation'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

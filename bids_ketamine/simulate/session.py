@@ -1,0 +1,313 @@
+"""One simulated DWI series: anatomy on the session's grid, signal, motion, noise.
+
+:func:`simulate_session` is the imaging core of the simulator and the entry point for tests
+that need one series without writing a dataset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from bids_ketamine.simulate.anatomy import (
+    SessionAnatomy,
+    TemplateAnatomy,
+    roi_grey_matter_mask,
+    sample_anatomy,
+)
+from bids_ketamine.simulate.geometry import SmoothDisplacement, SubjectTransform, acquisition_affine
+from bids_ketamine.simulate.motion import apply_motion, motion_matrices
+from bids_ketamine.simulate.signal import (
+    SignalModel,
+    TissueParameters,
+    acquisition_scheme,
+    add_rician_noise,
+    grey_matter_md_map,
+    world_to_bvecs,
+)
+
+__all__ = ["Preset", "PRESETS", "Acquisition", "make_acquisition", "SimulatedSession",
+           "identity_subject_transform", "simulate_session"]
+
+#: Largest value an int16 image can hold.
+_INT16_MAX = 32767
+
+
+@dataclass(frozen=True)
+class Preset:
+    """An acquisition protocol and its default image quality.
+
+    Attributes
+    ----------
+    name : str
+    voxel_size : float
+        Isotropic voxel size (mm).
+    n_b0, n_directions : int
+        Number of b=0 volumes and of diffusion directions.
+    bvalue : float
+        s/mm^2.
+    fov_mm : tuple of 3 float
+        Field of view (left-right, anterior-posterior, inferior-superior).
+    snr : float
+        Default b=0 signal-to-noise ratio in grey matter.
+    motion : float
+        Default per-volume motion scale (mm, degrees).
+    """
+
+    name: str
+    voxel_size: float
+    n_b0: int
+    n_directions: int
+    bvalue: float
+    fov_mm: tuple
+    snr: float
+    motion: float
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(int(round(f / self.voxel_size)) for f in self.fov_mm)
+
+
+PRESETS = {
+    "small": Preset("small", 3.0, 6, 30, 1000.0, (216.0, 252.0, 186.0), 50.0, 0.3),
+    "realistic": Preset("realistic", 2.0, 6, 64, 1000.0, (216.0, 252.0, 186.0), 30.0, 0.3),
+}
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """The image grid and gradient table of one protocol.
+
+    Attributes
+    ----------
+    shape : tuple of 3 int
+    affine : ndarray (4, 4)
+    bvals : ndarray (n,)
+    gradients : ndarray (n, 3)
+        Unit gradients in scanner axes (zeros for b=0).
+    preset : Preset
+    orientation : str
+    oblique_deg : float
+    """
+
+    shape: tuple
+    affine: np.ndarray
+    bvals: np.ndarray
+    gradients: np.ndarray
+    preset: Preset
+    orientation: str = "LAS"
+    oblique_deg: float = 0.0
+
+    @property
+    def bvecs(self) -> np.ndarray:
+        """Gradients in the BIDS/FSL bvec convention of this grid, shape (n, 3)."""
+        return world_to_bvecs(self.gradients, self.affine)
+
+
+@lru_cache(maxsize=8)
+def _scheme(n_b0: int, n_directions: int, bvalue: float):
+    bvals, gradients = acquisition_scheme(n_b0, n_directions, bvalue, seed=0)
+    bvals.setflags(write=False)
+    gradients.setflags(write=False)
+    return bvals, gradients
+
+
+def make_acquisition(preset: str | Preset = "small", orientation: str = "LAS",
+                     oblique_deg: float = 0.0) -> Acquisition:
+    """Build the :class:`Acquisition` of a preset.
+
+    Parameters
+    ----------
+    preset : {"small", "realistic"} or Preset
+    orientation : {"LAS", "RAS"}
+        Voxel axis order of the written images (see
+        :func:`bids_ketamine.simulate.geometry.acquisition_affine`).
+    oblique_deg : float
+        Slab tilt about left-right (degrees).
+
+    Returns
+    -------
+    Acquisition
+    """
+    if isinstance(preset, str):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        preset = PRESETS[preset]
+    affine = acquisition_affine(preset.shape, preset.voxel_size, orientation, oblique_deg)
+    bvals, gradients = _scheme(preset.n_b0, preset.n_directions, preset.bvalue)
+    return Acquisition(preset.shape, affine, bvals, gradients, preset, orientation, float(oblique_deg))
+
+
+def identity_subject_transform(anatomy: TemplateAnatomy) -> SubjectTransform:
+    """A head identical to the template, centred on the head frame's origin."""
+    none = np.zeros((0, 3))
+    return SubjectTransform(np.eye(3), np.asarray(anatomy.brain_centre, float),
+                            SmoothDisplacement(none, none, none))
+
+
+@dataclass
+class SimulatedSession:
+    """One simulated series and its ground truth (on the session's grid).
+
+    Attributes
+    ----------
+    data : ndarray int16 4D
+        The DWI series as written (signal units, no scaling).
+    affine : ndarray (4, 4)
+    bvals : ndarray (n,)
+    bvecs : ndarray (n, 3)
+        BIDS/FSL convention, not rotated for motion.
+    anatomy : SessionAnatomy
+        Tissue fractions, ROI labels, WM directions (scanner axes) before per-volume motion.
+    gm_md : ndarray float32 3D
+        True grey-matter MD per voxel (um^2/ms).
+    roi_grey_matter : ndarray uint8 3D
+        Each ROI's grey-matter voxels (the definition in truth.json).
+    md_groups : ndarray (n_rois + 1,)
+        GM MD outside every ROI, then per ROI.
+    motion : ndarray (n, 6)
+        Per-volume motion parameters (mm, degrees).
+    noise_sigma : float
+        Standard deviation of the Gaussian components of the Rician noise (0: none).
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    bvals: np.ndarray
+    bvecs: np.ndarray
+    anatomy: SessionAnatomy
+    gm_md: np.ndarray
+    roi_grey_matter: np.ndarray
+    md_groups: np.ndarray
+    motion: np.ndarray
+    noise_sigma: float
+
+
+def _support_box(brain: np.ndarray, affine: np.ndarray, matrices: np.ndarray):
+    """Slices of the grid block that holds the brain under every volume's motion, and its affine."""
+    shape = np.asarray(brain.shape)
+    if not np.any(brain):
+        return tuple(slice(0, n) for n in shape), affine
+    index = np.argwhere(brain)
+    low, high = index.min(0), index.max(0)
+    corners = np.array([[a, b, c] for a in (low[0], high[0]) for b in (low[1], high[1])
+                        for c in (low[2], high[2])], dtype=float)
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    shift = 0.0
+    for matrix in matrices:
+        moved = world @ matrix[:3, :3].T + matrix[:3, 3]
+        shift = max(shift, float(np.max(np.linalg.norm(moved - world, axis=1))))
+    voxel = float(np.min(np.linalg.norm(affine[:3, :3], axis=0)))
+    margin = int(np.ceil(shift / voxel)) + 2
+    start = np.maximum(low - margin, 0)
+    stop = np.minimum(high + margin + 1, shape)
+    box_affine = affine.copy()
+    box_affine[:3, 3] = affine[:3, :3] @ start + affine[:3, 3]
+    return tuple(slice(int(a), int(b)) for a, b in zip(start, stop)), box_affine
+
+
+def simulate_session(
+    anatomy: TemplateAnatomy,
+    acquisition: Acquisition | str = "small",
+    *,
+    md_groups=None,
+    tissue: TissueParameters | None = None,
+    subject_transform: SubjectTransform | None = None,
+    session_pose: np.ndarray | None = None,
+    motion: np.ndarray | None = None,
+    snr: float | None = None,
+    rng: np.random.Generator | int | None = None,
+    gain: float = 1.0,
+    interpolation_order: int = 3,
+) -> SimulatedSession:
+    """Simulate one DWI series.
+
+    Parameters
+    ----------
+    anatomy : TemplateAnatomy
+        From :func:`bids_ketamine.simulate.anatomy.load_template_anatomy`.
+    acquisition : Acquisition or preset name
+    md_groups : array-like of shape (n_rois + 1,), optional
+        GM MD (um^2/ms) outside every ROI, then per ROI (default 0.8 everywhere).
+    tissue : TissueParameters, optional
+    subject_transform : SubjectTransform, optional
+        Head -> template (default: the template itself).
+    session_pose : ndarray (4, 4), optional
+        Head -> scanner rigid transform (default: identity).
+    motion : ndarray (n_volumes, 6), optional
+        Per-volume motion parameters (default: none).
+    snr : float, optional
+        b=0 grey-matter SNR; ``None`` writes noise-free data.
+    rng : numpy.random.Generator or int, optional
+        Noise generator (or its seed).
+    gain : float
+        Receiver gain of the session (scales every S0 and the noise alike).
+    interpolation_order : int
+        Spline order used to move the head for per-volume motion (3: cubic B-spline, which
+        keeps partial volume close to what a scanner would sample; 1: trilinear, faster but
+        blurs CSF into grey matter by a few percent of MD).
+
+    Returns
+    -------
+    SimulatedSession
+    """
+    if isinstance(acquisition, str):
+        acquisition = make_acquisition(acquisition)
+    tissue = tissue or TissueParameters()
+    n_groups = anatomy.n_rois + 1
+    md_groups = np.full(n_groups, 0.8) if md_groups is None else np.asarray(md_groups, dtype=float)
+    if md_groups.shape != (n_groups,) or np.any(md_groups <= 0):
+        raise ValueError(
+            f"md_groups must hold {n_groups} positive diffusivities (outside ROIs, then one per "
+            f"ROI), got {md_groups}"
+        )
+    if snr is not None and snr <= 0:
+        raise ValueError(f"snr must be positive (or None for noise-free data), got {snr}")
+    if gain <= 0:
+        raise ValueError(f"gain must be positive, got {gain}")
+    n_volumes = len(acquisition.bvals)
+    motion = np.zeros((n_volumes, 6)) if motion is None else np.asarray(motion, dtype=float)
+    if motion.shape != (n_volumes, 6):
+        raise ValueError(f"motion must have shape ({n_volumes}, 6), got {motion.shape}")
+    subject_transform = subject_transform or identity_subject_transform(anatomy)
+    pose = np.eye(4) if session_pose is None else np.asarray(session_pose, dtype=float)
+    if not isinstance(rng, np.random.Generator):
+        rng = np.random.default_rng(rng)
+
+    pose_inverse = np.linalg.inv(pose)
+
+    def scanner_to_template(points):
+        return subject_transform(points @ pose_inverse[:3, :3].T + pose_inverse[:3, 3])
+
+    session_anatomy = sample_anatomy(anatomy, acquisition.shape, acquisition.affine,
+                                     scanner_to_template)
+    scaled = TissueParameters(tissue.s0_gm * gain, tissue.s0_wm * gain, tissue.s0_csf * gain,
+                              tissue.md_csf, tuple(tissue.wm_eigenvalues))
+    model = SignalModel(session_anatomy, md_groups, scaled)
+    sigma = 0.0 if snr is None else scaled.s0_gm / float(snr)
+    matrices = motion_matrices(motion)
+    # Only the block that can hold the (moving) head is resampled; the rest stays zero.
+    box, box_affine = _support_box(model.brain, acquisition.affine, matrices)
+    data = np.empty(acquisition.shape + (n_volumes,), dtype=np.int16)
+    moved = np.zeros(acquisition.shape)
+    for volume, (bvalue, gradient, matrix) in enumerate(zip(acquisition.bvals, acquisition.gradients,
+                                                            matrices)):
+        # The tissue turned with the head: the gradient in the static head's frame.
+        static = model.volume(bvalue, matrix[:3, :3].T @ gradient)
+        moved[box] = apply_motion(static[box], box_affine, matrix, order=interpolation_order)
+        noisy = add_rician_noise(moved, sigma, rng)
+        data[..., volume] = np.clip(np.rint(noisy), 0, _INT16_MAX).astype(np.int16)
+    return SimulatedSession(
+        data=data,
+        affine=acquisition.affine,
+        bvals=np.asarray(acquisition.bvals),
+        bvecs=acquisition.bvecs,
+        anatomy=session_anatomy,
+        gm_md=grey_matter_md_map(session_anatomy, md_groups),
+        roi_grey_matter=roi_grey_matter_mask(session_anatomy),
+        md_groups=md_groups,
+        motion=motion,
+        noise_sigma=sigma,
+    )
