@@ -30,7 +30,9 @@ def setup_logging(verbosity: int) -> None:
                         datefmt="%H:%M:%S", stream=sys.stderr)
     LOGGER.setLevel(level)
     for name in ("nipype.workflow", "nipype.interface", "nipype.utils"):
-        logging.getLogger(name).setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+        nipype_logger = logging.getLogger(name)
+        nipype_logger.setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
+        nipype_logger.propagate = False  # nipype has its own handler: no duplicated lines
 
 
 def _limit_threads(n_threads: int) -> None:

@@ -5,7 +5,7 @@ Transforms are stored as files so that every node can be rerun from its inputs:
 - ``from-dwi_to-midpoint`` rigid transforms are 4x4 matrices (text) mapping a point's world
   coordinates (mm) in the session's DWI space to world coordinates in the midpoint space.
 - The midpoint -> template registration is saved by
-  :meth:`bids_ketamine.dwi.registration.TemplateRegistration.save`.
+  :meth:`bids_ketamine.dwi.registration.TemplateRegistration.save` under a file prefix.
 
 A native image is mapped through the midpoint into the template by giving it the affine
 ``rigid @ affine``: its voxels expressed in midpoint world coordinates.  No data are resampled
@@ -65,8 +65,10 @@ class MidpointSpace(SimpleInterface):
             midpoint_img, midpoint_mask = images[0], masks[0]
         else:
             result = midpoint_space(images, masks)
-            transforms = result.to_midpoint
-            midpoint_img, midpoint_mask = result.image, result.mask
+            # MidpointResult.transforms pull midpoint-world points into each session's world;
+            # the files hold the inverse: session world -> midpoint world.
+            transforms = [np.linalg.inv(t) for t in result.transforms]
+            midpoint_img, midpoint_mask = result.template, result.mask
         xfm_files = []
         for index, matrix in enumerate(transforms):
             path = out / f"series{index:02d}_to_midpoint.txt"
@@ -90,7 +92,7 @@ class _TemplateRegistrationInputSpec(BaseInterfaceInputSpec):
 
 
 class _TemplateRegistrationOutputSpec(TraitedSpec):
-    registration_dir = traits.Directory(exists=True, desc="saved registration (TemplateRegistration.load)")
+    registration_prefix = traits.Str(desc="file prefix of the saved registration (TemplateRegistration.load)")
     affine_file = File(exists=True, desc="affine part, 4x4 text")
     warped_file = File(exists=True, desc="moving image in template space (for QC)")
 
@@ -107,16 +109,13 @@ class TemplateRegistration(SimpleInterface):
         from bids_ketamine.resources import get_template
 
         template = get_template(self.inputs.template)
-        fixed = template_b0_contrast(template)
-        fixed_mask = nib.load(template.mask)
+        fixed = template_b0_contrast(template)  # zero outside the brain: its own mask
         registration = register_to_template(nib.load(self.inputs.moving_file), nib.load(self.inputs.moving_mask),
-                                            fixed, fixed_mask, n_threads=self.inputs.n_threads)
-        out = Path(runtime.cwd) / "registration"
-        out.mkdir(exist_ok=True)
-        registration.save(out)
-        self._results["registration_dir"] = str(out)
-        self._results["affine_file"] = str(out / "affine.txt")
-        np.savetxt(self._results["affine_file"], np.asarray(registration.affine), fmt="%.10f")
+                                            fixed, None, n_threads=self.inputs.n_threads)
+        prefix = str(Path(runtime.cwd) / "to_template")
+        paths = registration.save(prefix)
+        self._results["registration_prefix"] = prefix
+        self._results["affine_file"] = paths["affine"]
         self._results["warped_file"] = str(Path(runtime.cwd) / "warped_b0.nii.gz")
         registration.to_template(nib.load(self.inputs.moving_file), order=1).to_filename(
             self._results["warped_file"])
@@ -127,7 +126,7 @@ class _WarpAtlasInputSpec(BaseInterfaceInputSpec):
     atlas_file = File(exists=True, mandatory=True, desc="atlas labels in template space")
     reference_file = File(exists=True, mandatory=True, desc="an image on the native DWI grid")
     rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
-    registration_dir = traits.Directory(exists=True, mandatory=True, desc="midpoint -> template")
+    registration_prefix = traits.Str(mandatory=True, desc="midpoint -> template registration files")
 
 
 class _WarpAtlasOutputSpec(TraitedSpec):
@@ -143,7 +142,7 @@ class WarpAtlasToNative(SimpleInterface):
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.registration import TemplateRegistration as Registration
 
-        registration = Registration.load(Path(self.inputs.registration_dir))
+        registration = Registration.load(self.inputs.registration_prefix)
         reference = nib.load(self.inputs.reference_file)
         rigid = np.loadtxt(self.inputs.rigid_file)
         grid = nib.Nifti1Image(np.zeros(reference.shape[:3], dtype=np.uint8), rigid @ reference.affine)
@@ -157,7 +156,7 @@ class WarpAtlasToNative(SimpleInterface):
 class _WarpToTemplateInputSpec(BaseInterfaceInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="native maps")
     rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
-    registration_dir = traits.Directory(exists=True, mandatory=True, desc="midpoint -> template")
+    registration_prefix = traits.Str(mandatory=True, desc="midpoint -> template registration files")
     template = traits.Str(mandatory=True, desc="template name")
     resolution = traits.Float(2.0, usedefault=True, desc="output voxel size (mm)")
     reference_file = File(exists=True, desc="output grid (default: the template at `resolution`)")
@@ -178,7 +177,7 @@ class WarpToTemplate(SimpleInterface):
         from bids_ketamine.dwi.registration import TemplateRegistration as Registration
         from bids_ketamine.resources import get_template, template_grid
 
-        registration = Registration.load(Path(self.inputs.registration_dir))
+        registration = Registration.load(self.inputs.registration_prefix)
         rigid = np.loadtxt(self.inputs.rigid_file)
         if self.inputs.reference_file:
             reference = nib.load(self.inputs.reference_file)
