@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from bids_ketamine.config import DEFAULT_TEMPLATE, OFFLINE_TEMPLATE
+from bids_ketamine.utils.atomic import atomic_write_nifti
 
 LOGGER = logging.getLogger(__name__)
 
@@ -76,12 +77,6 @@ def _cache_dir() -> Path:
     return path
 
 
-def _write_atomic(img: nib.Nifti1Image, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
-    img.to_filename(tmp)
-    os.replace(tmp, path)
-
-
 @lru_cache(maxsize=None)
 def _nilearn_template() -> Template:
     """The MNI152 2009a symmetric template that nilearn ships, as probability maps.
@@ -121,8 +116,8 @@ def _nilearn_template() -> Template:
         header = nib.Nifti1Header()
         header.set_xyzt_units("mm")
         for key, data in (("t1w", t1w), ("gm", gm), ("wm", wm), ("csf", csf)):
-            _write_atomic(nib.Nifti1Image(data.astype(np.float32), affine, header), paths[key])
-        _write_atomic(nib.Nifti1Image(brain.astype(np.uint8), affine, header), paths["mask"])
+            atomic_write_nifti(nib.Nifti1Image(data.astype(np.float32), affine, header), paths[key])
+        atomic_write_nifti(nib.Nifti1Image(brain.astype(np.uint8), affine, header), paths["mask"])
     return Template(name=OFFLINE_TEMPLATE, source="nilearn", **paths)
 
 

@@ -15,7 +15,9 @@ Per participant (:func:`init_single_subject_wf`):
 
 from __future__ import annotations
 
+import getpass
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -269,6 +271,11 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
     }
     workflow.config["monitoring"] = {"enabled": False}
     plugin_args = dict(config.plugin_args)
+    # nipype's cluster plugins read LOGNAME, unset in some containers and batch shells
+    os.environ.setdefault("LOGNAME", getpass.getuser())
+    if config.plugin.endswith("Graph"):
+        # nipype 1.11's graph plugins fail without it
+        plugin_args.setdefault("dont_resubmit_completed_jobs", True)
     if config.plugin in ("MultiProc", "LegacyMultiProc"):
         plugin_args.setdefault("n_procs", config.nprocs)
         if config.mem_gb:
@@ -290,6 +297,11 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
         if config.stop_on_first_crash:
             problems.append(f"processing stopped at the first crash; crash files in {crash_dir}")
     LOGGER.info("Participant workflow finished in %.1f s", time.time() - started)
+    if config.plugin.endswith("Graph"):
+        # Graph plugins return once every job is queued: the outputs appear as the jobs end.
+        LOGGER.info("All jobs were submitted to the scheduler with %s; when they have finished, "
+                    "rerun with --reports-only to build the reports", config.plugin)
+        return problems
     for subject, series in usable.items():
         for item in series:
             table = output_path(config.output_dir, item, "roistats_file", tpl=template.name,

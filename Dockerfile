@@ -1,0 +1,61 @@
+# bids_ketamine as a container: a BIDS App whose entry point is `bids-ketamine`.
+#
+#   docker build -t bidsketamine/bids_ketamine:0.1.0 .
+#   docker run --rm -v /data/bids:/data:ro -v /data/out:/out \
+#       bidsketamine/bids_ketamine:0.1.0 /data /out participant --participant-label 01
+#
+# For Singularity/Apptainer and Slurm see docs/hpc.md.
+FROM python:3.11-slim
+
+ARG VERSION=0.1.0
+ARG BUILD_DATE=unknown
+ARG VCS_REF=unknown
+
+LABEL org.opencontainers.image.title="bids_ketamine" \
+      org.opencontainers.image.description="BIDS App: longitudinal grey-matter mean diffusivity change and its relation to clinical response in two-arm trials" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.authors="bids_ketamine developers" \
+      org.opencontainers.image.created="${BUILD_DATE}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11-slim"
+
+# TEMPLATEFLOW_HOME: templates fetched below, read-only at run time (no downloads then).
+# BIDS_KETAMINE_CACHE: where the app caches converted template files; must be writable.
+# NIPYPE_NO_ET / NO_ET: no network check by nipype (compute nodes are often offline).
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TEMPLATEFLOW_HOME=/opt/templateflow \
+    TEMPLATEFLOW_AUTOUPDATE=0 \
+    BIDS_KETAMINE_CACHE=/tmp/bids_ketamine_cache \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    NIPYPE_NO_ET=1 \
+    NO_ET=1
+
+# The same install step as the README: `python3 -m pip install .` from the source tree.
+COPY . /src/bids_ketamine
+RUN cd /src/bids_ketamine \
+    && python3 -m pip install --no-cache-dir . \
+    && cd / && rm -rf /src/bids_ketamine \
+    && bids-ketamine --version
+
+# TemplateFlow files the app uses (MNI152NLin2009cAsym, 1 mm and 2 mm): T1w, brain mask,
+# GM/WM/CSF probability maps. Fetched at build time, then made read-only.
+RUN python -c "import templateflow.api as tf; \
+files = [tf.get('MNI152NLin2009cAsym', resolution=res, extension='.nii.gz', raise_empty=True, **query) \
+         for res in (1, 2) \
+         for query in (dict(desc=None, suffix='T1w'), dict(desc='brain', suffix='mask'), \
+                       dict(label='GM', suffix='probseg'), dict(label='WM', suffix='probseg'), \
+                       dict(label='CSF', suffix='probseg'))]; \
+print(*files, sep='\n')" \
+    && chown -R root:root "${TEMPLATEFLOW_HOME}" \
+    && chmod -R a+rX,a-w "${TEMPLATEFLOW_HOME}"
+
+# Run as an unprivileged user.
+RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash bidsapp
+USER bidsapp
+WORKDIR /home/bidsapp
+
+ENTRYPOINT ["bids-ketamine"]
+CMD ["--help"]
