@@ -13,7 +13,9 @@ class _DenoiseInputSpec(BaseInterfaceInputSpec):
     dwi_file = File(exists=True, mandatory=True, desc="DWI series, before any interpolation")
     bval_file = File(exists=True, mandatory=True, desc="b-values (Patch2Self needs them)")
     method = traits.Enum("mppca", "patch2self", "none", usedefault=True, desc="denoising method")
-    patch_radius = traits.Int(2, usedefault=True, desc="MP-PCA patch radius (2: 5x5x5)")
+    patch_radius = traits.Either(None, traits.Int, usedefault=True,
+                                 desc="MP-PCA patch radius; None: dwidenoise's rule (smallest cube "
+                                      "with at least as many voxels as volumes)")
     n_threads = traits.Int(1, usedefault=True, desc="threads")
 
 
