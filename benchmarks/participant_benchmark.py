@@ -1,0 +1,102 @@
+"""Benchmark of the participant level: wall time per stage and peak memory.
+
+Runs ``bids-ketamine BIDS_DIR OUT participant`` in a subprocess (so that its peak RSS is
+measured with ``getrusage(RUSAGE_CHILDREN)``), then reads the wall time of every nipype node
+from the work directory and adds them up per stage (node name without its series suffix).
+Default: one simulated realistic-preset session (2 mm, 6 b=0 + 64 directions).
+
+Usage::
+
+    python benchmarks/participant_benchmark.py [--preset realistic|small] [--sessions 1|2]
+        [--nprocs 2] [--bids-dir DIR --participant-label LABEL]
+
+Targets (issue "Performance"): the whole participant level of one realistic session in under
+5 minutes wall on 2 cores, peak RSS under 4 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def stage_times(work_dir: Path) -> dict[str, float]:
+    """Sum of node wall times per stage (nipype result files of the work directory)."""
+    from nipype.utils.filemanip import loadpkl
+
+    totals: dict[str, float] = defaultdict(float)
+    for result_file in work_dir.rglob("result_*.pklz"):
+        stage = re.sub(r"_s[0-9A-Za-z]+(_(ses|acq|dir|run)[0-9A-Za-z]+)*$", "", result_file.parent.name)
+        try:
+            duration = getattr(loadpkl(result_file).runtime, "duration", 0.0) or 0.0
+        except Exception:  # noqa: BLE001 - a partial result file is skipped
+            continue
+        totals[stage] += float(duration)
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["small", "realistic"], default="realistic")
+    parser.add_argument("--sessions", type=int, choices=[1, 2], default=1)
+    parser.add_argument("--nprocs", type=int, default=2)
+    parser.add_argument("--bids-dir", type=Path, default=None, help="use this dataset instead of simulating")
+    parser.add_argument("--participant-label", default="01")
+    parser.add_argument("--keep", type=Path, default=None, help="keep outputs in this folder")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="participant_benchmark_") as tmp:
+        root = args.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        bids_dir = args.bids_dir
+        if bids_dir is None:
+            bids_dir = root / "bids"
+            if not bids_dir.exists():
+                subprocess.run(["bids-ketamine-simulate", str(bids_dir), "--n-subjects", "1", "--seed", "11",
+                                "--preset", args.preset, "--quiet"], check=True)
+        command = ["bids-ketamine", str(bids_dir), str(root / "out"), "participant", "-w", str(root / "work"),
+                   "--participant-label", args.participant_label, "--nprocs", str(args.nprocs),
+                   "--omp-nthreads", str(args.nprocs)]
+        if args.bids_dir is None and args.sessions == 1:
+            command += ["--session-label", "pre"]
+        started = time.perf_counter()
+        completed = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if completed.returncode != 0:
+            sys.stderr.write(completed.stderr[-3000:])
+            raise SystemExit(f"participant level failed with status {completed.returncode}")
+        peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
+        row = {
+            "dataset": str(args.bids_dir or f"simulated {args.preset}"),
+            "sessions": args.sessions if args.bids_dir is None else "all",
+            "nprocs": args.nprocs,
+            "wall_s": round(wall, 1),
+            "peak_rss_gb": round(peak_gb, 2),
+            "load_avg_1min": round(os.getloadavg()[0], 2),
+            "stages_s": {k: round(v, 1) for k, v in stage_times(root / "work").items()},
+        }
+    RESULTS.mkdir(exist_ok=True)
+    name = "participant_" + (args.preset if args.bids_dir is None else Path(args.bids_dir).name)
+    (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
+    print(f"participant level: {row['wall_s']} s wall, peak RSS {row['peak_rss_gb']} GB "
+          f"(load average {row['load_avg_1min']})")
+    print("| stage | wall (s, summed over nodes) |\n|---|---|")
+    for stage, seconds in row["stages_s"].items():
+        if seconds >= 0.5:
+            print(f"| {stage} | {seconds} |")
+    return row
+
+
+if __name__ == "__main__":
+    main()

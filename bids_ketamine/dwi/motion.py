@@ -1,0 +1,475 @@
+"""Head-motion correction of a diffusion series, with b-vector rotation.
+
+The b=0 volumes are aligned rigidly to the first b=0, then to the mean of the aligned
+b=0s.  A diffusion-weighted volume cannot be registered to a b=0 (or to another
+diffusion-weighted volume: the contrast depends on the gradient direction), so each one
+is registered, by least squares with a global intensity scale, to a MODEL PREDICTION of
+itself: a diffusion tensor is fitted to the current motion-corrected series in the
+reference space (ordinary least squares on the log signal with DIPY's tensor design
+matrix: fast, and only used as a registration target), and the signal of each volume is
+predicted LEAVE-ONE-OUT (by the tensor fitted to the other volumes) from its gradient
+rotated into the reference frame by the current estimate of its motion.  The DW volumes
+start from the b=0 motion interpolated in time.  Fit, predict, register is repeated
+``n_iter`` times (the idea of FSL eddy and of SHORELine, with the tensor model); see
+:func:`correct_motion`'s Notes for what the tensor model cannot resolve.  All volumes
+are then resampled ONCE from the input (cubic B-spline) and the b-vectors are rotated.
+
+Conventions: every transform maps reference-world points to the volume's world points
+(see :mod:`bids_ketamine.dwi.rigid`), so it equals the head's motion in that volume
+relative to the reference, and its parameters are those reported in the ``params`` table
+(rotations about the world origin, ``R = Rz @ Ry @ Rx``).  A gradient ``g`` applied by
+the scanner to a head rotated by ``R`` probes the direction ``R.T @ g`` of the head in
+the reference position, so the corrected b-vector is ``R.T @ g``, with ``R`` expressed in
+the image's voxel axes (``R_vox = U.T @ R @ U``, ``U`` the orthogonal factor of the
+affine's 3x3 part).  b-vectors follow the BIDS/FSL convention: voxel axes, with the x
+component negated when the affine has a positive determinant (FSL's radiological voxel
+order; RAS+ data have it); ``bvec_convention="voxel"`` takes them as plain voxel-axis
+vectors (DIPY's reading).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import linalg
+from threadpoolctl import threadpool_limits
+
+from bids_ketamine.dwi.rigid import (
+    matrix_power,
+    matrix_to_params,
+    register,
+    resample,
+    sample_at_points,
+)
+
+__all__ = ["MotionResult", "correct_motion", "framewise_displacement", "rotate_bvecs"]
+
+LOGGER = logging.getLogger(__name__)
+
+PARAM_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+@dataclass
+class MotionResult:
+    """Outcome of :func:`correct_motion`.
+
+    Attributes
+    ----------
+    data : ndarray, shape (X, Y, Z, N)
+        Motion-corrected series on the input grid, in the reference (first b=0) position.
+    bvecs : ndarray, shape (N, 3)
+        b-vectors rotated into the reference frame (same convention as the input).
+    transforms : ndarray, shape (N, 4, 4)
+        Reference-world to volume-world transform of every volume (= its head motion).
+    params : pandas.DataFrame
+        One row per volume: ``trans_x, trans_y, trans_z`` (mm), ``rot_x, rot_y, rot_z``
+        (rad), ``framewise_displacement`` (mm).
+    b0_reference : ndarray, shape (X, Y, Z)
+        Mean of the aligned b=0 volumes.
+    mask : ndarray of bool, shape (X, Y, Z)
+        The brain mask used as the registration target's support.
+    """
+
+    data: np.ndarray
+    bvecs: np.ndarray
+    transforms: np.ndarray
+    params: pd.DataFrame
+    b0_reference: np.ndarray
+    mask: np.ndarray
+
+
+def framewise_displacement(params, radius: float = 50.0) -> np.ndarray:
+    """Framewise displacement of Power et al. (2012).
+
+    ``FD_i = sum |d trans| + radius * sum |d rot|`` over the three translations (mm) and
+    the three rotations (rad) between volume ``i - 1`` and volume ``i``; 0 for the first.
+
+    Parameters
+    ----------
+    params : pandas.DataFrame or array-like, shape (N, 6)
+        Motion parameters; a DataFrame must have the columns ``trans_x ... rot_z``, an
+        array the order ``(trans_x, trans_y, trans_z, rot_x, rot_y, rot_z)``.
+    radius : float
+        Radius (mm) of the sphere on which rotations are turned into displacements.
+
+    Returns
+    -------
+    ndarray, shape (N,)
+    """
+    if isinstance(params, pd.DataFrame):
+        missing = [c for c in PARAM_COLUMNS if c not in params.columns]
+        if missing:
+            raise ValueError(f"params table lacks the columns {missing}")
+        values = params.loc[:, list(PARAM_COLUMNS)].to_numpy(dtype=float)
+    else:
+        values = np.asarray(params, dtype=float)
+        if values.ndim != 2 or values.shape[1] != 6:
+            raise ValueError(f"params must have shape (N, 6), got {values.shape}")
+    if radius <= 0:
+        raise ValueError(f"radius must be positive (mm), got {radius}")
+    diff = np.abs(np.diff(values, axis=0))
+    fd = diff[:, :3].sum(axis=1) + radius * diff[:, 3:].sum(axis=1)
+    return np.concatenate([[0.0], fd])
+
+
+def _voxel_rotation_frame(affine: np.ndarray, bvec_convention: str) -> np.ndarray:
+    """Matrix taking b-vector components to world directions (orthogonal)."""
+    linear = np.asarray(affine, dtype=float)[:3, :3]
+    orthogonal, _ = linalg.polar(linear)  # strips voxel sizes and shears
+    if bvec_convention == "fsl" and np.linalg.det(linear) > 0:
+        orthogonal = orthogonal @ np.diag([-1.0, 1.0, 1.0])
+    return orthogonal
+
+
+def rotate_bvecs(bvecs, transforms, affine, *, bvec_convention: str = "fsl") -> np.ndarray:
+    """Rotate b-vectors by the inverse rotation of each volume's motion.
+
+    Parameters
+    ----------
+    bvecs : array-like, shape (N, 3) or (3, N)
+        b-vectors as the scanner wrote them (zero vectors for b=0 stay zero).
+    transforms : array-like, shape (N, 4, 4)
+        Reference-world to volume-world transforms (the head motion of each volume).
+    affine : array-like, shape (4, 4)
+        Voxel-to-world affine of the series.
+    bvec_convention : {"fsl", "voxel"}
+        ``"fsl"``: BIDS/FSL (x negated for a positive-determinant affine); ``"voxel"``:
+        plain voxel axes.  The output has the same convention as the input.
+
+    Returns
+    -------
+    ndarray, shape (N, 3)
+    """
+    if bvec_convention not in ("fsl", "voxel"):
+        raise ValueError(f"bvec_convention must be 'fsl' or 'voxel', got {bvec_convention!r}")
+    transforms = np.asarray(transforms, dtype=float)
+    bvecs = _as_rows(bvecs, transforms.shape[0])
+    frame = _voxel_rotation_frame(affine, bvec_convention)
+    out = np.empty_like(bvecs)
+    for n, (vec, matrix) in enumerate(zip(bvecs, transforms)):
+        rotation, _ = linalg.polar(matrix[:3, :3])
+        world = frame @ vec
+        out[n] = frame.T @ (rotation.T @ world)
+    return out
+
+
+def _as_rows(bvecs, n_volumes: int) -> np.ndarray:
+    bvecs = np.asarray(bvecs, dtype=float)
+    if bvecs.shape == (3, n_volumes) and n_volumes != 3:
+        bvecs = bvecs.T
+    if bvecs.shape != (n_volumes, 3):
+        raise ValueError(
+            f"bvecs must have shape ({n_volumes}, 3) or (3, {n_volumes}), got {bvecs.shape}"
+        )
+    return bvecs
+
+
+def _default_mask(b0: np.ndarray) -> np.ndarray:
+    from dipy.segment.mask import median_otsu
+
+    _, mask = median_otsu(b0, median_radius=2, numpass=1)
+    if not mask.any():
+        raise ValueError("could not find the brain in the first b=0: pass a mask")
+    return mask
+
+
+def _tensor_design(bvals, bvecs_rotated, affine, bvec_convention, dwi_idx) -> np.ndarray:
+    """DIPY's tensor design matrix (N, 7): ``log S = design @ [Dxx, Dxy, ..., log S0]``."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import design_matrix
+
+    # DIPY reads gradients in voxel axes: undo FSL's flip (flipping every gradient would
+    # give the same prediction, but keep the geometry honest).
+    vectors = bvecs_rotated.copy()
+    if bvec_convention == "fsl" and np.linalg.det(affine[:3, :3]) > 0:
+        vectors[:, 0] *= -1
+    norms = np.linalg.norm(vectors, axis=1)
+    vectors[norms > 0] /= norms[norms > 0, None]
+    vectors[~dwi_idx] = 0.0
+    gtab = gradient_table(bvals, bvecs=vectors, b0_threshold=float(bvals[~dwi_idx].max()))
+    return design_matrix(gtab)
+
+
+def _predict_dwis(signal: np.ndarray, design: np.ndarray, dwi_idx) -> np.ndarray:
+    """Leave-one-out tensor predictions of the DW volumes.
+
+    Parameters
+    ----------
+    signal : ndarray, shape (n_voxels, N)
+        Current motion-corrected signals in the reference space (masked voxels).
+    design : ndarray, shape (N, 7)
+        Tensor design matrix (:func:`_tensor_design`).
+
+    Returns
+    -------
+    ndarray, shape (n_voxels, n_dwi)
+        For every DW volume, the signal predicted by the tensor fitted (ordinary least
+        squares on the log signal) to all the OTHER volumes.  Leaving the volume out
+        matters: a fit that includes it still carries its uncorrected position and pulls
+        its registration back towards no motion.  For a linear fit the leave-one-out
+        prediction is closed-form: ``(yhat_i - h_ii y_i) / (1 - h_ii)`` with ``h`` the
+        hat matrix.
+    """
+    hat = design @ np.linalg.pinv(design)  # (N, N)
+    log_signal = np.log(np.clip(signal, 1e-3, None)).astype(float)
+    fitted = log_signal @ hat.T
+    leverage = np.clip(np.diag(hat), 0.0, 0.99)
+    loo = (fitted - leverage * log_signal) / (1.0 - leverage)
+    predicted = np.exp(np.clip(loo[:, dwi_idx], -30.0, 30.0))
+    return np.nan_to_num(predicted, nan=0.0, posinf=0.0).astype(np.float32)
+
+
+def _rigid_log(matrix: np.ndarray) -> np.ndarray:
+    """6-vector (translation part, rotation vector) of the logarithm of a rigid transform."""
+    log = linalg.logm(matrix).real
+    return np.array([*log[:3, 3], log[2, 1], log[0, 2], log[1, 0]])
+
+
+def _rigid_exp(vector: np.ndarray) -> np.ndarray:
+    gen = np.zeros((4, 4))
+    wx, wy, wz = vector[3:]
+    gen[:3, :3] = [[0.0, -wz, wy], [wz, 0.0, -wx], [-wy, wx, 0.0]]
+    gen[:3, 3] = vector[:3]
+    out = linalg.expm(gen)
+    out[3] = [0.0, 0.0, 0.0, 1.0]
+    return out
+
+
+def _keep_identifiable(updated, start, design_dwi) -> np.ndarray:
+    """Remove the part of the DW motion updates that the tensor model cannot see.
+
+    A motion pattern across the DW volumes that is itself a quadratic function of the
+    gradient direction (a column of the tensor design matrix, including the constant:
+    every DW volume moving together) changes the images the way a different tensor
+    field would, so model-based registration cannot tell them apart and would let them
+    wander from round to round.  Those components of the updates (relative to the
+    starting transforms, which come from the interleaved b=0s) are projected out.
+    """
+    deltas = np.array(
+        [_rigid_log(np.linalg.inv(s) @ u) for s, u in zip(start, updated)]
+    )  # (n_dwi, 6)
+    deltas -= design_dwi @ (np.linalg.pinv(design_dwi) @ deltas)
+    return np.array([s @ _rigid_exp(d) for s, d in zip(start, deltas)])
+
+
+def _interpolate_between_b0s(transforms: np.ndarray, b0_idx: np.ndarray) -> np.ndarray:
+    """Starting transforms of every volume: the b=0 motion interpolated in time.
+
+    Between two b=0 volumes the log-Euclidean (geodesic) interpolation of their
+    transforms; before the first and after the last b=0, the nearest one.  This follows
+    slow head drift, and sets the overall position of the diffusion-weighted volumes,
+    which their model-based registration cannot (see :func:`correct_motion`).
+    """
+    out = transforms.copy()
+    for index in range(len(transforms)):
+        before = b0_idx[b0_idx <= index]
+        after = b0_idx[b0_idx >= index]
+        if before.size and after.size and before[-1] != after[0]:
+            start, stop = before[-1], after[0]
+            weight = (index - start) / (stop - start)
+            step = np.linalg.inv(transforms[start]) @ transforms[stop]
+            out[index] = transforms[start] @ matrix_power(step, weight)
+        else:
+            out[index] = transforms[before[-1] if before.size else after[0]]
+    return out
+
+
+def correct_motion(
+    data,
+    affine,
+    bvals,
+    bvecs,
+    *,
+    b0_threshold: float = 50,
+    mask=None,
+    n_iter: int = 2,
+    n_threads: int = 1,
+    bvec_convention: str = "fsl",
+    factors=(4, 2, 1),
+    constrain_model_space: bool = True,
+) -> MotionResult:
+    """Rigid motion correction of a DWI series to model predictions, rotating b-vectors.
+
+    Parameters
+    ----------
+    data : ndarray, shape (X, Y, Z, N)
+        The DWI series (denoised first, if at all: this interpolates).
+    affine : array-like, shape (4, 4)
+        Voxel-to-world affine (RAS+ oriented data expected, as the caller provides).
+    bvals : array-like, shape (N,)
+        b-values (s/mm^2).
+    bvecs : array-like, shape (N, 3) or (3, N)
+        b-vectors in the BIDS/FSL convention (see ``bvec_convention``).
+    b0_threshold : float
+        Volumes with ``bval <= b0_threshold`` are b=0.
+    mask : ndarray of bool, shape (X, Y, Z), optional
+        Brain mask in the reference position; by default ``median_otsu`` of the first
+        b=0.
+    n_iter : int
+        Rounds of tensor fit, prediction and registration of the DW volumes (>= 1).
+    n_threads : int
+        Volumes registered in parallel.
+    bvec_convention : {"fsl", "voxel"}
+        See :func:`rotate_bvecs`.
+    factors : sequence of int
+        Pyramid factors of the registrations of the b=0s to the first; the later ones
+        (b=0s to their mean, DW volumes to predictions), which start close, use the
+        last two.
+    constrain_model_space : bool
+        Keep the DW motion components that the tensor model cannot distinguish from
+        anisotropy (see Notes) at their b=0-interpolated values.
+
+    Returns
+    -------
+    MotionResult
+
+    Raises
+    ------
+    ValueError
+        On inconsistent shapes, no b=0 volume, or a bad option.
+
+    Notes
+    -----
+    What a tensor prediction can and cannot tell.  A pattern of motion across the DW
+    volumes that is itself a quadratic function of the gradient direction (7 patterns:
+    the columns of the tensor design matrix, the constant one included, i.e. all DW
+    volumes moving together) changes the images the way a slightly different tensor
+    field would; a voxel-wise tensor fit absorbs it, so registration to predictions
+    cannot recover it (to first order), and left free these components wander from
+    round to round.  They are therefore held at their starting values, which follow
+    the b=0 volumes (interpolated in time between interleaved b=0s).  Consequences:
+    slow drift is followed through the interleaved b=0s; of the per-volume jitter, a
+    fraction of about ``7 / n_dwi`` of its variance is not corrected (on a simulated
+    60-direction run with +-0.3 mm / deg jitter: errors <= 0.2 mm / 0.3 deg, rms 0.1);
+    with a single b=0 the overall position of the DW volumes is the b=0's.  FSL eddy
+    meets the same limit (its post-eddy alignment of shells, by mutual information,
+    was tried here and was less accurate than the b=0 interpolation on simulations).
+    On a simulated 60-direction run with jitter of +-1 mm / deg on every volume
+    (b=0s included), the components outside the model are recovered to 0.03 mm and the
+    error left (rms 0.6 mm / deg) lies entirely in the 7 model components, dominated by
+    the common position of the DW volumes, which the jittered b=0s set.
+    """
+    data = np.asarray(data)
+    if data.ndim != 4:
+        raise ValueError(f"data must be a 4-D series, got shape {data.shape}")
+    n_vol = data.shape[3]
+    affine = np.asarray(affine, dtype=float)
+    if affine.shape != (4, 4):
+        raise ValueError(f"affine must be 4x4, got {affine.shape}")
+    bvals = np.asarray(bvals, dtype=float).ravel()
+    if bvals.shape != (n_vol,):
+        raise ValueError(f"{bvals.size} b-values for {n_vol} volumes")
+    bvecs = _as_rows(bvecs, n_vol)
+    if bvec_convention not in ("fsl", "voxel"):
+        raise ValueError(f"bvec_convention must be 'fsl' or 'voxel', got {bvec_convention!r}")
+    if n_iter < 1:
+        raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+    if n_threads < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n_threads}")
+    is_b0 = bvals <= b0_threshold
+    if not is_b0.any():
+        raise ValueError(
+            f"no b=0 volume (bval <= {b0_threshold}): motion correction needs one as reference"
+        )
+    b0_idx = np.flatnonzero(is_b0)
+    dwi_idx = ~is_b0
+    first_b0 = np.asarray(data[..., b0_idx[0]], dtype=float)
+    if mask is None:
+        mask = _default_mask(first_b0)
+    else:
+        mask = np.asarray(mask).astype(bool)
+        if mask.shape != data.shape[:3]:
+            raise ValueError(f"mask shape {mask.shape} differs from the image {data.shape[:3]}")
+        if not mask.any():
+            raise ValueError("mask is empty")
+    shape = data.shape[:3]
+    transforms = np.tile(np.eye(4), (n_vol, 1, 1))
+
+    def _map(function, items):
+        """``[function(item) for item in items]``, on ``n_threads`` threads."""
+        if n_threads == 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(n_threads) as pool:
+            return list(pool.map(function, items))
+
+    def _volume(index):
+        return np.asarray(data[..., index], dtype=np.float32)
+
+    def _register_all(indices, target_of, **options):
+        def _one(index):
+            return register(
+                target_of(index), affine, _volume(index), affine, fixed_mask=mask,
+                init=transforms[index], **options,
+            ).matrix
+
+        for index, matrix in zip(indices, _map(_one, indices)):
+            transforms[index] = matrix
+
+    def _resampled(index, order):
+        return resample(_volume(index), affine, shape, affine, transforms[index], order=order)
+
+    mask_points = np.argwhere(mask) @ affine[:3, :3].T + affine[:3, 3]
+
+    def _masked(index):
+        return sample_at_points(_volume(index), affine, mask_points, transforms[index], order=1)
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        # 1. b=0s: to the first, then to the mean of the aligned ones.
+        if b0_idx.size > 1:
+            _register_all(b0_idx[1:], lambda _: first_b0, metric="ls", intensity_scale=True,
+                          factors=factors)
+            b0_mean = np.mean([_resampled(i, order=1) for i in b0_idx], axis=0)
+            _register_all(b0_idx, lambda _: b0_mean, metric="ls", intensity_scale=True,
+                          factors=factors[-2:], max_iter=(10, 5))
+        # 2. DW volumes: to tensor predictions of themselves (masked voxels only).
+        dwi_list = np.flatnonzero(dwi_idx)
+        column = {index: k for k, index in enumerate(dwi_list)}
+        transforms[:] = _interpolate_between_b0s(transforms, b0_idx)
+        start = transforms[dwi_list].copy()
+        for round_ in range(n_iter if dwi_list.size else 0):
+            signal = np.stack(_map(_masked, range(n_vol)), axis=1)
+            rotated = rotate_bvecs(bvecs, transforms, affine, bvec_convention=bvec_convention)
+            design = _tensor_design(bvals, rotated, affine, bvec_convention, dwi_idx)
+            predicted = _predict_dwis(signal, design, dwi_idx)
+            del signal
+
+            def _prediction(index, predicted=predicted):
+                image = np.zeros(shape, dtype=np.float32)
+                image[mask] = predicted[:, column[index]]
+                return image
+
+            # The DW volumes start close (b=0 interpolation, previous round): two levels.
+            _register_all(dwi_list, _prediction, metric="ls", intensity_scale=True,
+                          factors=factors[-2:], max_iter=(10, 5))
+            if constrain_model_space and dwi_list.size > design.shape[1]:
+                transforms[dwi_list] = _keep_identifiable(
+                    transforms[dwi_list], start, design[dwi_list]
+                )
+            LOGGER.debug("motion correction round %d done", round_ + 1)
+        # 3. Resample everything once from the input.
+        corrected = np.empty(shape + (n_vol,), dtype=np.float32)
+
+        def _final(index):
+            corrected[..., index] = _resampled(index, order=3)
+
+        _map(_final, range(n_vol))
+    if np.min(data) >= 0:  # cubic splines overshoot: keep non-negative data non-negative
+        np.clip(corrected, 0, None, out=corrected)
+    b0_reference = corrected[..., b0_idx].mean(axis=-1)
+    params = pd.DataFrame(
+        [matrix_to_params(m, atol=1e-3) for m in transforms], columns=list(PARAM_COLUMNS)
+    )
+    params.index.name = "volume"
+    params["framewise_displacement"] = framewise_displacement(params)
+    return MotionResult(
+        data=corrected,
+        bvecs=rotate_bvecs(bvecs, transforms, affine, bvec_convention=bvec_convention),
+        transforms=transforms,
+        params=params,
+        b0_reference=b0_reference,
+        mask=mask,
+    )
