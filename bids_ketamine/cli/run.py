@@ -33,6 +33,8 @@ def setup_logging(verbosity: int) -> None:
         nipype_logger = logging.getLogger(name)
         nipype_logger.setLevel(logging.INFO if verbosity >= 1 else logging.WARNING)
         nipype_logger.propagate = False  # nipype has its own handler: no duplicated lines
+    for name in ("dipy", "bidsschematools"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbosity >= 2 else logging.WARNING)
 
 
 def _limit_threads(n_threads: int) -> None:
