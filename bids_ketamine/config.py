@@ -74,6 +74,7 @@ class Config:
     atlas: str = "ketamine7"
     atlas_labels: Path | None = None
     csf_md_threshold: float | None = 1.1
+    gm_threshold: float | None = 0.5
     combine_runs: str = "separate"
     longitudinal: bool = True
     # --- group level -----------------------------------------------------------

@@ -181,6 +181,7 @@ def _valid_values(rng: random.Random, tmp_path: Path) -> dict:
         "plugin_args": rng.choice([str(plugin_file),
                                    json.dumps({"sbatch_args": "--time=1:00:00 --mem=4G"})]),
         "csf_md_threshold": rng.choice(["none", f"{rng.uniform(0.5, 3):.3f}"]),
+        "gm_threshold": rng.choice(["none", f"{rng.uniform(0, 1):.3f}"]),
         "remission_thresholds": ["madrs=10", f"qids_sr={rng.randint(0, 20)}"],
     }
 

@@ -1,4 +1,8 @@
-"""Generate boutiques.json from bids_ketamine.cli.parser.build_parser() (one-off helper)."""
+"""Generate boutiques.json from bids_ketamine.cli.parser.build_parser().
+
+Run after any change to the command line: ``python tools/make_boutiques.py > boutiques.json``
+(tests/test_packaging.py checks that the two agree).
+"""
 import argparse, json, re
 from bids_ketamine import __version__
 from bids_ketamine.cli import parser as cli

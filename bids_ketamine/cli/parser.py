@@ -127,6 +127,12 @@ def _threshold_or_none(value: str) -> float | None:
     return _positive_float(value)
 
 
+def _fraction_or_none(value: str) -> float | None:
+    if value.lower() in ("none", "off"):
+        return None
+    return _fraction(value)
+
+
 def _json_or_file(value: str) -> dict[str, Any]:
     """Parse ``--plugin-args``: inline JSON, or a JSON/YAML file (fMRIPrep style)."""
     text = value
@@ -399,6 +405,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(healthy grey matter is 0.7-0.9, CSF 3.0); 'none' keeps every voxel",
     )
     reg.add_argument(
+        "--gm-threshold",
+        type=_fraction_or_none,
+        default=0.5,
+        metavar="P|none",
+        help="keep ROI voxels whose grey-matter probability (the template's, warped into the "
+        "session) is at least P; 'none' keeps white matter and CSF inside the atlas labels",
+    )
+    reg.add_argument(
         "--no-longitudinal",
         dest="longitudinal",
         action="store_false",
@@ -540,6 +554,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         atlas=args.atlas,
         atlas_labels=args.atlas_labels,
         csf_md_threshold=args.csf_md_threshold,
+        gm_threshold=args.gm_threshold,
         combine_runs=args.combine_runs,
         longitudinal=args.longitudinal,
         baseline_session=args.baseline_session,

@@ -2,9 +2,15 @@
 
 The atlas is warped into each session's grid (nearest neighbour), so that diffusion maps are
 never interpolated before their ROI statistics are taken.  Voxels are kept when they are
-inside the brain mask and, unless disabled, when their MD is at most ``csf_md_threshold``
-(um^2/ms): partial volume with CSF (MD about 3.0) inflates grey-matter MD (about 0.8), and
-the same rule is applied to every session.
+inside the brain mask and, unless disabled,
+
+- when their MD is at most ``csf_md_threshold`` (um^2/ms): partial volume with CSF (MD about
+  3.0) inflates grey-matter MD (about 0.8);
+- when the template's grey-matter probability, warped into the session, is at least
+  ``gm_threshold``: atlas labels drawn on a population (Brodmann areas) also cover white
+  matter and sulcal CSF, and the quantity of interest is grey-matter MD.
+
+The same rules are applied to every session.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ def roi_statistics(
     *,
     md: np.ndarray | None = None,
     csf_md_threshold: float | None = 1.1,
+    gm_probability: np.ndarray | None = None,
+    gm_threshold: float | None = 0.5,
     coverage: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Mean, median and standard deviation of each map inside each ROI.
@@ -72,6 +80,10 @@ def roi_statistics(
         MD map (um^2/ms) used for the CSF exclusion (default: ``maps["md"]``).
     csf_md_threshold : float or None
         Exclude voxels with MD above this; None keeps all voxels of the mask.
+    gm_probability : ndarray, optional
+        Grey-matter probability on the native grid (the template's, warped in).
+    gm_threshold : float or None
+        With ``gm_probability``: keep voxels at or above this probability; None keeps all.
     coverage : dict, optional
         ROI name -> coverage, copied into the table (NaN when not given).
 
@@ -95,6 +107,10 @@ def roi_statistics(
         if md_map is None:
             raise ValueError("an MD map is needed for the CSF exclusion")
         keep &= np.isfinite(md_map) & (md_map <= csf_md_threshold)
+    if gm_probability is not None and gm_threshold is not None:
+        if gm_probability.shape != shape:
+            raise ValueError(f"grey-matter probability has shape {gm_probability.shape}, labels {shape}")
+        keep &= gm_probability >= gm_threshold
     rows = []
     for index, name in zip(labels["index"], labels["name"]):
         voxels = keep & (labels_native == int(index))

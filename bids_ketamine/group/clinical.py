@@ -74,25 +74,71 @@ def read_bids_tsv(path: Path) -> pd.DataFrame:
     return table
 
 
-def _read_small_tsv(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a small TSV file (csv module: cheap for many small files)."""
+def _read_small_tsv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header and (line number, cells) rows of a small TSV file (csv module: cheap)."""
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            rows = [row for row in csv.reader(handle, delimiter="\t") if row]
+            reader = csv.reader(handle, delimiter="\t")
+            rows = [(reader.line_num, row) for row in reader if row]
     except UnicodeDecodeError as err:
         raise ClinicalDataError(f"{path} is not UTF-8 text ({err}); fix or remove it") from None
     if not rows:
         raise ClinicalDataError(f"{path} is empty; add a header row (session_id, ...)")
-    header = [name.strip() for name in rows[0]]
+    header = [name.strip() for name in rows[0][1]]
     width = len(header)
     body = []
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in rows[1:]:
         if len(row) != width:
             raise ClinicalDataError(
                 f"{path} line {number} has {len(row)} columns, the header {width}; fix the row"
             )
-        body.append([cell.strip() for cell in row])
+        body.append((number, [cell.strip() for cell in row]))
     return header, body
+
+
+#: Cells read as missing in a numeric column, besides BIDS's ``n/a`` (already NaN here).
+_NOT_A_NUMBER_TEXT = ("nan", "NaN", "NAN")
+
+
+def _convert_numeric_columns(table: pd.DataFrame, columns, locate) -> None:
+    """Make numeric every column whose non-missing values are mostly numbers (in place).
+
+    A column whose values are numbers except for a few cells (``twelve`` among MADRS
+    scores, ``thirty`` among ages) is a typing error, not a text column: converting it
+    silently would drop the column from the outcomes, or turn age into a categorical
+    covariate, so the first such cell raises.  Columns mostly of text stay text.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        The table, modified in place.
+    columns : iterable of str
+        Columns to examine.
+    locate : callable
+        Row index -> words naming the file and the row, for messages.
+
+    Raises
+    ------
+    ClinicalDataError
+        If a mostly numeric column holds a cell that is not a number.
+    """
+    for name in columns:
+        column = table[name]
+        if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            continue
+        text = column.map(lambda v: v.strip() if isinstance(v, str) else v)
+        missing = text.isna() | text.isin(_NOT_A_NUMBER_TEXT)
+        converted = pd.to_numeric(text.where(~missing), errors="coerce")
+        bad = ~missing & converted.isna()
+        n_numbers = int((~missing & converted.notna()).sum())
+        if not bad.any():
+            table[name] = converted.astype(float)
+        elif n_numbers > int(bad.sum()):
+            row = bad.idxmax()
+            raise ClinicalDataError(
+                f"{locate(row)}: '{column.at[row]}' in column '{name}' is not a number, while "
+                f"the column's other values are; write the number, or n/a if the value is missing"
+            )
 
 
 def read_participants(bids_dir: Path, group_column: str = "group",
@@ -143,6 +189,10 @@ def read_participants(bids_dir: Path, group_column: str = "group",
         )
     if group_column != "group":
         table = table.drop(columns=["group"], errors="ignore")
+    _convert_numeric_columns(
+        table, [c for c in table.columns if c not in ("participant_id", group_column)],
+        lambda row: f"{path} line {row + 2} (sub-{table.at[row, 'participant_id']})",
+    )
     table = table.rename(columns={group_column: "group"}).set_index("participant_id")
     table["group"] = table["group"].map(lambda v: np.nan if pd.isna(v) else str(v).strip())
     for extra in _participant_phenotypes(Path(bids_dir)):
@@ -176,6 +226,11 @@ def _participant_phenotypes(bids_dir: Path):
                 f"{path} lists a participant twice but has no session_id column; add "
                 "session_id for per-session measures"
             )
+        _convert_numeric_columns(
+            table, [c for c in table.columns if c != "participant_id"],
+            lambda row, path=path, table=table: (
+                f"{path} line {row + 2} (sub-{table.at[row, 'participant_id']})"),
+        )
         yield table.set_index("participant_id")
 
 
@@ -211,15 +266,16 @@ def read_session_scores(bids_dir: Path, participants: pd.Index | None = None) ->
         header, rows = _read_small_tsv(path)
         if "session_id" not in header:
             raise ClinicalDataError(f"{path} has no 'session_id' column; add it (BIDS requires it)")
-        for row in rows:
+        for line, row in rows:
             record = dict(zip(header, row))
             record["participant_id"] = subject
             record["_source"] = str(path)
+            record["_line"] = line
             records.append(record)
     frames = [pd.DataFrame.from_records(records)] if records else []
     for path, table in _phenotype_tables(bids_dir):
         if "session_id" in table.columns:
-            frames.append(table.assign(_source=str(path)))
+            frames.append(table.assign(_source=str(path), _line=table.index + 2))
     columns = ["participant_id", "session_id", "acq_time"]
     if not frames:
         return pd.DataFrame(columns=columns)
@@ -228,19 +284,20 @@ def read_session_scores(bids_dir: Path, participants: pd.Index | None = None) ->
     scores["session_id"] = scores["session_id"].map(lambda v: bare_label(v, "ses"))
     repeated = scores.duplicated(["_source", "participant_id", "session_id"])
     if repeated.any():
+        first = scores.loc[repeated].iloc[0]
         raise ClinicalDataError(
-            f"{scores.loc[repeated, '_source'].iloc[0]} lists a session of one participant "
-            "twice; keep one row per session"
+            f"{first['_source']} lists ses-{first['session_id']} of sub-{first['participant_id']} "
+            "twice (labels are compared without their 'ses-' prefix); keep one row per session"
         )
     if participants is not None:
         scores = scores.loc[scores["participant_id"].isin(participants)]
-    measures = [c for c in scores.columns if c not in ("participant_id", "session_id", "_source")]
-    for name in measures:
-        if name == "acq_time":
-            continue
-        converted = pd.to_numeric(scores[name], errors="coerce")
-        if converted.notna().sum() == scores[name].notna().sum():
-            scores[name] = converted.astype(float)
+    measures = [c for c in scores.columns
+                if c not in ("participant_id", "session_id", "_source", "_line")]
+    _convert_numeric_columns(
+        scores, [m for m in measures if m != "acq_time"],
+        lambda row: (f"{scores.at[row, '_source']} line {scores.at[row, '_line']} "
+                     f"(sub-{scores.at[row, 'participant_id']}, ses-{scores.at[row, 'session_id']})"),
+    )
     merged = _merge_sources(scores, measures)
     if "acq_time" in merged.columns:
         merged["acq_time"] = pd.to_datetime(merged["acq_time"], errors="coerce", format="mixed")
@@ -295,10 +352,20 @@ def resolve_outcomes(requested: tuple[str, ...] | None, scores: pd.DataFrame,
     Raises
     ------
     ClinicalDataError
-        If a requested outcome is missing or not numeric, or none is found.
+        If a requested outcome is missing or not numeric, a default outcome column holds
+        text, or none is found.
     """
     available = numeric_measures(scores)
     where = f"{bids_dir}/sub-*/sub-*_sessions.tsv or {bids_dir}/phenotype/*.tsv"
+    text = [name for name in (requested or defaults)
+            if name in scores.columns and name not in available and scores[name].notna().any()]
+    if text:
+        examples = ", ".join(repr(str(v)) for v in scores[text[0]].dropna().unique()[:3])
+        raise ClinicalDataError(
+            f"outcome column(s) {', '.join(text)} of {where} hold text, not numbers "
+            f"({text[0]}: {examples}); write numbers (n/a when missing), or choose the "
+            "outcomes with --outcomes"
+        )
     if requested is None:
         outcomes = [name for name in defaults if name in available]
         if not outcomes:
@@ -346,21 +413,23 @@ def assign_arms(participants: pd.DataFrame, treatment_label: str,
     if treatment_label not in values:
         raise ClinicalDataError(
             f"no participant of {path} has group '{treatment_label}' (values found: {found}); "
-            "give the treatment arm with --treatment-label"
+            "name the arms with --treatment-label/--control-label"
         )
     others = [v for v in values if v != treatment_label]
     if control_label is None:
         if len(others) != 1:
             raise ClinicalDataError(
                 f"{path} must hold exactly two arms but the group column has values {found}; "
-                "give --control-label, or fix the values"
+                "fix the values (n/a leaves a participant out of the models, listed in "
+                "models.json) or name the arms with --treatment-label/--control-label"
             )
         control_label = others[0]
     unknown = [v for v in others if v != control_label]
     if unknown or control_label not in values:
         raise ClinicalDataError(
             f"group values in {path} must be '{treatment_label}' or '{control_label}' "
-            f"(values found: {found}); fix the values or --treatment-label/--control-label"
+            f"(values found: {found}); fix the values (n/a leaves a participant out, listed in "
+            "models.json) or --treatment-label/--control-label"
         )
     treatment = participants["group"].map({treatment_label: 1.0, control_label: 0.0})
     return treatment.astype(float), control_label

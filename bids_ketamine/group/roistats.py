@@ -60,27 +60,72 @@ def find_roistats(output_dir: Path, atlas: str,
     return pd.DataFrame(rows, columns=["participant_id", "session_id", "entities", "path"])
 
 
+#: Cells of a ROI table that mean "no value" (BIDS writes ``n/a``).
+MISSING_CELLS = ("n/a", "N/A", "NA", "", "nan", "NaN")
+
+
+def _rerun_hint(path: Path) -> str:
+    match = _NAME.match(Path(path).name)
+    who = f" --participant-label {match['sub']}" if match else ""
+    return f"rerun the participant level{who} to rewrite it"
+
+
 def _read_table_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a small TSV (the csv module: far cheaper than pandas per file)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.reader(handle, delimiter="\t") if row]
+    """Header and rows of a small TSV (the csv module: far cheaper than pandas per file).
+
+    Raises
+    ------
+    InputError
+        If the file is empty, not UTF-8 text, lacks a contract column, or has a row whose
+        number of cells differs from the header's (a damaged file).
+    """
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle, delimiter="\t")
+            rows = [(reader.line_num, row) for row in reader if row]
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not UTF-8 text; {_rerun_hint(path)}") from None
     if not rows:
-        raise InputError(f"{path} is empty; rerun the participant level to rewrite it")
-    header = [name.strip() for name in rows[0]]
+        raise InputError(f"{path} is empty; {_rerun_hint(path)}")
+    header = [name.strip() for name in rows[0][1]]
     missing = [c for c in ROISTATS_COLUMNS if c not in header]
     if missing:
-        raise InputError(
-            f"{path} lacks column(s) {', '.join(missing)}; rerun the participant level to "
-            "rewrite it"
-        )
-    return header, rows[1:]
+        raise InputError(f"{path} lacks column(s) {', '.join(missing)}; {_rerun_hint(path)}")
+    for line, row in rows[1:]:
+        if len(row) != len(header):
+            raise InputError(
+                f"{path} line {line} has {len(row)} cells, the header {len(header)} (a damaged "
+                f"file); {_rerun_hint(path)}"
+            )
+    return header, [row for _, row in rows[1:]]
 
 
 def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return float("nan")  # "n/a" and empty cells
+    """A cell as a number; ``n/a`` and empty cells are NaN.
+
+    Raises
+    ------
+    ValueError
+        If the cell is neither a number nor a missing value.
+    """
+    text = text.strip()
+    if text in MISSING_CELLS:
+        return float("nan")
+    return float(text)
+
+
+def _numbers(cells: list[str], path: Path, column: str) -> np.ndarray:
+    """A column of cells as floats, with a clear error for a cell that is not a number."""
+    values = np.empty(len(cells), dtype=float)
+    for index, cell in enumerate(cells):
+        try:
+            values[index] = _number(cell)
+        except ValueError:
+            raise InputError(
+                f"{path} data row {index + 1}: '{cell}' in column '{column}' is not a number; "
+                f"{_rerun_hint(path)}"
+            ) from None
+    return values
 
 
 def read_roistats(path: Path) -> pd.DataFrame:
@@ -89,16 +134,15 @@ def read_roistats(path: Path) -> pd.DataFrame:
     Raises
     ------
     InputError
-        If the file lacks a contract column.
+        If the file is empty or damaged, lacks a contract column, or holds a value that
+        is neither a number nor ``n/a``.
     """
     header, rows = _read_table_rows(path)
-    columns = {name: [row[i] if i < len(row) else "" for row in rows]
-               for i, name in enumerate(header)}
+    columns = {name: [row[i] for row in rows] for i, name in enumerate(header)}
     table = pd.DataFrame({
         "roi": columns["roi"],
         "param": [p.strip().lower() for p in columns["param"]],
-        **{name: np.array([_number(v) for v in columns[name]], dtype=float)
-           for name in ROISTATS_COLUMNS[2:]},
+        **{name: _numbers(columns[name], path, name) for name in ROISTATS_COLUMNS[2:]},
     })
     return table
 
@@ -222,16 +266,15 @@ def _read_single_tables(found: pd.DataFrame) -> pd.DataFrame:
             index=False):
         header, rows = _read_table_rows(path)
         at = {name: header.index(name) for name in ROISTATS_COLUMNS}
-        for row in rows:
-            subjects.append(subject)
-            sessions.append(session)
-            rois.append(row[at["roi"]])
-            params.append(row[at["param"]].strip().lower())
-            value.append(_number(row[at["mean"]]))
-            n_voxels.append(_number(row[at["n_voxels"]]))
-            coverage.append(_number(row[at["coverage"]]))
+        subjects.extend([subject] * len(rows))
+        sessions.extend([session] * len(rows))
+        rois.extend(row[at["roi"]] for row in rows)
+        params.extend(row[at["param"]].strip().lower() for row in rows)
+        value.append(_numbers([row[at["mean"]] for row in rows], path, "mean"))
+        n_voxels.append(_numbers([row[at["n_voxels"]] for row in rows], path, "n_voxels"))
+        coverage.append(_numbers([row[at["coverage"]] for row in rows], path, "coverage"))
     return pd.DataFrame({
         "participant_id": subjects, "session_id": sessions, "roi": rois, "param": params,
-        "value": np.array(value, dtype=float), "n_voxels": np.array(n_voxels, dtype=float),
-        "coverage": np.array(coverage, dtype=float),
+        "value": np.concatenate(value), "n_voxels": np.concatenate(n_voxels),
+        "coverage": np.concatenate(coverage),
     })

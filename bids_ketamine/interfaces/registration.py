@@ -122,22 +122,24 @@ class TemplateRegistration(SimpleInterface):
         return runtime
 
 
-class _WarpAtlasInputSpec(BaseInterfaceInputSpec):
-    atlas_file = File(exists=True, mandatory=True, desc="atlas labels in template space")
+class _WarpFromTemplateInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="template-space image (labels or a map)")
+    order = traits.Int(0, usedefault=True, desc="0: nearest neighbour (labels), 1: trilinear")
     reference_file = File(exists=True, mandatory=True, desc="an image on the native DWI grid")
     rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
     registration_prefix = traits.Str(mandatory=True, desc="midpoint -> template registration files")
 
 
-class _WarpAtlasOutputSpec(TraitedSpec):
-    dseg_file = File(exists=True, desc="atlas labels on the native grid")
+class _WarpFromTemplateOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the image on the native grid")
 
 
-class WarpAtlasToNative(SimpleInterface):
-    """Bring the atlas into a series' native grid with nearest-neighbour interpolation."""
+class WarpFromTemplate(SimpleInterface):
+    """Bring a template-space image (atlas labels with nearest neighbour, or a probability
+    map) into a series' native grid, through the template warp and the midpoint."""
 
-    input_spec = _WarpAtlasInputSpec
-    output_spec = _WarpAtlasOutputSpec
+    input_spec = _WarpFromTemplateInputSpec
+    output_spec = _WarpFromTemplateOutputSpec
 
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.registration import TemplateRegistration as Registration
@@ -146,10 +148,13 @@ class WarpAtlasToNative(SimpleInterface):
         reference = nib.load(self.inputs.reference_file)
         rigid = np.loadtxt(self.inputs.rigid_file)
         grid = nib.Nifti1Image(np.zeros(reference.shape[:3], dtype=np.uint8), rigid @ reference.affine)
-        warped = registration.from_template(nib.load(self.inputs.atlas_file), grid, order=0)
-        labels = np.rint(np.asarray(warped.dataobj)).astype(np.int16)
-        self._results["dseg_file"] = str(Path(runtime.cwd) / "dseg.nii.gz")
-        nib.Nifti1Image(labels, reference.affine).to_filename(self._results["dseg_file"])
+        warped = registration.from_template(nib.load(self.inputs.in_file), grid, order=self.inputs.order)
+        if self.inputs.order == 0:
+            data = np.rint(np.asarray(warped.dataobj)).astype(np.int16)
+        else:
+            data = np.asarray(warped.dataobj, dtype=np.float32)
+        self._results["out_file"] = str(Path(runtime.cwd) / ("dseg.nii.gz" if self.inputs.order == 0 else "warped.nii.gz"))
+        nib.Nifti1Image(data, reference.affine).to_filename(self._results["out_file"])
         return runtime
 
 

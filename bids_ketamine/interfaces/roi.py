@@ -21,6 +21,9 @@ class _ROIStatsInputSpec(BaseInterfaceInputSpec):
     coverage = traits.Dict(traits.Str, traits.Float, desc="ROI name -> coverage")
     csf_md_threshold = traits.Either(None, traits.Float, usedefault=True,
                                      desc="exclude voxels with MD above this (um^2/ms)")
+    gm_file = File(exists=True, desc="grey-matter probability on the native grid")
+    gm_threshold = traits.Either(None, traits.Float, usedefault=True,
+                                 desc="keep voxels with grey-matter probability at least this")
 
 
 class _ROIStatsOutputSpec(TraitedSpec):
@@ -48,6 +51,8 @@ class ROIStats(SimpleInterface):
             labels,
             _load(self.inputs.mask_file) > 0,
             csf_md_threshold=self.inputs.csf_md_threshold,
+            gm_probability=_load(self.inputs.gm_file) if self.inputs.gm_file else None,
+            gm_threshold=self.inputs.gm_threshold,
             coverage=dict(self.inputs.coverage) if self.inputs.coverage else None,
         )
         self._results["out_file"] = str(Path(runtime.cwd) / "roistats.tsv")

@@ -33,7 +33,7 @@ from bids_ketamine.interfaces.registration import (
     MidpointSpace,
     ROICoverage,
     TemplateRegistration,
-    WarpAtlasToNative,
+    WarpFromTemplate,
     WarpToTemplate,
 )
 from bids_ketamine.interfaces.roi import ROIStats
@@ -46,7 +46,7 @@ LOGGER = logging.getLogger(__name__)
 
 def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config, *,
                            template: str, atlas_file: str, labels_file: str, atlas_name: str,
-                           provenance: dict | None = None):
+                           gm_file: str | None = None, provenance: dict | None = None):
     """Build the workflow of one participant.
 
     Parameters
@@ -62,6 +62,8 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
         Atlas label image in that template space, and its TSV.
     atlas_name : str
         Atlas label used in output names.
+    gm_file : str, optional
+        The template's grey-matter probability map (ROI voxels are restricted to grey matter).
     provenance : dict, optional
         Template and atlas files used, recorded in the atlas sidecar of every series.
     """
@@ -88,6 +90,7 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
             "denoise": config.denoise, "degibbs": config.degibbs, "fit_method": config.fit_method,
             "b0_threshold": config.b0_threshold, "dti_max_bval": config.dti_max_bval,
             "template": template, "atlas": atlas_name, "csf_md_threshold": config.csf_md_threshold,
+            "gm_threshold": config.gm_threshold,
             "longitudinal": config.longitudinal, "version": __version__,
         }
         derivatives = init_series_derivatives_wf(item, config.output_dir, template=template,
@@ -134,8 +137,8 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
             ])
             pick_rigid = pe.Node(niu.Select(index=position - 1), name=f"rigid_{item.key}",
                                  run_without_submitting=True)
-            to_native = pe.Node(WarpAtlasToNative(atlas_file=atlas_file), name=f"atlas_to_native_{item.key}",
-                                mem_gb=1.0)
+            to_native = pe.Node(WarpFromTemplate(in_file=atlas_file, order=0),
+                                name=f"atlas_to_native_{item.key}", mem_gb=1.0)
             to_template = pe.Node(WarpToTemplate(template=template), name=f"maps_to_template_{item.key}",
                                   mem_gb=1.0)
             mask_to_atlas = pe.Node(WarpToTemplate(template=template, reference_file=atlas_file, order=1),
@@ -145,8 +148,18 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                                  run_without_submitting=True)
             coverage = pe.Node(ROICoverage(atlas_file=atlas_file, labels_file=labels_file),
                                name=f"coverage_{item.key}", mem_gb=1.0)
-            roistats = pe.Node(ROIStats(labels_file=labels_file, csf_md_threshold=config.csf_md_threshold),
+            roistats = pe.Node(ROIStats(labels_file=labels_file, csf_md_threshold=config.csf_md_threshold,
+                                        gm_threshold=config.gm_threshold),
                                name=f"roistats_{item.key}", mem_gb=1.0)
+            if gm_file and config.gm_threshold is not None:
+                gm_to_native = pe.Node(WarpFromTemplate(in_file=gm_file, order=1),
+                                       name=f"gm_to_native_{item.key}", mem_gb=1.0)
+                workflow.connect([
+                    (pick_rigid, gm_to_native, [("out", "rigid_file")]),
+                    (register, gm_to_native, [("registration_prefix", "registration_prefix")]),
+                    (preproc, gm_to_native, [("outputnode.b0_file", "reference_file")]),
+                    (gm_to_native, roistats, [("out_file", "gm_file")]),
+                ])
             derivatives.inputs.inputnode.dseg_tsv = labels_file
             derivatives.inputs.inputnode.dseg_metadata = dict(provenance or {}, Space="dwi",
                                                               Interpolation="nearest neighbour")
@@ -164,7 +177,7 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                 (pick_rigid, mask_to_atlas, [("out", "rigid_file")]),
                 (register, mask_to_atlas, [("registration_prefix", "registration_prefix")]),
                 (mask_to_atlas, coverage, [(("out_files", _first), "mask_file")]),
-                (to_native, roistats, [("dseg_file", "dseg_file")]),
+                (to_native, roistats, [("out_file", "dseg_file")]),
                 (preproc, roistats, [("outputnode.mask_file", "mask_file")]),
                 (tensor, roistats, [("outputnode.fa_file", "fa_file"), ("outputnode.md_file", "md_file"),
                                     ("outputnode.ad_file", "ad_file"), ("outputnode.rd_file", "rd_file")]),
@@ -172,7 +185,7 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                 (split_maps, derivatives, [("out1", "inputnode.tpl_fa_file"),
                                            ("out2", "inputnode.tpl_md_file")]),
                 (pick_rigid, derivatives, [("out", "inputnode.midpoint_xfm")]),
-                (to_native, derivatives, [("dseg_file", "inputnode.dseg_file")]),
+                (to_native, derivatives, [("out_file", "inputnode.dseg_file")]),
                 (roistats, derivatives, [("out_file", "inputnode.roistats_file")]),
             ])
     return workflow
@@ -214,7 +227,7 @@ def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiS
     for subject, series in series_by_subject.items():
         workflow.add_nodes([init_single_subject_wf(
             subject, series, config, template=template.name, atlas_file=str(atlas.image),
-            labels_file=str(labels_file), atlas_name=atlas.name,
+            labels_file=str(labels_file), atlas_name=atlas.name, gm_file=str(template.gm),
             provenance={"Template": template.provenance(), "Atlas": atlas.provenance,
                         "AtlasFile": str(atlas.image)})])
     return workflow, template, atlas
