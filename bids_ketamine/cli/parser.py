@@ -65,7 +65,7 @@ def strip_label(label: str, prefix: str) -> str:
     text = str(label).strip()
     if text.startswith(f"{prefix}-"):
         text = text[len(prefix) + 1 :]
-    if not text or not text.isalnum():
+    if not text or not (text.isascii() and text.isalnum()):
         raise ValueError(
             f"'{label}' is not a valid {prefix} label: BIDS labels are letters and digits "
             f"only, given with or without the '{prefix}-' prefix"

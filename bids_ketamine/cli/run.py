@@ -101,9 +101,11 @@ def build_participant_reports(config: Config, subjects: list[str]) -> int:
 
 def run_group(config: Config) -> int:
     """Run the group level; return the exit status."""
-    from bids_ketamine.bids import check_bids_dir, check_group_inputs
+    from bids_ketamine.bids import check_bids_dir, check_group_inputs, check_output_dir
 
     check_bids_dir(config.bids_dir)
+    check_output_dir(config.bids_dir, config.output_dir)
+    check_output_dir(config.bids_dir, config.output_dir / "group")
     if set(config.params) & {"fa", "md", "ad", "rd"}:
         check_group_inputs(config.output_dir, config.atlas_name)
     from bids_ketamine.reports.group import build_group_report

@@ -427,6 +427,18 @@ def run_group_level(config: Config) -> dict:
                       indent=2)
     written["models_json"] = atomic_write_text(group_dir / "models.json", text + "\n")
     written["figures"] = [Path(p) for p in figure_paths]
+    _remove_stale_figures(figures_dir, written["figures"])
     written["n_participants"] = int(len(universe))
     written["n_excluded"] = len({entry["participant_id"] for entry in excluded})
     return written
+
+
+def _remove_stale_figures(figures_dir: Path, current: list[Path]) -> None:
+    """Delete figures (and their data tables) left by an earlier run that this run did not make,
+    so that a rerun never shows old results beside new ones."""
+    keep = {Path(p).with_suffix("").name for p in current}
+    if not figures_dir.is_dir():
+        return
+    for path in figures_dir.iterdir():
+        if path.suffix in (".png", ".tsv") and path.with_suffix("").name not in keep:
+            path.unlink()
