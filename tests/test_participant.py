@@ -25,7 +25,7 @@ import pytest
 
 from bids_ketamine.cli.run import main
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 N_SUBJECTS = 6
 
