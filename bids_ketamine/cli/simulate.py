@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bids_ketamine import __version__
+from bids_ketamine.cli.parser import _positive_int as positive_int
 
 PROG = "bids-ketamine-simulate"
 
@@ -36,16 +37,6 @@ def _ratio(text: str) -> tuple:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def _finite(text: str) -> float:
     try:
         value = float(text)
@@ -64,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and write it as a BIDS dataset (truth in sourcedata/simulation/).",
     )
     parser.add_argument("output_dir", metavar="OUTPUT_BIDS_DIR", type=Path)
-    parser.add_argument("--n-subjects", type=_positive_int, default=6)
+    parser.add_argument("--n-subjects", type=positive_int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--preset", choices=("small", "realistic"), default="small",
                         help="small: 3 mm, 6 b=0 + 30 directions; realistic: 2 mm, 6 b=0 + 64 "
