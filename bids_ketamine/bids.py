@@ -207,6 +207,8 @@ def collect_dwi(
             f"participant(s) {', '.join('sub-' + s for s in no_dwi)} in '{root}' have no DWI; "
             f"participants with DWI: {', '.join('sub-' + s for s in subjects_with_dwi)}"
         )
+    if no_dwi:
+        LOGGER.warning("Participants without DWI, not processed: %s", ", ".join("sub-" + s for s in no_dwi))
     subjects = [s for s in subjects if s in subjects_with_dwi]
     sessions_available = sorted(
         {f.entities["session"] for f in all_dwi if f.entities["subject"] in subjects and "session" in f.entities}
