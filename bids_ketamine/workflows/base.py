@@ -37,6 +37,7 @@ from bids_ketamine.interfaces.registration import (
     WarpToTemplate,
 )
 from bids_ketamine.interfaces.roi import ROIStats
+from bids_ketamine.utils.atomic import atomic_write_text
 from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb
 from bids_ketamine.workflows.outputs import init_series_derivatives_wf, output_path
 from bids_ketamine.workflows.tensor import init_tensor_wf
@@ -297,8 +298,6 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
     for subject in usable:
         log_dir = config.output_dir / f"sub-{subject}" / "log"
         log_dir.mkdir(parents=True, exist_ok=True)
-        from bids_ketamine.utils.atomic import atomic_write_text
-
         atomic_write_text(log_dir / "config.json", config.to_json() + "\n")
     LOGGER.info("Template %s (%s), atlas %s; running %d participant(s) with %s",
                 template.name, template.source, atlas.name, len(usable), config.plugin)
