@@ -426,7 +426,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         ([str(occupied), "--n-subjects", "1", "--no-images"], "not empty"),
         ([str(tmp_path / "a"), "--snr", "-5"], "--snr"),
         ([str(tmp_path / "b"), "--arm-ratio", "two"], "ratio"),
-        ([str(tmp_path / "c"), "--n-subjects", "0"], "at least 1"),
+        ([str(tmp_path / "c"), "--n-subjects", "0"], "must be 1 or more"),
         ([str(tmp_path / "d"), "--md-change-ketamine", "-3", "-1"], "SD must be >= 0"),
         ([str(tmp_path / "e"), "--sessions", "pre"], "at least two"),
         ([str(occupied), "--overwrite", "--no-images"], "refusing"),  # not a simulation
