@@ -13,10 +13,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def main(argv=None) -> dict:
@@ -47,7 +51,12 @@ def main(argv=None) -> dict:
     row = {"n_subjects": args.n_subjects, "nprocs": args.nprocs,
            "n_permutations_requested": args.n_permutations, "setup_s": round(setup, 2),
            "group_level_wall_s": round(wall, 2),
-           "main_process_cpu_s": round(cpu, 2), "load_avg_1min": round(os.getloadavg()[0], 2), "n_figures": len(result["figures"])}
+           "main_process_cpu_s": round(cpu, 2),
+           "peak_rss_gb": round(max(resource.getrusage(who).ru_maxrss
+                                    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024**2, 2),
+           "load_avg_1min": round(os.getloadavg()[0], 2), "n_figures": len(result["figures"])}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"group_{args.n_subjects}.json").write_text(json.dumps(row, indent=2) + "\n")
     print("\t".join(row))
     print("\t".join(str(v) for v in row.values()))
     return row

@@ -31,19 +31,25 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def stage_times(work_dir: Path) -> dict[str, float]:
-    """Sum of node wall times per stage (nipype result files of the work directory)."""
+def stage_resources(work_dir: Path) -> dict[str, dict[str, float]]:
+    """Per stage: node wall times summed, and the largest peak memory of its nodes (GB, from
+    nipype's resource monitor; absent when it did not run), from the work directory's results."""
     from nipype.utils.filemanip import loadpkl
 
-    totals: dict[str, float] = defaultdict(float)
+    seconds: dict[str, float] = defaultdict(float)
+    memory: dict[str, float] = {}
     for result_file in work_dir.rglob("result_*.pklz"):
         stage = re.sub(r"_s[0-9A-Za-z]+(_(ses|acq|dir|run)[0-9A-Za-z]+)*$", "", result_file.parent.name)
         try:
-            duration = getattr(loadpkl(result_file).runtime, "duration", 0.0) or 0.0
+            runtime = loadpkl(result_file).runtime
         except Exception:  # noqa: BLE001 - a partial result file is skipped
             continue
-        totals[stage] += float(duration)
-    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+        seconds[stage] += float(getattr(runtime, "duration", 0.0) or 0.0)
+        peak = getattr(runtime, "mem_peak_gb", None)
+        if peak is not None:
+            memory[stage] = max(memory.get(stage, 0.0), float(peak))
+    return {stage: {"wall_s": round(total, 1), "peak_gb": round(memory[stage], 2) if stage in memory else None}
+            for stage, total in sorted(seconds.items(), key=lambda item: -item[1])}
 
 
 def main(argv=None) -> dict:
@@ -53,6 +59,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--bids-dir", type=Path, default=None, help="use this dataset instead of simulating")
     parser.add_argument("--participant-label", default="01")
+    parser.add_argument("--session-label", default=None,
+                        help="with --bids-dir: process this session only (default: all)")
     parser.add_argument("--keep", type=Path, default=None, help="keep outputs in this folder")
     args = parser.parse_args(argv)
 
@@ -67,9 +75,11 @@ def main(argv=None) -> dict:
                                 "--preset", args.preset, "--quiet"], check=True)
         command = ["bids-ketamine", str(bids_dir), str(root / "out"), "participant", "-w", str(root / "work"),
                    "--participant-label", args.participant_label, "--nprocs", str(args.nprocs),
-                   "--omp-nthreads", str(args.nprocs)]
+                   "--omp-nthreads", str(args.nprocs), "--resource-monitor"]
         if args.bids_dir is None and args.sessions == 1:
             command += ["--session-label", "pre"]
+        elif args.session_label:
+            command += ["--session-label", args.session_label]
         started = time.perf_counter()
         completed = subprocess.run(command, capture_output=True, text=True)
         wall = time.perf_counter() - started
@@ -79,22 +89,22 @@ def main(argv=None) -> dict:
         peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
         row = {
             "dataset": str(args.bids_dir or f"simulated {args.preset}"),
-            "sessions": args.sessions if args.bids_dir is None else "all",
+            "sessions": args.sessions if args.bids_dir is None else (args.session_label or "all"),
             "nprocs": args.nprocs,
             "wall_s": round(wall, 1),
             "peak_rss_gb": round(peak_gb, 2),
             "load_avg_1min": round(os.getloadavg()[0], 2),
-            "stages_s": {k: round(v, 1) for k, v in stage_times(root / "work").items()},
+            "stages": stage_resources(root / "work"),
         }
     RESULTS.mkdir(exist_ok=True)
     name = "participant_" + (args.preset if args.bids_dir is None else Path(args.bids_dir).name)
     (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
     print(f"participant level: {row['wall_s']} s wall, peak RSS {row['peak_rss_gb']} GB "
           f"(load average {row['load_avg_1min']})")
-    print("| stage | wall (s, summed over nodes) |\n|---|---|")
-    for stage, seconds in row["stages_s"].items():
-        if seconds >= 0.5:
-            print(f"| {stage} | {seconds} |")
+    print("| stage | wall (s, summed over nodes) | peak memory (GB, largest node) |\n|---|---:|---:|")
+    for stage, usage in row["stages"].items():
+        if usage["wall_s"] >= 0.5:
+            print(f"| {stage} | {usage['wall_s']} | {usage['peak_gb']} |")
     return row
 
 

@@ -71,6 +71,17 @@ def stage_denoise_ours(inputs, outdir, threads):
     _save(sigma, image, outdir / "noise.nii")
 
 
+def stage_denoise_ours_brain(inputs, outdir, threads):
+    """The pipeline's default: only the voxels of the denoising mask (brain + 10 mm)."""
+    from bids_ketamine.dwi.denoise import mppca
+
+    image, data = _load(inputs["dwi"])
+    mask = _load(inputs["denoise_mask"], np.uint8)[1] > 0
+    denoised, sigma = mppca(data, mask=mask, patch_radius=2, n_threads=threads)
+    _save(denoised, image, outdir / "denoised.nii")
+    _save(sigma, image, outdir / "noise.nii")
+
+
 def stage_denoise_dipy(inputs, outdir, threads):
     from dipy.denoise.localpca import mppca
 
@@ -80,16 +91,22 @@ def stage_denoise_dipy(inputs, outdir, threads):
     _save(sigma, image, outdir / "noise.nii")
 
 
-def _dwidenoise(inputs, outdir, threads, extent):
+def _dwidenoise(inputs, outdir, threads, extent, mask=None):
     command = ["dwidenoise", "-quiet", "-force", "-nthreads", str(threads)]
     if extent:
         command += ["-extent", str(extent)]
+    if mask:
+        command += ["-mask", str(mask)]
     subprocess.run(command + [str(inputs["dwi"]), str(outdir / "denoised.nii"),
                               "-noise", str(outdir / "noise.nii")], check=True)
 
 
 def stage_denoise_mrtrix(inputs, outdir, threads):
     _dwidenoise(inputs, outdir, threads, 5)  # the same 5x5x5 patch as ours and DIPY's
+
+
+def stage_denoise_mrtrix_brain(inputs, outdir, threads):
+    _dwidenoise(inputs, outdir, threads, 5, inputs["denoise_mask"])  # same voxels as ours-brain
 
 
 def stage_denoise_mrtrix_default(inputs, outdir, threads):
@@ -136,12 +153,14 @@ STAGES = {
     "denoise/ours": stage_denoise_ours,
     "denoise/mrtrix": stage_denoise_mrtrix,
     "denoise/mrtrix-default-extent": stage_denoise_mrtrix_default,
+    "denoise-brain/ours": stage_denoise_ours_brain,
+    "denoise-brain/mrtrix": stage_denoise_mrtrix_brain,
     "denoise/dipy": stage_denoise_dipy,
     "tensor/ours": stage_tensor_ours,
     "tensor/mrtrix": stage_tensor_mrtrix,
     "tensor/dipy": stage_tensor_dipy,
 }
-EXTERNAL = {"denoise/mrtrix", "denoise/mrtrix-default-extent", "tensor/mrtrix"}
+EXTERNAL = {"denoise/mrtrix", "denoise/mrtrix-default-extent", "denoise-brain/mrtrix", "tensor/mrtrix"}
 
 
 def _stage_main(spec):
@@ -182,18 +201,21 @@ def run_stage(stage, inputs, outdir, threads):
 # ---------------------------------------------------------------------------------------------
 # Datasets
 # ---------------------------------------------------------------------------------------------
-def _brain_mask_file(dwi, bval, workdir):
-    """median_otsu mask of the mean b=0 (computed once, not timed)."""
-    from dipy.segment.mask import median_otsu
-
-    image, data = _load(dwi)
-    bvals = np.loadtxt(bval, ndmin=1)
-    _, mask = median_otsu(data[..., bvals <= 50].mean(-1), median_radius=2, numpass=1)
-    path = workdir / "mask.nii"
+def _mask_files(inputs, workdir):
+    """Add the brain mask (median_otsu of the mean b=0; for the tensor stages) and the
+    pipeline's denoising mask (brain + 10 mm) to ``inputs``: computed once, not timed."""
     import nibabel as nib
 
-    nib.Nifti1Image(mask.astype(np.uint8), image.affine).to_filename(path)
-    return path
+    from bids_ketamine.dwi.mask import brain_mask, denoising_mask
+
+    image, data = _load(inputs["dwi"])
+    mean_b0 = data[..., np.loadtxt(inputs["bval"], ndmin=1) <= 50].mean(-1)
+    masks = {"mask": brain_mask(mean_b0),
+             "denoise_mask": denoising_mask(mean_b0, image.header.get_zooms()[:3])}
+    for key, mask in masks.items():
+        inputs[key] = workdir / f"{Path(inputs['dwi']).name.split('.')[0]}_{key}.nii"
+        nib.Nifti1Image(mask.astype(np.uint8), image.affine).to_filename(inputs[key])
+    return inputs
 
 
 def real_inputs(workdir):
@@ -201,13 +223,13 @@ def real_inputs(workdir):
     if not ELITION.with_suffix(".nii.gz").exists():
         return None
     inputs = {"dwi": ELITION.with_suffix(".nii.gz"), "bval": ELITION.with_suffix(".bval"),
-              "bvec": ELITION.with_suffix(".bvec")}
-    inputs["mask"] = _brain_mask_file(inputs["dwi"], inputs["bval"], workdir)
-    return inputs
+              "bvec": ELITION.with_suffix(".bvec"), "bids_dir": REAL_DWI,
+              "participant": "elition", "session": "1"}
+    return _mask_files(inputs, workdir)
 
 
 def simulated_session_from_simulator(workdir):
-    """HOOK: one session of ``bids-ketamine-simulate --preset realistic`` (None if unavailable)."""
+    """One session of ``bids-ketamine-simulate --preset realistic`` (None if unavailable)."""
     if shutil.which("bids-ketamine-simulate") is None:
         return None
     target = workdir / "simulated-bids"
@@ -218,9 +240,10 @@ def simulated_session_from_simulator(workdir):
         return None
     dwi = images[0]
     stem = str(dwi).split(".nii")[0]
-    inputs = {"dwi": dwi, "bval": Path(stem + ".bval"), "bvec": Path(stem + ".bvec")}
-    inputs["mask"] = _brain_mask_file(inputs["dwi"], inputs["bval"], workdir)
-    return inputs
+    inputs = {"dwi": dwi, "bval": Path(stem + ".bval"), "bvec": Path(stem + ".bvec"),
+              "bids_dir": target, "participant": dwi.name.split("_")[0][4:],
+              "session": dwi.name.split("_")[1][4:]}
+    return _mask_files(inputs, workdir)
 
 
 def synthetic_session(workdir, shape=REALISTIC_SHAPE, gradients=REALISTIC_GRADIENTS, sigma=25.0,
@@ -269,28 +292,40 @@ def synthetic_session(workdir, shape=REALISTIC_SHAPE, gradients=REALISTIC_GRADIE
     np.savetxt(workdir / "synthetic_dwi.bvec", bvecs.T, fmt="%.6f")
     inputs = {"dwi": dwi, "bval": workdir / "synthetic_dwi.bval",
               "bvec": workdir / "synthetic_dwi.bvec"}
-    inputs["mask"] = _brain_mask_file(dwi, inputs["bval"], workdir)
-    return inputs
+    return _mask_files(inputs, workdir)
 
 
 # ---------------------------------------------------------------------------------------------
-# HOOKS for the whole pipeline (to be wired when the participant and group levels exist)
+# The whole pipeline: participant level of the dataset's session, group level of 1000 subjects
 # ---------------------------------------------------------------------------------------------
-def time_participant_level(bids_dir, workdir, threads):
-    """HOOK: time ``bids-ketamine BIDS_DIR OUT participant`` for one subject (both sessions).
+def _run_script(script, arguments, result_file):
+    """Run one of the pipeline benchmark scripts; return the record it writes (or the error)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, str(HERE / script), *arguments], env=env,
+                            capture_output=True, text=True)
+    print(result.stdout.strip(), flush=True)
+    if result.returncode != 0:
+        print(result.stderr[-3000:], file=sys.stderr)
+        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads((HERE / "results" / result_file).read_text())
 
-    Intended: run it as a stage (subprocess) with ``--nprocs``/``--omp-nthreads`` = ``threads``
-    and return the same record as :func:`run_stage` (wall, CPU, peak RSS). Not wired yet.
-    """
-    return None
+
+def time_participant_level(inputs, threads):
+    """``bids-ketamine BIDS OUT participant`` on the dataset's one session (nodes' wall time and
+    peak memory per stage from nipype's resource monitor: ``participant_benchmark.py``)."""
+    if "bids_dir" not in inputs:
+        return None  # the synthetic array is not a BIDS dataset
+    return _run_script("participant_benchmark.py",
+                       ["--bids-dir", str(inputs["bids_dir"]), "--participant-label",
+                        inputs["participant"], "--session-label", inputs["session"],
+                        "--nprocs", str(threads)],
+                       f"participant_{Path(inputs['bids_dir']).name}.json")
 
 
-def time_group_level(n_subjects, workdir, threads):
-    """HOOK: time ``bids-ketamine ... group`` on ``n_subjects`` (e.g. 1000) participants'
-    derivatives (ROI tables synthesised, not the whole participant level). Not wired yet;
-    ``benchmarks/group_benchmark.py --n-subjects N --nprocs THREADS`` (another engineer's) does
-    that work and could run here as a stage to get wall, CPU and peak memory."""
-    return None
+def time_group_level(n_subjects, threads):
+    """The group level on ``n_subjects`` fabricated participants (``group_benchmark.py``)."""
+    return _run_script("group_benchmark.py", ["--n-subjects", str(n_subjects), "--nprocs", str(threads)],
+                       f"group_{n_subjects}.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,6 +342,10 @@ def agreement(outdirs, inputs):
     pairs = {
         "noise map ours vs dwidenoise -extent 5 (median rel. diff, brain mask)":
             ("denoise/ours", "denoise/mrtrix", "noise.nii", 1.0),
+        "noise map ours vs dwidenoise, both in the denoising mask (median rel. diff, brain mask)":
+            ("denoise-brain/ours", "denoise-brain/mrtrix", "noise.nii", 1.0),
+        "noise map ours in the denoising mask vs ours everywhere (median rel. diff, brain mask)":
+            ("denoise-brain/ours", "denoise/ours", "noise.nii", 1.0),
         "noise map ours vs DIPY mppca (median rel. diff, brain mask)":
             ("denoise/ours", "denoise/dipy", "noise.nii", 1.0),
         "MD ours vs dwi2tensor+tensor2metric (median rel. diff, brain mask)":
@@ -327,7 +366,7 @@ def agreement(outdirs, inputs):
 def _ratios(records):
     by_stage = {r["stage"]: r for r in records if "wall_s" in r}
     ratios = {}
-    for step in ("denoise", "tensor"):
+    for step in ("denoise", "denoise-brain", "tensor"):
         ours = by_stage.get(f"{step}/ours")
         for other in ("mrtrix", "dipy"):
             theirs = by_stage.get(f"{step}/{other}")
@@ -377,6 +416,16 @@ def markdown(results):
         lines += ["", "| agreement | value |", "|---|---:|"]
         lines += [f"| {k} | {100 * v:.3f} % |" for k, v in result["agreement"].items()]
         lines.append("")
+        participant = result.get("participant_level")
+        if participant and "stages" in participant:
+            lines += [f"Whole participant level of this session (`bids-ketamine ... participant`, "
+                      f"{participant['nprocs']} processes): **{participant['wall_s']} s wall, peak "
+                      f"RSS {participant['peak_rss_gb']} GB**; per stage (node wall times summed, "
+                      "largest node's peak memory from nipype's resource monitor):", "",
+                      "| stage | wall (s) | peak memory (GB) |", "|---|---:|---:|"]
+            lines += [f"| {stage} | {usage['wall_s']} | {usage['peak_gb']} |"
+                      for stage, usage in participant["stages"].items() if usage["wall_s"] >= 0.5]
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -395,6 +444,10 @@ def main(argv=None):
     parser.add_argument("--stages", default=None,
                         help="comma-separated stage names or prefixes to (re)run, e.g. 'tensor'; "
                              "the other stages' records are kept from the existing results JSON")
+    parser.add_argument("--no-pipeline", action="store_true",
+                        help="skip the whole participant level of each dataset and the group level")
+    parser.add_argument("--group-subjects", type=int, default=1000,
+                        help="participants of the group-level timing (0: skip it)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--stage", help=argparse.SUPPRESS)
@@ -425,9 +478,9 @@ def main(argv=None):
                 name = "synthetic-realistic"
         else:
             raise SystemExit(f"unknown dataset {name!r}")
-        stages = ["denoise/ours"]
+        stages = ["denoise/ours", "denoise-brain/ours"]
         if have_mrtrix:
-            stages.append("denoise/mrtrix")
+            stages += ["denoise/mrtrix", "denoise-brain/mrtrix"]
             import nibabel as nib
 
             if not 27 < nib.load(inputs["dwi"]).shape[-1] <= 125:  # default extent is not 5
@@ -447,11 +500,14 @@ def main(argv=None):
             result["stages"] = kept + result["stages"]
             result["ratios"] = _ratios(result["stages"])
             result["agreement"] = {**previous.get("agreement", {}), **result["agreement"]}
-        result["hooks"] = {"participant_level": time_participant_level(None, workdir, args.threads),
-                           "group_level_1000": time_group_level(1000, workdir, args.threads)}
+        if not args.no_pipeline:
+            result["participant_level"] = time_participant_level(inputs, args.threads)
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
         results.append(result)
-    every = [json.loads(path.read_text()) for path in sorted(args.out.glob("*.json"))]
+    if not args.no_pipeline and args.group_subjects:
+        time_group_level(args.group_subjects, args.threads)  # writes results/group_<n>.json
+    every = [json.loads(path.read_text()) for path in sorted(args.out.glob("*.json"))
+             if not path.name.startswith(("participant_", "group_"))]
     summary = markdown(every)  # every dataset measured so far, this run's included
     (args.out / "summary.md").write_text(summary)
     print(summary)

@@ -64,8 +64,10 @@ class Config:
     stop_on_first_crash: bool = False
     reports_only: bool = False
     verbosity: int = 0
+    resource_monitor: bool = False
     # --- participant level -----------------------------------------------------
     denoise: str = "mppca"
+    denoise_full_fov: bool = False
     degibbs: bool = False
     fit_method: str = "wls"
     b0_threshold: float = 50.0

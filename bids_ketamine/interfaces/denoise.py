@@ -17,6 +17,11 @@ class _DenoiseInputSpec(BaseInterfaceInputSpec):
                                  desc="MP-PCA patch radius; None: dwidenoise's rule (smallest cube "
                                       "with at least as many voxels as volumes)")
     n_threads = traits.Int(1, usedefault=True, desc="threads")
+    full_fov = traits.Bool(False, usedefault=True,
+                           desc="MP-PCA every voxel of the field of view; default: the brain mask "
+                                "of the raw series plus a margin (bids_ketamine.dwi.mask.denoising_mask)")
+    margin_mm = traits.Float(10.0, usedefault=True, desc="margin around the brain mask (mm)")
+    b0_threshold = traits.Float(50.0, usedefault=True, desc="b-values at or below are b=0")
 
 
 class _DenoiseOutputSpec(TraitedSpec):
@@ -41,7 +46,14 @@ class Denoise(SimpleInterface):
         if self.inputs.method == "mppca":
             from bids_ketamine.dwi.denoise import mppca
 
-            denoised, noise = mppca(data, patch_radius=self.inputs.patch_radius,
+            mask = None
+            if not self.inputs.full_fov:
+                from bids_ketamine.dwi.mask import denoising_mask
+
+                bvals = np.loadtxt(self.inputs.bval_file, ndmin=1)
+                mean_b0 = data[..., bvals <= self.inputs.b0_threshold].mean(axis=-1)
+                mask = denoising_mask(mean_b0, img.header.get_zooms()[:3], self.inputs.margin_mm)
+            denoised, noise = mppca(data, mask=mask, patch_radius=self.inputs.patch_radius,
                                     n_threads=self.inputs.n_threads)
         else:
             from bids_ketamine.dwi.denoise import patch2self_denoise

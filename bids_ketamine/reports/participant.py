@@ -516,8 +516,10 @@ class _ParticipantReport:
         denoise = cfg.get("denoise") or next((s.denoise_model for s in self.out.series
                                               if s.denoise_model), None)
         if denoise == "mppca":
+            where = ("in every voxel" if cfg.get("denoise_full_fov") else
+                     "in the brain of the raw series plus a 10 mm margin")
             text.append(f"Noise was removed by Marchenko-Pastur PCA (MP-PCA) {cite('mppca')} "
-                        "before any interpolation.")
+                        f"{where}, before any interpolation.")
         elif denoise == "patch2self":
             text.append(f"Noise was removed with Patch2Self {cite('patch2self')} before any "
                         "interpolation.")

@@ -88,7 +88,8 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                           name=f"summary_{item.key}", run_without_submitting=True)
         summary.inputs.source = str(item.dwi)
         summary.inputs.options = {
-            "denoise": config.denoise, "degibbs": config.degibbs, "fit_method": config.fit_method,
+            "denoise": config.denoise, "denoise_full_fov": config.denoise_full_fov,
+            "degibbs": config.degibbs, "fit_method": config.fit_method,
             "b0_threshold": config.b0_threshold, "dti_max_bval": config.dti_max_bval,
             "template": template, "atlas": atlas_name, "csf_md_threshold": config.csf_md_threshold,
             "gm_threshold": config.gm_threshold,
@@ -283,7 +284,15 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
         "create_report": False,
         "poll_sleep_duration": 1 if config.plugin.startswith(("SLURM", "SGE", "PBS", "LSF")) else 0.1,
     }
-    workflow.config["monitoring"] = {"enabled": False}
+    if config.resource_monitor:
+        # nipype's resource monitor (psutil): peak memory and CPU of every node in its result
+        from nipype import config as nipype_config
+
+        nipype_config.enable_resource_monitor()
+        workflow.config["monitoring"] = {"enabled": True}
+        workflow.config["execution"]["resource_monitor_frequency"] = 0.5
+    else:
+        workflow.config["monitoring"] = {"enabled": False}
     plugin_args = dict(config.plugin_args)
     # nipype's cluster plugins read LOGNAME, unset in some containers and batch shells
     os.environ.setdefault("LOGNAME", getpass.getuser())
@@ -302,12 +311,20 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
     LOGGER.info("Template %s (%s), atlas %s; running %d participant(s) with %s",
                 template.name, template.source, atlas.name, len(usable), config.plugin)
     started = time.time()
+    # nipype's resource monitor writes its sample files (.proc-*) into the current folder
+    monitor_dir = work_dir / "resource_monitor"
+    previous_dir = os.getcwd()
+    if config.resource_monitor:
+        monitor_dir.mkdir(exist_ok=True)
+        os.chdir(monitor_dir)
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         LOGGER.error("Some nodes failed: %s", str(err).splitlines()[0])
         if config.stop_on_first_crash:
             problems.append(f"processing stopped at the first crash; crash files in {crash_dir}")
+    finally:
+        os.chdir(previous_dir)
     LOGGER.info("Participant workflow finished in %.1f s", time.time() - started)
     if config.plugin.endswith("Graph"):
         # Graph plugins return once every job is queued: the outputs appear as the jobs end.

@@ -24,7 +24,7 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, name: str = "dwi
     Parameters
     ----------
     config : Config
-        Uses ``denoise``, ``degibbs``, ``b0_threshold``, ``omp_nthreads``.
+        Uses ``denoise``, ``denoise_full_fov``, ``degibbs``, ``b0_threshold``, ``omp_nthreads``.
     mem_gb : float
         Memory estimate of the series' heavy nodes (for the scheduler).
     name : str
@@ -60,8 +60,9 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, name: str = "dwi
     )
     threads = config.omp_nthreads
     load = pe.Node(LoadDWI(b0_threshold=config.b0_threshold), name="load_dwi", mem_gb=mem_gb)
-    denoise = pe.Node(Denoise(method=config.denoise, n_threads=threads), name="denoise",
-                      n_procs=threads, mem_gb=mem_gb * 3)
+    denoise = pe.Node(Denoise(method=config.denoise, n_threads=threads,
+                              full_fov=config.denoise_full_fov, b0_threshold=config.b0_threshold),
+                      name="denoise", n_procs=threads, mem_gb=mem_gb * 3)
     motion = pe.Node(MotionCorrect(b0_threshold=config.b0_threshold, n_threads=threads),
                      name="motion_correct", n_procs=threads, mem_gb=mem_gb * 2)
     mask = pe.Node(BrainMask(), name="brain_mask", mem_gb=mem_gb)
