@@ -89,6 +89,7 @@ class Config:
     covariates: tuple[str, ...] | None = None
     params: tuple[str, ...] = ("md",)
     min_coverage: float = 0.8
+    roi_statistic: str = "median"
     response_threshold: float = 50.0
     remission_thresholds: dict[str, float] = field(
         default_factory=lambda: dict(DEFAULT_REMISSION)

@@ -173,3 +173,32 @@ def test_user_errors(study, tmp_path):
         run_group_level(config.replace(control_label="placebo"))
     with pytest.raises(ClinicalDataError, match="--params"):
         run_group_level(config.replace(params=("glutamate",)))
+
+
+@pytest.mark.parametrize("statistic", ["median", "mean"])
+def test_roi_statistic_picks_the_column(tmp_path, statistic):
+    """--roi-statistic: change.tsv holds the ROI tables' median (default) or mean."""
+    rng = np.random.default_rng(3)
+    subjects = [f"{i:02d}" for i in range(1, 9)]
+    participants = pd.DataFrame({"participant_id": subjects,
+                                 "group": ["ketamine"] * 4 + ["saline"] * 4})
+    scores, rows, expected = [], [], {}
+    for s in subjects:
+        for ses, madrs in (("pre", 30), ("post", 20 + int(rng.integers(0, 8)))):
+            scores.append({"participant_id": s, "session_id": ses, "madrs": madrs, "qids_sr": 12})
+            mean = 0.8 + 0.05 * rng.standard_normal()
+            median = mean - 0.03 - 0.01 * rng.random()  # a CSF tail pulls the mean up
+            expected[(s, ses)] = {"mean": mean, "median": median}[statistic]
+            rows.append(dict(participant_id=s, session_id=ses, roi="vACC", param="md", mean=mean,
+                             median=median, n_voxels=300, coverage=0.95, entities=""))
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    write_study(bids, out, participants, pd.DataFrame(scores), pd.DataFrame(rows))
+    config = Config(bids_dir=bids, output_dir=out, analysis_level="group", n_permutations=0,
+                    roi_statistic=statistic)
+    run_group_level(config)
+    change = pd.read_csv(out / "group" / "change.tsv", sep="\t").set_index("participant_id")
+    for s in subjects:
+        assert change.loc[f"sub-{s}", "baseline"] == pytest.approx(expected[(s, "pre")], rel=1e-9)
+        assert change.loc[f"sub-{s}", "followup"] == pytest.approx(expected[(s, "post")], rel=1e-9)
+    document = json.loads((out / "group" / "models.json").read_text())
+    assert document["options"]["roi_statistic"] == statistic

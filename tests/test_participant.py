@@ -6,10 +6,11 @@ These are the acceptance tests of the participant pipeline:
   grey-matter MD at each session; across subjects the recovered MD change correlates with the
   true change at r >= 0.8 in every ROI, with median absolute error under 1 % of MD;
 
-The ROI statistic checked is the ``median`` column of the roistats table: at 3 mm the frontal-pole
-ROIs (BA10) keep some CSF/white-matter partial volume after the CSF and grey-matter exclusions,
-which the plain ``mean`` follows (BA10_L: up to 7.8 % off, change error 1.6 % of MD on this
-simulation) and the median does not.  Both columns are printed.
+The ROI statistic checked is the ``median`` column of the roistats table, the value the group
+level uses by default (``--roi-statistic median``): at 3 mm the frontal-pole ROIs (BA10) keep some
+CSF/white-matter partial volume after the CSF and grey-matter exclusions, which the plain ``mean``
+follows (BA10_L: up to 7.8 % off, change error 1.6 % of MD on this simulation) and the median
+does not.  Both columns are printed.
 - swapping which session is called baseline changes each ROI's MD change by its sign only;
 - on real data, ROI MD agrees across sessions and acquisitions (sub-canon).
 """

@@ -145,9 +145,11 @@ def test_read_roistats_round_trips(table, upper):
 
 
 @SLOWER
-@given(tables_by_session=st.lists(roi_tables(), min_size=1, max_size=4))
-def test_load_roi_values_reads_every_table_exactly(tables_by_session):
-    """The bulk reader of the group level gives the ROI means of every table, n/a = NaN."""
+@given(tables_by_session=st.lists(roi_tables(), min_size=1, max_size=4),
+       statistic=st.sampled_from(["median", "mean"]))
+def test_load_roi_values_reads_every_table_exactly(tables_by_session, statistic):
+    """The bulk reader of the group level gives the chosen ROI statistic of every table,
+    n/a = NaN."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder)
         expected = []
@@ -158,14 +160,14 @@ def test_load_roi_values_reads_every_table_exactly(tables_by_session):
             table.to_csv(dwi / f"sub-{subject}_ses-{session}_atlas-ketamine7_model-tensor_"
                                "roistats.tsv", sep="\t", index=False, na_rep="n/a")
             expected.append(table.assign(participant_id=subject, session_id=session))
-        values, notes = roistats.load_roi_values(out, "ketamine7")
+        values, notes = roistats.load_roi_values(out, "ketamine7", statistic=statistic)
     expected = pd.concat(expected, ignore_index=True)
     assert notes == []
     keys = ["participant_id", "session_id", "roi", "param"]
     got = values.set_index(keys).sort_index()
     want = expected.set_index(keys).sort_index()
     assert got.index.equals(want.index)
-    np.testing.assert_array_equal(got["value"].to_numpy(), want["mean"].to_numpy())
+    np.testing.assert_array_equal(got["value"].to_numpy(), want[statistic].to_numpy())
     np.testing.assert_array_equal(got["n_voxels"].to_numpy(), want["n_voxels"].to_numpy())
     np.testing.assert_array_equal(got["coverage"].to_numpy(), want["coverage"].to_numpy())
 

@@ -435,6 +435,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     grp = parser.add_argument_group("Group level")
     grp.add_argument(
+        "--roi-statistic",
+        choices=["median", "mean"],
+        default="median",
+        help="ROI summary of each session entering the models: the median of the ROI's voxels "
+        "(robust to residual CSF partial volume; default) or their mean",
+    )
+    grp.add_argument(
         "--baseline-session",
         type=_label_type("ses"),
         default=None,
@@ -582,6 +589,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         params=tuple(dict.fromkeys(p.lower() if p.lower() in ("md", "fa", "ad", "rd") else p
                                    for p in args.params)),
         min_coverage=args.min_coverage,
+        roi_statistic=args.roi_statistic,
         response_threshold=args.response_threshold,
         remission_thresholds=remission,
         n_permutations=args.n_permutations,

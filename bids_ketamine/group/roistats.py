@@ -187,8 +187,8 @@ def combine_series(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return combined.reset_index()
 
 
-def load_roi_values(output_dir: Path, atlas: str,
-                    participant_label: tuple[str, ...] = ()) -> tuple[pd.DataFrame, list[dict]]:
+def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, ...] = (),
+                    statistic: str = "median") -> tuple[pd.DataFrame, list[dict]]:
     """One ROI value table for the whole study, with the rule for multi-series sessions.
 
     Parameters
@@ -199,11 +199,13 @@ def load_roi_values(output_dir: Path, atlas: str,
         Atlas name.
     participant_label : tuple of str
         Restrict to these participants; empty = all.
+    statistic : {"median", "mean"}
+        The ROI table column taken as each session's value.
 
     Returns
     -------
     values : pandas.DataFrame
-        ``participant_id``, ``session_id``, ``roi``, ``param``, ``value`` (the ROI mean),
+        ``participant_id``, ``session_id``, ``roi``, ``param``, ``value`` (the ROI statistic),
         ``n_voxels``, ``coverage``.
     series_notes : list of dict
         One entry per session with several series tables: which table(s) gave the
@@ -214,6 +216,8 @@ def load_roi_values(output_dir: Path, atlas: str,
     InputError
         If there is no ROI table at all ("run the participant level first").
     """
+    if statistic not in ("median", "mean"):
+        raise ValueError(f"statistic must be 'median' or 'mean', got {statistic!r}")
     found = find_roistats(output_dir, atlas, participant_label)
     if found.empty:
         raise InputError(
@@ -223,7 +227,7 @@ def load_roi_values(output_dir: Path, atlas: str,
     pieces, notes = [], []
     simple = found.groupby(["participant_id", "session_id"])["path"].transform("size") == 1
     if simple.any():
-        pieces.append(_read_single_tables(found.loc[simple]))
+        pieces.append(_read_single_tables(found.loc[simple], statistic))
     for (subject, session), files in found.loc[~simple].groupby(
             ["participant_id", "session_id"], sort=True):
         session_table = files.loc[files["entities"] == ""]
@@ -250,7 +254,7 @@ def load_roi_values(output_dir: Path, atlas: str,
             "session_id": session,
             "roi": table["roi"].to_numpy(),
             "param": table["param"].to_numpy(),
-            "value": table["mean"].to_numpy(dtype=float),
+            "value": table[statistic].to_numpy(dtype=float),
             "n_voxels": table["n_voxels"].to_numpy(dtype=float),
             "coverage": table["coverage"].to_numpy(dtype=float),
         }))
@@ -259,7 +263,7 @@ def load_roi_values(output_dir: Path, atlas: str,
                               ignore_index=True), notes
 
 
-def _read_single_tables(found: pd.DataFrame) -> pd.DataFrame:
+def _read_single_tables(found: pd.DataFrame, statistic: str) -> pd.DataFrame:
     """Sessions with one ROI table each, read in bulk into one value table."""
     subjects, sessions, rois, params, value, n_voxels, coverage = ([] for _ in range(7))
     for subject, session, path in found[["participant_id", "session_id", "path"]].itertuples(
@@ -270,7 +274,7 @@ def _read_single_tables(found: pd.DataFrame) -> pd.DataFrame:
         sessions.extend([session] * len(rows))
         rois.extend(row[at["roi"]] for row in rows)
         params.extend(row[at["param"]].strip().lower() for row in rows)
-        value.append(_numbers([row[at["mean"]] for row in rows], path, "mean"))
+        value.append(_numbers([row[at[statistic]] for row in rows], path, statistic))
         n_voxels.append(_numbers([row[at["n_voxels"]] for row in rows], path, "n_voxels"))
         coverage.append(_numbers([row[at["coverage"]] for row in rows], path, "coverage"))
     return pd.DataFrame({

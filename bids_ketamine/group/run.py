@@ -276,7 +276,7 @@ def run_group_level(config: Config) -> dict:
     pieces, series_notes = [], []
     if imaging:
         roi_values, series_notes = roistats.load_roi_values(
-            output_dir, config.atlas_name, tuple(config.participant_label))
+            output_dir, config.atlas_name, tuple(config.participant_label), config.roi_statistic)
         unknown = sorted(set(roi_values["participant_id"]) - set(participants.index))
         for participant in unknown:
             exclusions.add(participant, f"has participant-level outputs but is not listed in "
