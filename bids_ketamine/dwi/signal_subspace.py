@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["HAVE_NUMBA", "signal_decomposition"]
+from bids_ketamine.utils.jit import HAVE_NUMBA, compile_kernel
 
-try:  # Numba is a dependency; the fallback keeps the package usable where it cannot be installed
+if HAVE_NUMBA:
     import llvmlite.binding as llvm
-    from numba import njit, types
+    from numba import types
     from numba.extending import get_cython_function_address
-except ImportError:  # pragma: no cover - exercised only without numba
-    HAVE_NUMBA = False
-else:
-    HAVE_NUMBA = True
+
+__all__ = ["HAVE_NUMBA", "signal_decomposition"]
 
 
 def _lapack(name, n_args):
@@ -45,15 +43,6 @@ def _lapack(name, n_args):
     return types.ExternalFunction(symbol, types.void(*([types.voidptr] * n_args)))
 
 
-def _compile(function):
-    """``njit(nogil=True)``, cached on disk when Numba finds a writable cache folder (set
-    ``NUMBA_CACHE_DIR`` in read-only installations), compiled at first use otherwise."""
-    try:
-        return njit(nogil=True, cache=True)(function)
-    except RuntimeError:  # no cache locator: read-only package folder and home
-        return njit(nogil=True)(function)
-
-
 if HAVE_NUMBA:
     _dsytrd = _lapack("dsytrd", 10)
     _dsterf = _lapack("dsterf", 4)
@@ -61,7 +50,7 @@ if HAVE_NUMBA:
     _dstemr = _lapack("dstemr", 21)
     _dormtr = _lapack("dormtr", 13)
 
-    @_compile
+    @compile_kernel
     def _tridiagonal_eigenvalues(matrices):  # pragma: no cover - compiled
         """Reduce each matrix to tridiagonal form in place; return its eigenvalues and ``T``.
 
@@ -92,7 +81,7 @@ if HAVE_NUMBA:
             status[i] = info[0]
         return eigenvalues, diagonal, off_diagonal, tau, status
 
-    @_compile
+    @compile_kernel
     def _signal_eigenvectors(reflectors, diagonal, off_diagonal, tau, eigenvalues, n_noise):  # pragma: no cover
         """Eigenvectors of the eigenvalues ``n_noise[i]:`` of each matrix; noise columns are 0.
 

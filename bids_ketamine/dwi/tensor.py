@@ -328,7 +328,8 @@ def _store(maps, index, evals, evecs, s0):
     maps["fa"][index], maps["md"][index], maps["ad"][index], maps["rd"][index] = _scalar_maps(evals)
     maps["evals"][index] = evals
     maps["evecs"][index] = evecs
-    maps["s0"][index] = s0
+    with np.errstate(over="ignore"):  # an infinite S0 (garbage fit) stays infinite in float32
+        maps["s0"][index] = s0
 
 
 class _MaskedSignal:
