@@ -341,12 +341,14 @@ def _assert_same_derivatives(expected: Path, actual: Path) -> None:
 
 @pytest.mark.timeout(3600)
 def test_participant_level_on_slurm_equals_multiproc(slurm_cluster, simulated_bids, tmp_path):
+    """One participant (both sessions) through the SLURM plugin: the derivatives of MultiProc."""
     runs = {}
     earlier_jobs = {job["RawJobID"] for job in slurm_cluster.completed_jobs()}
+    one = ["--participant-label", _participants(simulated_bids)[0]]
     for plugin, extra in (
-        ("MultiProc", ["--plugin", "MultiProc"]),
+        ("MultiProc", ["--plugin", "MultiProc", *one]),
         ("SLURM", ["--plugin", "SLURM", "--plugin-args",
-                   json.dumps({"sbatch_args": "--time=1:00:00 --mem=2G"})]),
+                   json.dumps({"sbatch_args": "--time=1:00:00 --mem=2G"}), *one]),
     ):
         out = tmp_path / plugin / "derivatives"
         proc = _run_participant(simulated_bids, out, tmp_path / plugin / "work", *extra)
