@@ -44,10 +44,12 @@ REALISTIC_GRADIENTS = (6, 64)  # b=0 volumes, b=1000 directions
 # Stages: each one runs in a fresh subprocess (see run_stage)
 # ---------------------------------------------------------------------------------------------
 def _load(path, dtype=np.float32):
+    """Image and data (``dtype=None``: as stored, e.g. int16, without a converted copy)."""
     import nibabel as nib
 
     image = nib.load(path)
-    return image, np.asarray(image.dataobj, dtype=dtype)
+    return image, (np.asanyarray(image.dataobj) if dtype is None else
+                   np.asarray(image.dataobj, dtype=dtype))
 
 
 def _save(array, image, path):
@@ -121,7 +123,7 @@ def _write_maps(fit, image, outdir):
 def stage_tensor_ours(inputs, outdir, threads):
     from bids_ketamine.dwi.tensor import fit_tensor
 
-    image, data = _load(inputs["dwi"])
+    image, data = _load(inputs["dwi"], None)  # converted chunk by chunk by fit_tensor
     mask = _load(inputs["mask"], np.uint8)[1] > 0
     bvals, bvecs = _gradients(inputs)
     _write_maps(fit_tensor(data, bvals, bvecs, mask=mask, method="wls", n_threads=threads), image,
@@ -132,7 +134,7 @@ def stage_tensor_dipy(inputs, outdir, threads):
     from dipy.core.gradients import gradient_table
     from dipy.reconst.dti import TensorModel
 
-    image, data = _load(inputs["dwi"])
+    image, data = _load(inputs["dwi"], None)
     mask = _load(inputs["mask"], np.uint8)[1] > 0
     bvals, bvecs = _gradients(inputs)
     fit = TensorModel(gradient_table(bvals, bvecs=bvecs), fit_method="WLS").fit(data, mask=mask)
@@ -233,9 +235,12 @@ def simulated_session_from_simulator(workdir):
     if shutil.which("bids-ketamine-simulate") is None:
         return None
     target = workdir / "simulated-bids"
-    result = subprocess.run(["bids-ketamine-simulate", str(target), "--n-subjects", "1",
-                             "--preset", "realistic", "--seed", "1"], capture_output=True, text=True)
-    images = sorted(target.glob("sub-*/ses-*/dwi/*_dwi.nii*")) if result.returncode == 0 else []
+    images = sorted(target.glob("sub-*/ses-*/dwi/*_dwi.nii*"))  # a kept --workdir: reuse it
+    if not images:
+        result = subprocess.run(["bids-ketamine-simulate", str(target), "--n-subjects", "1",
+                                 "--preset", "realistic", "--seed", "1"], capture_output=True,
+                                text=True)
+        images = sorted(target.glob("sub-*/ses-*/dwi/*_dwi.nii*")) if result.returncode == 0 else []
     if not images:
         return None
     dwi = images[0]
@@ -500,6 +505,8 @@ def main(argv=None):
             result["stages"] = kept + result["stages"]
             result["ratios"] = _ratios(result["stages"])
             result["agreement"] = {**previous.get("agreement", {}), **result["agreement"]}
+            if args.no_pipeline and previous.get("participant_level"):
+                result["participant_level"] = previous["participant_level"]
         if not args.no_pipeline:
             result["participant_level"] = time_participant_level(inputs, args.threads)
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
