@@ -15,7 +15,7 @@ the LAPACK steps it is made of and skips the unneeded work:
 5. ``dormtr``: back-transformation ``V = Q Z`` of those ``p`` vectors.
 
 For ``N = 70`` and a handful of signal components this takes about 150-200 us instead of 400 us,
-with the same eigenvalues and the same signal subspace to rounding error (``tests/test_denoise.py``
+with the same eigenvalues and the same signal subspace to rounding error (``tests/test_signal_subspace.py``
 compares both paths). The LAPACK routines are SciPy's (``scipy.linalg.cython_lapack``), called
 from loops compiled by Numba (``nogil``, so the caller's threads run them in parallel). Without
 Numba, :func:`signal_decomposition` falls back to :func:`numpy.linalg.eigh`.
