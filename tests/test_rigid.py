@@ -254,8 +254,10 @@ def test_register_checks_input():
 
 
 @pytest.mark.slow
-def test_faster_than_dipy_at_same_accuracy():
-    """One realistic 2 mm b=0 pair: ours vs DIPY's AffineRegistration (MI, rigid)."""
+def test_as_accurate_as_dipy():
+    """One realistic 2 mm b=0 pair: ours vs DIPY's AffineRegistration (MI, rigid), both within
+    0.1 mm / 0.1 deg of the true motion. CPU times are printed, not asserted (speed belongs to
+    the benchmarks; about 1:8 here)."""
     from dipy.align.imaffine import AffineRegistration, MutualInformationMetric
     from dipy.align.transforms import RigidTransform3D
 
@@ -286,4 +288,3 @@ def test_faster_than_dipy_at_same_accuracy():
     for found in (ours.matrix, theirs.affine):
         trans, angle = _errors(found, motion)
         assert trans < 0.1 and angle < 0.1
-    assert ours_s < dipy_s / 5

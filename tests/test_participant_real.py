@@ -1,0 +1,87 @@
+"""The participant level on real scanner data (../shared/data/real-dwi; skipped without it).
+
+- sub-canon: ROI MD agrees between sessions (ses-2020, ses-2021) and between acquisitions
+  (acq-ortho, acq-tilted) within 5 % (a strict xfail: the known gap of issue 4);
+- sub-elition: the native MD map equals MRtrix3's dwi2tensor + tensor2metric on the same input.
+
+Separate from ``test_participant.py`` (simulated trial) so that the two can run in parallel.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from participant_runs import run_participant
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
+
+
+@pytest.mark.realdata
+@pytest.mark.xfail(
+    strict=True,
+    reason="known gap (issue 4 left open): on sub-canon (3 mm, b=1500, 12 directions) the small "
+    "ROIs differ by more than 5 % between acquisitions/sessions: amygdala_R ortho vs tilted 6.5 % "
+    "(2020), amygdala_L 6.0 % (2021), hippocampus_L 2020 vs 2021 tilted 5.4 %; BA10 and vACC agree "
+    "within 4 %. strict: the test fails as soon as this passes, so the mark must then go",
+)
+def test_real_canon_sessions_and_acquisitions_agree(real_dwi, tmp_path):
+    """sub-canon: ROI MD agrees between years (same acquisition) and between acq-ortho and
+    acq-tilted (same year) within 5 %, for every ROI with coverage >= 0.8 in both series."""
+    out_dir = tmp_path / "out"
+    run_participant(real_dwi, out_dir, tmp_path / "work", "--participant-label", "canon")
+    rows = []
+    for path in sorted(out_dir.glob("sub-canon/ses-*/dwi/*_roistats.tsv")):
+        parts = dict(p.split("-", 1) for p in path.name.split("_")[:3])
+        table = pd.read_csv(path, sep="\t")
+        table = table[table["param"] == "md"]
+        rows.append(table.assign(session=parts["ses"], acquisition=parts["acq"]))
+    table = pd.concat(rows)
+    pairs = [(("2020", "ortho"), ("2021", "ortho")), (("2020", "tilted"), ("2021", "tilted")),
+             (("2020", "ortho"), ("2020", "tilted")), (("2021", "ortho"), ("2021", "tilted"))]
+    indexed = table.set_index(["session", "acquisition", "roi"])
+    differences = []
+    for first, second in pairs:
+        a, b = indexed.loc[first], indexed.loc[second]
+        covered = (a["coverage"] >= 0.8) & (b["coverage"] >= 0.8)
+        relative = ((a["mean"] - b["mean"]).abs() / ((a["mean"] + b["mean"]) / 2))[covered]
+        differences.append(relative.rename(f"{'_'.join(first)} vs {'_'.join(second)}"))
+    differences = pd.concat(differences, axis=1)
+    print(table.pivot_table(index="roi", columns=["session", "acquisition"], values="mean").round(3))
+    print(differences.round(3).to_string())
+    assert differences.notna().any().all(), "a pair has no ROI with coverage >= 0.8"
+    assert differences.max().max() < 0.05, differences.max().to_dict()
+
+
+@pytest.mark.realdata
+@pytest.mark.mrtrix
+def test_real_elition_md_matches_mrtrix(real_dwi, tmp_path):
+    """sub-elition: our native MD equals dwi2tensor + tensor2metric on the same preprocessed input."""
+    import subprocess
+
+    import nibabel as nib
+
+    if shutil.which("dwi2tensor") is None or shutil.which("tensor2metric") is None:
+        pytest.skip("MRtrix3 (dwi2tensor, tensor2metric) is not installed: apt-get install mrtrix3")
+    out_dir = tmp_path / "out"
+    run_participant(real_dwi, out_dir, tmp_path / "work", "--participant-label", "elition")
+    folder = out_dir / "sub-elition" / "ses-1" / "dwi"
+    prefix = "sub-elition_ses-1_space-dwi"
+    dwi = folder / f"{prefix}_desc-preproc_dwi.nii.gz"
+    mask = folder / f"{prefix}_desc-brain_mask.nii.gz"
+    tensor, md_mrtrix = tmp_path / "dt.mif", tmp_path / "md.nii.gz"
+    subprocess.run(["dwi2tensor", "-quiet", "-fslgrad", str(dwi).replace(".nii.gz", ".bvec"),
+                    str(dwi).replace(".nii.gz", ".bval"), "-mask", str(mask), str(dwi), str(tensor)],
+                   check=True)
+    subprocess.run(["tensor2metric", "-quiet", "-adc", str(md_mrtrix), "-mask", str(mask), str(tensor)],
+                   check=True)
+    ours = nib.load(folder / f"{prefix}_model-tensor_param-md_dwimap.nii.gz").get_fdata()
+    theirs = nib.load(md_mrtrix).get_fdata() * 1000.0  # mm^2/s -> um^2/ms
+    inside = (nib.load(mask).get_fdata() > 0) & (theirs > 0.1) & (ours > 0.1)
+    relative = np.abs(ours[inside] - theirs[inside]) / theirs[inside]
+    print(f"sub-elition MD: median relative difference {np.median(relative):.5f} over {inside.sum()} voxels; "
+          f"median MD ours {np.median(ours[inside]):.3f}, MRtrix3 {np.median(theirs[inside]):.3f} um^2/ms")
+    assert np.median(relative) < 0.01
