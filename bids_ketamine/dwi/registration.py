@@ -9,6 +9,8 @@ Midpoint space (:func:`midpoint_space`), unbiased between sessions:
 
 1. every ordered pair ``(i, j)`` is registered rigidly (normalised correlation), each
    from the scanner coordinates and from the centres of mass, keeping the better fit;
+   each direction is then registered again from the inverse of the other's result (the
+   better fit kept), so that both directions end in the same minimum;
    the two directions are combined in the log
    domain, ``S_ij = expm((logm(T_ij) - logm(T_ji)) / 2)``, so ``S_ji = S_ij^-1``
    exactly and swapping two inputs swaps the results;
@@ -162,24 +164,32 @@ def _symmetric_pair(images, masks, i, j, factors):
 
     Each direction starts both from the scanner coordinates (identity) and from the
     centres of mass (unreliable when the fields of view cover different parts of the
-    head) and keeps the better fit.
+    head) and keeps the better fit; then each direction is registered once more from the
+    inverse of the other's result, and again the better fit is kept.  Without this
+    exchange, one direction caught in a local minimum (large head rotations between
+    series, as in sub-canon's 2020 acquisitions, 38 degrees apart) would pull the log-mean
+    of the two half-way to it.
     """
     (data_i, aff_i), (data_j, aff_j) = images[i], images[j]
     shift = _translation(
         _centre_of_mass(data_j, aff_j, masks[j]) - _centre_of_mass(data_i, aff_i, masks[i])
     )
 
-    def _best(fixed, fixed_aff, fixed_mask, moving, moving_aff, starts):
+    def _best(fixed, fixed_aff, fixed_mask, moving, moving_aff, starts, incumbent=None):
         fits = [
             register(fixed, fixed_aff, moving, moving_aff, fixed_mask=fixed_mask, init=start,
                      metric="ncc", factors=factors)
             for start in starts
         ]
-        return min(fits, key=lambda fit: fit.cost).matrix
+        return min(fits + ([incumbent] if incumbent else []), key=lambda fit: fit.cost)
 
     forward = _best(data_i, aff_i, masks[i], data_j, aff_j, [np.eye(4), shift])
     backward = _best(data_j, aff_j, masks[j], data_i, aff_i, [np.eye(4), np.linalg.inv(shift)])
-    return linalg.expm((_real_logm(forward) - _real_logm(backward)) / 2.0)
+    forward, backward = (
+        _best(data_i, aff_i, masks[i], data_j, aff_j, [np.linalg.inv(backward.matrix)], forward),
+        _best(data_j, aff_j, masks[j], data_i, aff_i, [np.linalg.inv(forward.matrix)], backward),
+    )
+    return linalg.expm((_real_logm(forward.matrix) - _real_logm(backward.matrix)) / 2.0)
 
 
 def _fov_corners(shape, affine) -> np.ndarray:
