@@ -181,7 +181,7 @@ def _symmetric_pair(images, masks, i, j, factors):
                      metric="ncc", factors=factors)
             for start in starts
         ]
-        return min(fits + ([incumbent] if incumbent else []), key=lambda fit: fit.cost)
+        return min(fits + ([] if incumbent is None else [incumbent]), key=lambda fit: fit.cost)
 
     forward = _best(data_i, aff_i, masks[i], data_j, aff_j, [np.eye(4), shift])
     backward = _best(data_j, aff_j, masks[j], data_i, aff_i, [np.eye(4), np.linalg.inv(shift)])
