@@ -38,6 +38,7 @@ import pandas as pd
 from scipy import linalg
 from threadpoolctl import threadpool_limits
 
+from bids_ketamine.dwi.mask import brain_mask
 from bids_ketamine.dwi.rigid import (
     matrix_power,
     matrix_to_params,
@@ -166,15 +167,6 @@ def _as_rows(bvecs, n_volumes: int) -> np.ndarray:
             f"bvecs must have shape ({n_volumes}, 3) or (3, {n_volumes}), got {bvecs.shape}"
         )
     return bvecs
-
-
-def _default_mask(b0: np.ndarray) -> np.ndarray:
-    from dipy.segment.mask import median_otsu
-
-    _, mask = median_otsu(b0, median_radius=2, numpass=1)
-    if not mask.any():
-        raise ValueError("could not find the brain in the first b=0: pass a mask")
-    return mask
 
 
 def _tensor_design(bvals, bvecs_rotated, affine, bvec_convention, dwi_idx) -> np.ndarray:
@@ -307,8 +299,8 @@ def correct_motion(
     b0_threshold : float
         Volumes with ``bval <= b0_threshold`` are b=0.
     mask : ndarray of bool, shape (X, Y, Z), optional
-        Brain mask in the reference position; by default ``median_otsu`` of the first
-        b=0.
+        Brain mask in the reference position; by default
+        :func:`bids_ketamine.dwi.mask.brain_mask` of the first b=0.
     n_iter : int
         Rounds of tensor fit, prediction and registration of the DW volumes (>= 1).
     n_threads : int
@@ -379,7 +371,9 @@ def correct_motion(
     dwi_idx = ~is_b0
     first_b0 = np.asarray(data[..., b0_idx[0]], dtype=float)
     if mask is None:
-        mask = _default_mask(first_b0)
+        mask = brain_mask(first_b0)
+        if not mask.any():
+            raise ValueError("could not find the brain in the first b=0: pass a mask")
     else:
         mask = np.asarray(mask).astype(bool)
         if mask.shape != data.shape[:3]:
