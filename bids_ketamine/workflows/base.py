@@ -28,6 +28,7 @@ from nipype.pipeline import engine as pe
 from bids_ketamine import __version__
 from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
+from bids_ketamine.dwi.acquisition import longitudinal_acquisition_warnings
 from bids_ketamine.errors import InputError
 from bids_ketamine.interfaces.registration import (
     MidpointSpace,
@@ -70,6 +71,10 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
     """
     workflow = pe.Workflow(name=f"sub_{subject}_wf")
     threads = config.omp_nthreads
+    protocol_warnings = longitudinal_acquisition_warnings(series)
+    for prefix, texts in protocol_warnings.items():
+        for text in texts:
+            LOGGER.warning("%s: %s", prefix, text)
     groups = [list(range(len(series)))] if config.longitudinal else [[i] for i in range(len(series))]
     series_nodes = []
     for item in series:
@@ -83,10 +88,12 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
         preproc.inputs.inputnode.bvec_file = str(item.bvec)
         tensor = init_tensor_wf(config, mem_gb=mem_gb, name=f"tensor_{item.key}_wf")
         summary = pe.Node(niu.Function(function=series_summary,
-                                       input_names=["source", "bval_file", "warnings", "options"],
+                                       input_names=["source", "bval_file", "warnings",
+                                                    "protocol_warnings", "options"],
                                        output_names=["summary"]),
                           name=f"summary_{item.key}", run_without_submitting=True)
         summary.inputs.source = str(item.dwi)
+        summary.inputs.protocol_warnings = protocol_warnings.get(item.prefix, [])
         summary.inputs.options = {
             "denoise": config.denoise, "denoise_full_fov": config.denoise_full_fov,
             "degibbs": config.degibbs, "fit_method": config.fit_method,
@@ -197,8 +204,13 @@ def _first(items):
     return items[0] if isinstance(items, (list, tuple)) else items
 
 
-def series_summary(source, bval_file, warnings, options):
-    """Summary of one series for its preprocessed-DWI sidecar (a nipype Function node body)."""
+def series_summary(source, bval_file, warnings, protocol_warnings, options):
+    """Summary of one series for its preprocessed-DWI sidecar (a nipype Function node body).
+
+    ``warnings`` come from loading the series, ``protocol_warnings`` from comparing its
+    acquisition with the participant's other sessions
+    (:func:`bids_ketamine.dwi.acquisition.longitudinal_acquisition_warnings`).
+    """
     import numpy as np
 
     from bids_ketamine.dwi.gradients import shells
@@ -209,7 +221,7 @@ def series_summary(source, bval_file, warnings, options):
         "NumberOfVolumes": int(len(bvals)),
         "Shells": {f"{b:g}": n for b, n in shells(bvals).items()},
         "Options": dict(options),
-        "Warnings": list(warnings or []),
+        "Warnings": list(warnings or []) + list(protocol_warnings or []),
         "SkullStripped": False,
         "Description": "Denoised, motion-corrected DWI in RAS+ orientation with rotated b-vectors",
     }
