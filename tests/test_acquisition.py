@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -113,6 +114,17 @@ def test_real_rescans_flag_the_rotated_field_of_view():
     warnings = longitudinal_acquisition_warnings(series)
     text = " ".join(t for t in warnings["sub-canon_ses-2020_run-ortho"] if "run-tilted" in t)
     assert f"field of view oriented {expected:.1f} degrees differently" in text
+
+
+@pytest.mark.realdata
+def test_unreadable_bval_is_left_to_the_loading_step(tmp_path):
+    """A garbage .bval must not fail the graph construction with a bare numpy error."""
+    series = _canon_series()
+    garbage = tmp_path / "garbage.bval"
+    garbage.write_text("zero thousand\n")
+    series[0] = dataclasses.replace(series[0], bval=garbage)
+    warnings = longitudinal_acquisition_warnings(series)
+    assert "shells" not in " ".join(warnings[series[0].prefix])
 
 
 def test_single_session_and_summary(tmp_path):

@@ -72,11 +72,18 @@ class Acquisition:
 
 
 def read_acquisition(series) -> Acquisition:
-    """The :class:`Acquisition` of a :class:`bids_ketamine.bids.DwiSeries` (headers only)."""
+    """The :class:`Acquisition` of a :class:`bids_ketamine.bids.DwiSeries` (headers only).
+
+    An unreadable ``.bval`` gives ``shells=None`` here: the series' loading step reports it
+    with the file name and the fix.
+    """
     header = nib.load(str(series.dwi)).header
     affine = header.get_best_affine()
     zooms = np.asarray(header.get_zooms()[:3], dtype=float)
-    bvals = np.loadtxt(series.bval, ndmin=1) if series.bval else None
+    try:
+        bvals = np.loadtxt(series.bval, ndmin=1) if series.bval else None
+    except (OSError, ValueError):
+        bvals = None
     return Acquisition(
         label=series.prefix,
         shape=tuple(int(n) for n in header.get_data_shape()[:3]),
