@@ -49,8 +49,6 @@ class Acquisition:
 
     Attributes
     ----------
-    label : str
-        The series' name (its output prefix, e.g. ``sub-01_ses-pre_acq-ortho``).
     shape : tuple of int
         Spatial matrix size.
     voxel_size : tuple of float
@@ -63,7 +61,6 @@ class Acquisition:
         The values of :data:`SIDECAR_FIELDS` found in the JSON sidecar.
     """
 
-    label: str
     shape: tuple
     voxel_size: tuple
     axes: np.ndarray = field(repr=False)
@@ -85,7 +82,6 @@ def read_acquisition(series) -> Acquisition:
     except (OSError, ValueError):
         bvals = None
     return Acquisition(
-        label=series.prefix,
         shape=tuple(int(n) for n in header.get_data_shape()[:3]),
         voxel_size=tuple(float(z) for z in zooms),
         axes=affine[:3, :3] / zooms,
@@ -154,15 +150,19 @@ def acquisition_differences(first: Acquisition, second: Acquisition) -> list[str
     return differences
 
 
+def _acquisition_entities(item) -> dict[str, str]:
+    """The entities that name an acquisition (acq, dir): ``run`` only repeats one."""
+    return {key: value for key, value in item.entities.items() if key != "run"}
+
+
 def _counterparts(item, series: Sequence) -> list:
     """The series of other sessions to compare ``item`` with: those with the same acq/dir
     entities where a session has them, else every series of that session."""
-    matched = {key: value for key, value in item.entities.items() if key != "run"}
+    entities = _acquisition_entities(item)
     found = []
     for session in sorted({s.session for s in series if s.session != item.session}, key=str):
         candidates = [s for s in series if s.session == session]
-        same = [s for s in candidates
-                if {k: v for k, v in s.entities.items() if k != "run"} == matched]
+        same = [s for s in candidates if _acquisition_entities(s) == entities]
         found.extend(same or candidates)
     return found
 
