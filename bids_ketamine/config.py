@@ -82,6 +82,9 @@ class Config:
     # --- group level -----------------------------------------------------------
     baseline_session: str | None = None
     followup_session: str | None = None
+    outcome_sessions: tuple[str, ...] | None = None
+    outcome_baseline_session: str | None = None
+    sessions: tuple[str, ...] | None = None
     group_column: str = "group"
     treatment_label: str = "ketamine"
     control_label: str | None = None

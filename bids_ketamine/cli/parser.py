@@ -456,6 +456,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="follow-up session label (default: the other/latest session)",
     )
     grp.add_argument(
+        "--outcome-sessions",
+        nargs="+",
+        type=_label_type("ses"),
+        default=None,
+        metavar="LABEL",
+        help="sessions at which outcome change, percent improvement, response and remission "
+        "are computed, one set of models each (default: the follow-up session)",
+    )
+    grp.add_argument(
+        "--outcome-baseline-session",
+        type=_label_type("ses"),
+        default=None,
+        metavar="LABEL",
+        help="session the outcomes are compared with (default: the baseline session)",
+    )
+    grp.add_argument(
+        "--sessions",
+        nargs="+",
+        type=_label_type("ses"),
+        default=None,
+        metavar="LABEL",
+        help="order of more than two sessions, earliest first (default: by acq_time in "
+        "sessions.tsv); sessions not listed are ignored",
+    )
+    grp.add_argument(
         "--group-column",
         default="group",
         metavar="COLUMN",
@@ -485,8 +510,9 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=None,
         metavar="COLUMN",
-        help="model covariates (default: baseline outcome score, age, sex where present); "
-        "give the option with no value for none",
+        help="model covariates (default: baseline outcome score, age, sex where present): "
+        "participants.tsv columns, <outcome>_baseline or <outcome>_change of another "
+        "per-session score; give the option with no value for none",
     )
     grp.add_argument(
         "--params",
@@ -581,6 +607,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         longitudinal=args.longitudinal,
         baseline_session=args.baseline_session,
         followup_session=args.followup_session,
+        outcome_sessions=(tuple(dict.fromkeys(args.outcome_sessions))
+                          if args.outcome_sessions else None),
+        outcome_baseline_session=args.outcome_baseline_session,
+        sessions=tuple(dict.fromkeys(args.sessions)) if args.sessions else None,
         group_column=args.group_column,
         treatment_label=args.treatment_label,
         control_label=args.control_label,

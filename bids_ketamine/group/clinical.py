@@ -142,7 +142,8 @@ def _convert_numeric_columns(table: pd.DataFrame, columns, locate) -> None:
 
 
 def read_participants(bids_dir: Path, group_column: str = "group",
-                      participant_label: tuple[str, ...] = ()) -> pd.DataFrame:
+                      participant_label: tuple[str, ...] = (),
+                      treatment_label: str | None = None) -> pd.DataFrame:
     """Read ``participants.tsv`` and the per-participant phenotype tables.
 
     Parameters
@@ -153,6 +154,11 @@ def read_participants(bids_dir: Path, group_column: str = "group",
         Column holding the arm (``--group-column``).
     participant_label : tuple of str
         Restrict to these participants (bare labels); empty = all.
+    treatment_label : str, optional
+        ``--treatment-label``.  When given, a file without the group column is a
+        single-arm (open-label) study, ``group`` all missing, unless another column
+        holds this label (then the arm column was misnamed: error).  When None, a
+        missing group column is an error.
 
     Returns
     -------
@@ -163,8 +169,8 @@ def read_participants(bids_dir: Path, group_column: str = "group",
     Raises
     ------
     ClinicalDataError
-        If the file is missing, has no ``participant_id``, lacks the group column, or
-        lists a participant twice.
+        If the file is missing, has no ``participant_id``, lacks the group column (see
+        ``treatment_label``), or lists a participant twice.
     """
     path = Path(bids_dir) / "participants.tsv"
     if not path.is_file():
@@ -176,10 +182,17 @@ def read_participants(bids_dir: Path, group_column: str = "group",
     if "participant_id" not in table.columns:
         raise ClinicalDataError(f"{path} has no 'participant_id' column; add it (BIDS requires it)")
     if group_column not in table.columns:
-        raise ClinicalDataError(
-            f"{path} has no column '{group_column}' (columns: {', '.join(table.columns)}); "
-            "name the arm column with --group-column"
-        )
+        holding = [c for c in table.columns if treatment_label is not None
+                   and table[c].astype(str).str.strip().eq(treatment_label).any()]
+        if treatment_label is None or holding:
+            where = (f"; column '{holding[0]}' holds '{treatment_label}'" if holding else "")
+            raise ClinicalDataError(
+                f"{path} has no column '{group_column}' (columns: {', '.join(table.columns)})"
+                f"{where}; name the arm column with --group-column"
+            )
+        LOGGER.warning("%s has no column '%s': single-arm (open-label) design, the models "
+                       "have no treatment terms", path, group_column)
+        table[group_column] = np.nan
     table["participant_id"] = table["participant_id"].map(lambda v: bare_label(v, "sub"))
     duplicated = table["participant_id"][table["participant_id"].duplicated()].unique()
     if len(duplicated):
@@ -400,8 +413,10 @@ def assign_arms(participants: pd.DataFrame, treatment_label: str,
     -------
     treatment : pandas.Series
         1.0, 0.0, or NaN for a participant without a group value.
-    control_label : str
-        The control label used.
+    control_label : str or None
+        The control label used; None for a single-arm study (one value in the group
+        column, or none at all): then treatment is 1 for every participant with the value
+        (for everyone when the column is empty) and the models drop the treatment terms.
 
     Raises
     ------
@@ -410,6 +425,11 @@ def assign_arms(participants: pd.DataFrame, treatment_label: str,
     """
     values = sorted(participants["group"].dropna().unique())
     found = ", ".join(repr(v) for v in values) or "none"
+    if len(values) <= 1 and (control_label is None or control_label not in values):
+        treatment = participants["group"].map(lambda v: np.nan if pd.isna(v) else 1.0)
+        if not values:
+            treatment = pd.Series(1.0, index=participants.index)
+        return treatment.astype(float), None
     if treatment_label not in values:
         raise ClinicalDataError(
             f"no participant of {path} has group '{treatment_label}' (values found: {found}); "
@@ -606,3 +626,55 @@ def _summarise_choice(table: pd.DataFrame, baseline: str | None, followup: str |
             for s, r in complete.iterrows()
         }
     return summary
+
+
+def order_sessions(sessions: dict[str, set[str]], acq_times: pd.DataFrame,
+                   given: tuple[str, ...] | None) -> tuple[list[str] | None, str]:
+    """The order of every session label of a study (for more than two sessions).
+
+    Parameters
+    ----------
+    sessions : dict
+        Participant -> session labels found.
+    acq_times : pandas.DataFrame
+        ``participant_id``, ``session_id``, ``acq_time``.
+    given : tuple of str or None
+        ``--sessions`` (earliest first); sessions not listed are left out.
+
+    Returns
+    -------
+    order : list of str or None
+        Labels, earliest first; None when ``given`` is None and some label has no
+        ``acq_time``.
+    rule : str
+        How the order was found.
+
+    Raises
+    ------
+    ClinicalDataError
+        If a label of ``--sessions`` is no participant's session.
+    """
+    labels = set().union(*sessions.values()) if sessions else set()
+    known = acq_times.dropna(subset=["acq_time"])
+    medians = known.groupby("session_id")["acq_time"].median()
+    if given:
+        unknown = [label for label in given if label not in labels]
+        if unknown:
+            raise ClinicalDataError(
+                f"--sessions {' '.join(unknown)}: no participant has "
+                f"{', '.join('ses-' + u for u in unknown)} (sessions found: "
+                f"{', '.join(sorted(labels, key=_label_sort_key))}); fix --sessions"
+            )
+        timed = [label for label in given if label in medians.index]
+        if len(timed) == len(given) and sorted(timed, key=medians.get) != list(given):
+            LOGGER.warning("--sessions %s differs from the acq_time order %s of sessions.tsv; "
+                           "using --sessions", " ".join(given),
+                           " ".join(sorted(timed, key=medians.get)))
+        left_out = sorted(labels - set(given))
+        if left_out:
+            LOGGER.info("sessions not listed in --sessions are left out: %s", ", ".join(left_out))
+        return list(given), "given (--sessions)"
+    if labels and all(label in medians.index for label in labels):
+        return sorted(labels, key=lambda label: (medians[label], _label_sort_key(label))), \
+            "acq_time (median per session label)"
+    return None, "unknown (acq_time missing; give --sessions)"

@@ -5,7 +5,10 @@
   95 % confidence band (unadjusted: the line of outcome change on parameter change
   alone; the adjusted estimates are in models.tsv).
 - ``forest_param-<p>_term-interaction.png|.tsv``: estimate and 95 % CI of the
-  ``treatment:<p>_change`` term of every ROI x outcome interaction model.
+  ``treatment:<p>_change`` term of every ROI x outcome interaction model
+  (``term-single_arm``: the ``<p>_change`` term of the single-arm models).
+- ``trajectory_outcome-<o>.png|.tsv``: the outcome at every session by arm, mean and 95 %
+  CI per session, one thin line per participant.
 
 Figures are built on :class:`matplotlib.figure.Figure` (no pyplot state) and written
 atomically.
@@ -129,13 +132,91 @@ def plot_scatter(data: pd.DataFrame, x_label: str, y_label: str, title: str,
     return _save(figure, path)
 
 
-def forest_data(models: pd.DataFrame, param: str) -> pd.DataFrame:
-    """The interaction terms of one parameter (change outcomes), one row per ROI x outcome."""
-    term = f"treatment:{param}_change"
-    rows = models.loc[(models["model"] == "interaction") & (models["param"] == param)
-                      & (models["term"] == term) & (models["measure"] == "change")]
+def forest_data(models: pd.DataFrame, param: str, model: str = "interaction",
+                term: str | None = None) -> pd.DataFrame:
+    """One term of one parameter's models (change outcomes), one row per ROI x outcome.
+
+    The default is the ``treatment:<param>_change`` term of the interaction models; with
+    several outcome sessions the outcome is labelled ``<outcome> (ses-<label>)``.
+    """
+    term = term or f"treatment:{param}_change"
+    rows = models.loc[(models["model"] == model) & (models["param"] == param)
+                      & (models["term"] == term) & (models["measure"] == "change")].copy()
+    if "outcome_session" in rows and rows["outcome_session"].nunique() > 1:
+        rows["outcome"] = rows["outcome"] + " (ses-" + rows["outcome_session"].astype(str) + ")"
     return rows[["roi", "outcome", "term", "estimate", "conf_low", "conf_high", "p_value",
                  "p_fdr", "n_obs"]].reset_index(drop=True)
+
+
+def trajectory_data(scores: pd.DataFrame, outcome: str, arms: list[str]) -> pd.DataFrame:
+    """The data of a trajectory figure: each participant's scores, then each arm's mean and
+    95 % confidence interval (t) per session.
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        One row per participant and session: ``participant_id``, ``group``,
+        ``session_id``, ``time`` and the ``outcome`` column.
+    outcome : str
+        The score.
+    arms : list of str
+        Arms, in legend order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``kind`` (``participant`` or ``mean``), ``group``, ``participant_id``,
+        ``session_id``, ``time``, ``value``, ``n``, ``conf_low``, ``conf_high``.
+    """
+    known = scores.loc[scores[outcome].notna() & scores["group"].isin(arms)]
+    people = pd.DataFrame({
+        "kind": "participant", "group": known["group"], "participant_id": known["participant_id"],
+        "session_id": known["session_id"], "time": known["time"],
+        "value": known[outcome].astype(float)})
+    means = []
+    for (arm, time, session), rows in known.groupby(["group", "time", "session_id"], sort=True):
+        values = rows[outcome].to_numpy(float)
+        mean, n = values.mean(), len(values)
+        half = (stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / np.sqrt(n)) if n > 1 else np.nan
+        means.append({"kind": "mean", "group": arm, "participant_id": "n/a", "session_id": session,
+                      "time": time, "value": mean, "n": n, "conf_low": mean - half,
+                      "conf_high": mean + half})
+    data = pd.concat([people, pd.DataFrame(means)], ignore_index=True)
+    for column in ("n", "conf_low", "conf_high"):
+        if column not in data:
+            data[column] = np.nan
+    return data[["kind", "group", "participant_id", "session_id", "time", "value", "n",
+                 "conf_low", "conf_high"]]
+
+
+def plot_trajectory(data: pd.DataFrame, title: str, y_label: str, path: Path) -> Path:
+    """Draw a trajectory figure from :func:`trajectory_data` and write PNG + TSV."""
+    figure = Figure(figsize=(5.6, 4.0))
+    figure.subplots_adjust(left=0.14, right=0.97, bottom=0.13, top=0.91)
+    axes = figure.add_subplot()
+    arms = list(dict.fromkeys(data["group"]))
+    shift = {arm: 0.06 * (i - (len(arms) - 1) / 2) for i, arm in enumerate(arms)}
+    for colour, arm in zip(_ARM_COLOURS * 4, arms):
+        rows = data.loc[data["group"] == arm]
+        people = rows.loc[rows["kind"] == "participant"]
+        for _, person in people.groupby("participant_id", sort=False):
+            person = person.sort_values("time")
+            axes.plot(person["time"], person["value"], color=colour, linewidth=0.5, alpha=0.3)
+        mean = rows.loc[rows["kind"] == "mean"].sort_values("time")
+        axes.errorbar(mean["time"] + shift[arm], mean["value"],
+                      yerr=[mean["value"] - mean["conf_low"], mean["conf_high"] - mean["value"]],
+                      color=colour, marker="o", markersize=4, capsize=3, linewidth=1.8,
+                      label=f"{arm} (mean, 95 % CI)")
+    ticks = data.drop_duplicates("time").sort_values("time")
+    axes.set_xticks(ticks["time"])
+    axes.set_xticklabels([f"ses-{s}" for s in ticks["session_id"]], fontsize=8)
+    axes.set_xlabel("session")
+    axes.set_ylabel(y_label)
+    axes.set_title(title, fontsize=10)
+    axes.legend(frameon=False, fontsize=8)
+    path = Path(path)
+    atomic_write_tsv(data, path.with_suffix(".tsv"))
+    return _save(figure, path)
 
 
 def plot_forest(data: pd.DataFrame, title: str, path: Path) -> Path:

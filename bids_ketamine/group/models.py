@@ -32,7 +32,7 @@ from statsmodels.tools.sm_exceptions import (
 MODEL_COLUMNS = (
     "model", "roi", "param", "outcome", "term", "estimate", "std_error", "statistic",
     "p_value", "p_fdr", "conf_low", "conf_high", "n_obs",
-    "measure", "std_estimate", "cov_type", "note",
+    "measure", "std_estimate", "cov_type", "note", "outcome_session",
 )
 #: Columns of one fitted model's term table.
 TERM_COLUMNS = ("term", "estimate", "std_error", "statistic", "p_value", "conf_low",
@@ -41,10 +41,24 @@ TERM_COLUMNS = ("term", "estimate", "std_error", "statistic", "p_value", "conf_l
 FDR_FAMILY = ("model", "param", "measure", "term")
 
 
-def interaction_terms(param: str, covariates: list[str]) -> list[str]:
-    """Right-hand side of the interaction model, in the contract's order."""
+def interaction_terms(param: str, covariates: list[str], single_arm: bool = False) -> list[str]:
+    """Right-hand side of the interaction model, in the contract's order.
+
+    A single-arm study (``single_arm``) has no treatment terms:
+    ``<param>_change + covariates``.
+    """
     change = f"{param}_change"
+    if single_arm:
+        return [change, *covariates]
     return ["treatment", change, f"treatment:{change}", *covariates]
+
+
+def trajectory_terms(param: str, covariates: list[str], single_arm: bool = False) -> list[str]:
+    """Fixed effects of the trajectory model: time, treatment, the predictor change, their
+    interactions with time, covariates (no treatment terms in a single-arm study)."""
+    change = f"{param}_change"
+    arm = [] if single_arm else ["treatment", "time:treatment"]
+    return ["time", *arm[:1], change, *arm[1:], f"time:{change}", *covariates]
 
 
 def slope_terms(param: str, covariates: list[str]) -> list[str]:
@@ -287,3 +301,100 @@ def add_fdr(models: pd.DataFrame, family: tuple[str, ...] = FDR_FAMILY) -> pd.Da
             rows.loc[valid, "p_value"].to_numpy(dtype=float), method="fdr_bh"
         )[1]
     return table
+
+
+#: Random-effects structures tried by :func:`fit_trajectory`, richest first.
+RANDOM_EFFECTS = (("intercept and time slope", "time"), ("intercept", None))
+
+
+def _mixed_problem(result, caught) -> str:
+    """Why a MixedLM fit cannot be trusted ('' when it can)."""
+    if not result.converged or any(isinstance(w.message, ConvergenceWarning) for w in caught):
+        return "did not converge"
+    covariance = np.atleast_2d(np.asarray(result.cov_re, dtype=float))
+    if not np.all(np.isfinite(covariance)) or np.linalg.eigvalsh(covariance).min() <= 1e-8 * max(
+            float(result.scale), 1e-12):
+        return "random-effects covariance on the boundary (singular)"
+    if not np.all(np.isfinite(np.asarray(result.bse_fe, dtype=float))):
+        return "standard errors not finite"
+    return ""
+
+
+def fit_trajectory(frame: pd.DataFrame, dependent: str, terms: list[str],
+                   participant: str = "participant_id") -> tuple[pd.DataFrame, dict]:
+    """Fit a linear mixed model of ``dependent`` over sessions (statsmodels MixedLM, REML).
+
+    Random effects per participant: intercept and ``time`` slope; where that fit does not
+    converge (or its random-effects covariance is singular), the random intercept alone.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        One row per participant and session, complete cases, with ``participant`` and
+        the columns of ``terms`` (``time`` among them).
+    dependent : str
+        The outcome score column.
+    terms : list of str
+        Fixed effects, ``a:b`` = product (:func:`trajectory_terms`).
+    participant : str
+        The grouping column.
+
+    Returns
+    -------
+    terms : pandas.DataFrame
+        As :func:`fit_ols` (Wald z statistic, normal p-values and 95 % CI); ``note``
+        names the random effects used (and why a richer one was dropped).
+    fit : dict
+        ``random_effects``, ``fallbacks`` (structure -> why it was not kept),
+        ``n_participants``, ``n_obs``, ``converged``.
+    """
+    data, model_formula, back = _aliased_formula(frame, dependent, terms)
+    if data.isna().to_numpy().any():
+        raise ValueError("fit_trajectory needs complete cases; drop the rows with missing values first")
+    groups = frame[participant].to_numpy()
+    n_obs, n_groups = len(data), len(pd.unique(groups))
+    time_alias = next(alias for alias, name in back.items() if name == "time")
+    info = {"n_obs": n_obs, "n_participants": n_groups, "fallbacks": {}}
+    cov_type = "MixedLM REML"
+    if n_groups < 3 or n_obs <= len(terms) + 2:
+        info.update(random_effects=None, converged=False)
+        return _empty_terms(terms, n_obs, cov_type,
+                            f"too few participants ({n_groups}) or observations ({n_obs})"), info
+    for name, slope in RANDOM_EFFECTS:
+        model = smf.mixedlm(model_formula, data, groups=groups,
+                            re_formula=f"~{time_alias}" if slope else None)
+        problem = _design_problem(model.exog, model.endog)
+        if problem:
+            info.update(random_effects=None, converged=False)
+            return _empty_terms(terms, n_obs, cov_type, problem), info
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = model.fit(reml=True)
+                problem = _mixed_problem(result, caught)
+            except (np.linalg.LinAlgError, ValueError) as err:
+                problem = f"failed ({err})"
+        if not problem or slope is None:
+            break
+        info["fallbacks"][name] = problem
+    info.update(random_effects=name, converged=not problem)
+    k = len(result.fe_params)
+    conf = np.asarray(result.conf_int(alpha=0.05))[:k]
+    table = pd.DataFrame({
+        "term": [back[n] for n in result.fe_params.index],
+        "estimate": np.asarray(result.fe_params, dtype=float),
+        "std_error": np.asarray(result.bse_fe, dtype=float),
+        "statistic": np.asarray(result.tvalues, dtype=float)[:k],
+        "p_value": np.asarray(result.pvalues, dtype=float)[:k],
+        "conf_low": conf[:, 0], "conf_high": conf[:, 1],
+    })
+    table["std_estimate"] = np.nan
+    table["n_obs"] = n_obs
+    table["cov_type"] = cov_type
+    note = f"random {name} per participant"
+    if info["fallbacks"]:
+        note += "; " + "; ".join(f"random {k}: {v}" for k, v in info["fallbacks"].items())
+    if problem:
+        note += f"; {problem}: estimates unreliable"
+    table["note"] = note
+    return table, info

@@ -12,6 +12,7 @@ import json
 import logging
 import platform
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,13 @@ DEFAULT_PARTICIPANT_COVARIATES = ("age", "sex")
 #: Columns of ``prediction.tsv``.
 PREDICTION_COLUMNS = ("param", "outcome", "roi", "term", "std_beta", "selection_frequency",
                       "r2_oos", "p_permutation", "n_obs", "n_permutations", "cv_outer",
-                      "cv_inner_folds", "alpha", "l1_ratio")
+                      "cv_inner_folds", "alpha", "l1_ratio", "outcome_session")
+#: ``model`` of the outcome models of a single-arm study (no treatment terms).
+SINGLE_ARM_MODEL = "single_arm"
+#: ``outcome_session`` of the trajectory rows (every session).
+ALL_SESSIONS = "all"
+#: ``group`` of every participant when participants.tsv holds no arm at all.
+SINGLE_ARM_LABEL = "all"
 
 
 class _Exclusions:
@@ -105,61 +112,125 @@ def _covariate_names(config: Config, outcome: str, data: pd.DataFrame, bids_dir:
                   if c in data.columns and data[c].notna().any()]
         return names
     names = [name.replace("{outcome}", outcome) for name in config.covariates]
+    own_change = f"{outcome}_change"
+    if own_change in names:
+        LOGGER.info("covariate %s left out of the models of %s (it is their dependent)",
+                    own_change, outcome)
+        names = [name for name in names if name != own_change]
     missing = [name for name in names if name not in data.columns]
     if missing:
         available = [c for c in data.columns if c not in ("group", "treatment")]
         raise ClinicalDataError(
             f"covariate(s) {', '.join(missing)} not found in {bids_dir}/participants.tsv nor as "
-            f"<outcome>_baseline (available: {', '.join(available)}); fix --covariates"
+            f"<outcome>_baseline or <outcome>_change of a per-session score (available: "
+            f"{', '.join(available)}); fix --covariates"
         )
-    return names
+    return list(dict.fromkeys(names))
 
 
-def _model_rows(terms: pd.DataFrame, model, roi, param, outcome, measure) -> pd.DataFrame:
+def _covariate_measures(config: Config, measures: list[str]) -> list[str]:
+    """Per-session scores named by ``--covariates`` as ``<score>_baseline``/``<score>_change``."""
+    found = []
+    for name in config.covariates or ():
+        for suffix in ("_baseline", "_change"):
+            if name.endswith(suffix) and name[: -len(suffix)] in measures:
+                found.append(name[: -len(suffix)])
+    return list(dict.fromkeys(found))
+
+
+def _model_rows(terms: pd.DataFrame, model, roi, param, outcome, measure,
+                outcome_session) -> pd.DataFrame:
     rows = terms.copy()
     rows.insert(0, "model", model)
     rows.insert(1, "roi", roi)
     rows.insert(2, "param", param)
     rows.insert(3, "outcome", outcome)
     rows["measure"] = measure
+    rows["outcome_session"] = outcome_session
     return rows
 
 
+def _outcome_needs(outcome: str, plan: "_OutcomeSession") -> list[tuple[str, str]]:
+    """The outcome columns every model of ``outcome`` needs, with the words of the reason."""
+    return [(f"{outcome}_baseline", f"{outcome} at {plan.baseline_words}"),
+            (f"{outcome}_followup", f"{outcome} at {plan.followup_words}")]
+
+
 def _fit_change_models(frame, sessions, choice, config, param, roi, outcome, cov_terms,
-                       arms, exclusions):
-    """Interaction, simple slopes (change and percent improvement) and remission logit."""
+                       arms, exclusions, plan):
+    """Interaction (single-arm: no treatment terms), simple slopes (change and percent
+    improvement) and remission logit, at one outcome session."""
     rows, samples = [], {}
+    single_arm = len(arms) == 1
+    main_model = SINGLE_ARM_MODEL if single_arm else "interaction"
+    terms = models.interaction_terms(param, cov_terms, single_arm)
     for measure in ("change", "pctimprovement"):
         dependent = f"{outcome}_{measure}"
-        needed = [(f"{outcome}_baseline", f"{outcome} at baseline"),
-                  (f"{outcome}_followup", f"{outcome} at follow-up")]
+        needed = _outcome_needs(outcome, plan)
         if measure == "pctimprovement":
             needed.append((dependent, f"{outcome} percent improvement (baseline score 0)"))
         reasons = tables.exclusion_reasons(frame, sessions, param, roi, needed, cov_terms,
                                            config.min_coverage, choice.problems)
-        exclusions.add_reasons(reasons, f"models ({measure})", param, roi, outcome)
+        exclusions.add_reasons(reasons, f"models ({measure}{plan.tag})", param, roi, outcome)
         kept = frame.loc[reasons.isna()]
         samples[measure] = kept
         label = outcome if measure == "change" else dependent
-        terms = models.interaction_terms(param, cov_terms)
-        rows.append(_model_rows(models.fit_ols(kept, dependent, terms), "interaction",
-                                roi, param, label, measure))
+        rows.append(_model_rows(models.fit_ols(kept, dependent, terms), main_model,
+                                roi, param, label, measure, plan.label))
+        if single_arm:
+            continue
         for arm, value in arms:
             arm_rows = kept.loc[kept["treatment"] == value]
             fitted = models.fit_ols(arm_rows, dependent, models.slope_terms(param, cov_terms))
-            rows.append(_model_rows(fitted, f"slope_{arm}", roi, param, label, measure))
+            rows.append(_model_rows(fitted, f"slope_{arm}", roi, param, label, measure,
+                                    plan.label))
     remission = f"{outcome}_remission"
     if remission in frame.columns:
         kept = samples["change"]
-        fitted = models.fit_logit(kept, remission, models.interaction_terms(param, cov_terms))
-        rows.append(_model_rows(fitted, "remission_logit", roi, param, outcome, "remission"))
-    return rows, samples["change"]
+        fitted = models.fit_logit(kept, remission, terms)
+        rows.append(_model_rows(fitted, "remission_logit", roi, param, outcome, "remission",
+                                plan.label))
+    return rows, samples
 
 
-def _prediction_rows(result: prediction.PredictionResult, param, outcome, rois, n_obs):
+def _fit_trajectories(long_values, frames_by_key, sessions, choice, config, outcomes, params,
+                      rois_of, cov_terms_of, single_arm, exclusions):
+    """The ``model = trajectory`` rows: MixedLM of each outcome over every session."""
+    rows, fits = [], []
+    for outcome in outcomes:
+        covariates = cov_terms_of[outcome]
+        terms = models.trajectory_terms("{param}", covariates, single_arm)
+        for param in params:
+            param_terms = [t.replace("{param}", param) for t in terms]
+            for roi in rois_of[param]:
+                frame = frames_by_key[(param, roi)]
+                reasons = tables.exclusion_reasons(frame, sessions, param, roi, [], covariates,
+                                                   config.min_coverage, choice.problems)
+                exclusions.add_reasons(reasons, "trajectory", param, roi, outcome)
+                kept = frame.loc[reasons.isna()]
+                data = long_values.loc[(long_values["param"] == param)
+                                       & (long_values["roi"] == roi)
+                                       & long_values[outcome].notna()]
+                data = data.loc[data["participant_id"].isin(kept.index),
+                                ["participant_id", "time", outcome]]
+                participant_columns = list(dict.fromkeys(
+                    ["treatment", f"{param}_change", *covariates]))
+                data = data.join(kept[participant_columns], on="participant_id")
+                table, info = models.fit_trajectory(data.reset_index(drop=True), outcome,
+                                                    param_terms)
+                rows.append(_model_rows(table, "trajectory", roi, param, outcome, "score",
+                                        ALL_SESSIONS))
+                fits.append({"outcome": outcome, "param": param, "roi": roi, **info})
+    return rows, fits
+
+
+def _prediction_rows(result: prediction.PredictionResult, param, outcome, rois, n_obs,
+                     single_arm=False):
     k = len(rois)
     roi_of = [*rois, tables.NO_ROI, *rois]
     term_of = [f"{param}_change"] * k + ["treatment"] + [f"treatment:{param}_change"] * k
+    if single_arm:
+        roi_of, term_of = roi_of[:k], term_of[:k]
     return pd.DataFrame({
         "param": param, "outcome": outcome, "roi": roi_of, "term": term_of,
         "std_beta": result.std_beta, "selection_frequency": result.selection_frequency,
@@ -171,22 +242,22 @@ def _prediction_rows(result: prediction.PredictionResult, param, outcome, rois, 
 
 
 def _run_prediction(frames_by_roi, sessions, choice, config, param, outcome, rois, exclusions,
-                    n_jobs):
+                    n_jobs, plan, single_arm=False):
     dependent = f"{outcome}_change"
-    needed = [(f"{outcome}_baseline", f"{outcome} at baseline"),
-              (f"{outcome}_followup", f"{outcome} at follow-up")]
+    needed = _outcome_needs(outcome, plan)
     first = frames_by_roi[rois[0]]
     reasons = pd.Series(None, index=first.index, dtype=object)
     for roi in rois:
         roi_reasons = tables.exclusion_reasons(frames_by_roi[roi], sessions, param, roi, needed,
                                                [], config.min_coverage, choice.problems)
-        exclusions.add_reasons(roi_reasons.where(reasons.isna()), "prediction", param, roi,
-                               outcome)
+        exclusions.add_reasons(roi_reasons.where(reasons.isna()), f"prediction{plan.tag}",
+                               param, roi, outcome)
         reasons = reasons.where(reasons.notna(), roi_reasons)
     kept = reasons.index[reasons.isna()]
     n_obs = len(kept)
-    summary = {"param": param, "outcome": outcome, "n_obs": n_obs,
-               "features": "each ROI change, treatment, treatment x each ROI change"}
+    summary = {"param": param, "outcome": outcome, "outcome_session": plan.label, "n_obs": n_obs,
+               "features": ("each ROI change (single arm)" if single_arm else
+                            "each ROI change, treatment, treatment x each ROI change")}
     if n_obs < 10:
         summary["note"] = f"skipped: {n_obs} participants with complete data (at least 10 needed)"
         return None, summary
@@ -194,9 +265,12 @@ def _run_prediction(frames_by_roi, sessions, choice, config, param, outcome, roi
         [frames_by_roi[roi].loc[kept, f"{param}_change"].to_numpy(float) for roi in rois]
     )
     names = [f"{param}_change" if roi == tables.NO_ROI else f"{param}_change[{roi}]" for roi in rois]
-    features, feature_names = prediction.treatment_change_features(
-        changes, first.loc[kept, "treatment"].to_numpy(float), names
-    )
+    if single_arm:
+        features, feature_names = changes, names
+    else:
+        features, feature_names = prediction.treatment_change_features(
+            changes, first.loc[kept, "treatment"].to_numpy(float), names
+        )
     result = prediction.predict_outcome(
         features, first.loc[kept, dependent].to_numpy(float), feature_names,
         n_permutations=max(config.n_permutations, 0), seed=config.seed, n_jobs=n_jobs,
@@ -208,7 +282,121 @@ def _run_prediction(frames_by_roi, sessions, choice, config, param, outcome, roi
     })
     LOGGER.info("prediction of %s from %s changes: out-of-sample R2 = %.3f (p = %s, n = %d)",
                 dependent, param, result.r2, f"{result.p_value:.3g}", n_obs)
-    return _prediction_rows(result, param, outcome, rois, n_obs), summary
+    rows = _prediction_rows(result, param, outcome, rois, n_obs, single_arm)
+    rows["outcome_session"] = plan.label
+    return rows, summary
+
+
+@dataclass
+class _OutcomeSession:
+    """One outcome session: where outcome change, improvement, response are computed."""
+
+    label: str
+    table: pd.DataFrame  # indexed by participant: baseline, followup (outcome sessions)
+    baseline_label: str
+    baseline_words: str = "baseline"
+    followup_words: str = "follow-up"
+    tag: str = ""  # added to the analysis names of exclusions
+
+    def summary(self) -> dict:
+        return {"outcome_session": self.label, "outcome_baseline_session": self.baseline_label,
+                "change": f"score at ses-{self.label} - score at ses-{self.baseline_label}"}
+
+
+def _choose_sessions(config: Config, found_sessions: dict, scores: pd.DataFrame):
+    """Predictor sessions (baseline, follow-up) and, with more than two sessions, their order."""
+    order = None
+    most = max((len(labels) for labels in found_sessions.values()), default=0)
+    if config.sessions or most > 2:
+        order, rule = clinical.order_sessions(found_sessions, scores, config.sessions)
+        if config.sessions:
+            found_sessions = {p: labels & set(order) for p, labels in found_sessions.items()}
+    baseline, followup = config.baseline_session, config.followup_session
+    first_two = order is not None and baseline is None and followup is None
+    if first_two:
+        if len(order) < 2:
+            raise ClinicalDataError(
+                f"--sessions {' '.join(order)}: give at least two sessions, earliest first")
+        baseline, followup = order[0], order[1]
+        LOGGER.info("more than two sessions (%s, ordered by %s): predictor change from ses-%s "
+                    "to ses-%s (set --baseline-session/--followup-session to change)",
+                    ", ".join(order), rule, baseline, followup)
+    choice = clinical.choose_sessions(found_sessions, scores, baseline, followup)
+    if order is not None:
+        choice.summary["order"] = order
+        choice.summary["order_rule"] = rule
+        if first_two:
+            choice.summary["rule"] = "first two sessions of the order"
+            choice.summary["description"] = (
+                "not given: predictor change from the first to the second session of the order "
+                "(acq_time of sessions.tsv, or --sessions)")
+    return choice, order
+
+
+def _outcome_sessions(config: Config, choice, found_sessions: dict) -> list[_OutcomeSession]:
+    """The outcome sessions (``--outcome-sessions``, ``--outcome-baseline-session``)."""
+    table = choice.table
+    default_followup = choice.summary.get("followup", "followup")
+    default_baseline = choice.summary.get("baseline", "baseline")
+    if config.outcome_sessions is None and config.outcome_baseline_session is None:
+        return [_OutcomeSession(default_followup, table[["baseline", "followup"]],
+                                default_baseline)]
+    every = set().union(*found_sessions.values()) if found_sessions else set()
+    given = [*(config.outcome_sessions or ()), *([config.outcome_baseline_session]
+                                                  if config.outcome_baseline_session else [])]
+    unknown = [label for label in given if label not in every]
+    if unknown:
+        raise ClinicalDataError(
+            f"outcome session(s) {', '.join('ses-' + u for u in unknown)} of "
+            f"--outcome-sessions/--outcome-baseline-session belong to no participant (sessions "
+            f"found: {', '.join(sorted(every))}); fix the option")
+    baseline = config.outcome_baseline_session
+    baseline_column = (pd.Series(baseline, index=table.index) if baseline
+                       else table["baseline"])
+    baseline_label = baseline or default_baseline
+    plans = []
+    for label in config.outcome_sessions or (None,):
+        if label is not None and label == baseline:
+            raise ClinicalDataError(
+                f"--outcome-sessions {label} is also the outcome baseline session; give "
+                "sessions after it")
+        followup = pd.Series(label, index=table.index) if label else table["followup"]
+        shown = label or default_followup
+        plans.append(_OutcomeSession(
+            shown, pd.DataFrame({"baseline": baseline_column, "followup": followup}),
+            baseline_label, f"outcome baseline (ses-{baseline_label})", f"ses-{shown}",
+            f", ses-{shown}"))
+    return plans
+
+
+def _scatter_figure(samples, param, outcome, roi, arms, plan, extended, figures_dir):
+    """Predictor change against outcome change (today's design) or percent improvement at
+    an outcome session (``--outcome-sessions``)."""
+    measure = "pctimprovement" if extended else "change"
+    sample = samples[measure]
+    y_column = f"{outcome}_{measure}"
+    data = figures.scatter_data(sample, f"{param}_change", y_column, [a for a, _ in arms])
+    session = f"_session-{figures.safe_name(plan.label)}" if extended else ""
+    name = (f"scatter_param-{figures.safe_name(param)}_outcome-{figures.safe_name(outcome)}"
+            f"{session}_roi-{figures.safe_name(roi)}.png")
+    where = f"{roi}: " if roi != tables.NO_ROI else ""
+    if extended:
+        y_label = f"{outcome} improvement at ses-{plan.label} (%)"
+        title = f"{where}{outcome} improvement at ses-{plan.label} vs early {param} change"
+    else:
+        y_label = f"{outcome} change (follow-up - baseline)"
+        title = f"{where}{outcome} change vs {param} change"
+    return figures.plot_scatter(data, f"{param} change (follow-up - baseline)", y_label, title,
+                                figures_dir / name)
+
+
+def _trajectory_figure(long_values, outcome, arms, figures_dir):
+    """Outcome over sessions by arm: mean and 95 % CI, one thin line per participant."""
+    scores = long_values.drop_duplicates(["participant_id", "session_id"])
+    data = figures.trajectory_data(scores, outcome, [a for a, _ in arms])
+    name = f"trajectory_outcome-{figures.safe_name(outcome)}.png"
+    return figures.plot_trajectory(data, f"{outcome} by session", outcome,
+                                   figures_dir / name)
 
 
 def _json_default(value):
@@ -263,7 +451,8 @@ def run_group_level(config: Config) -> dict:
     exclusions = _Exclusions()
 
     participants = clinical.read_participants(bids_dir, config.group_column,
-                                              tuple(config.participant_label))
+                                              tuple(config.participant_label),
+                                              config.treatment_label)
     scores = clinical.read_session_scores(bids_dir, participants.index)
     outcomes = clinical.resolve_outcomes(config.outcomes, scores, DEFAULT_OUTCOMES, bids_dir)
     imaging, per_session = _classify_params(config.params, scores, bids_dir)
@@ -271,7 +460,16 @@ def run_group_level(config: Config) -> dict:
     treatment, control_label = clinical.assign_arms(
         participants, config.treatment_label, config.control_label, bids_dir / "participants.tsv"
     )
-    arms = [(config.treatment_label, 1.0), (control_label, 0.0)]
+    single_arm = control_label is None
+    if single_arm:
+        present = participants["group"].dropna()
+        arm_label = present.iloc[0] if len(present) else SINGLE_ARM_LABEL
+        participants = participants.assign(group=participants["group"].where(
+            treatment.isna() | participants["group"].notna(), arm_label))
+        arms = [(arm_label, 1.0)]
+        LOGGER.info("single-arm design (%s): the models have no treatment terms", arm_label)
+    else:
+        arms = [(config.treatment_label, 1.0), (control_label, 0.0)]
 
     pieces, series_notes = [], []
     if imaging:
@@ -304,73 +502,138 @@ def run_group_level(config: Config) -> dict:
     for frame in (values, scores_in):
         for participant, session in frame[["participant_id", "session_id"]].drop_duplicates().itertuples(index=False):
             found_sessions[participant].add(session)
-    choice = clinical.choose_sessions(found_sessions, scores_in, config.baseline_session,
-                                      config.followup_session)
+    choice, order = _choose_sessions(config, found_sessions, scores_in)
+    if config.sessions:
+        values = values.loc[values["session_id"].isin(order)]
+        scores_in = scores_in.loc[scores_in["session_id"].isin(order)]
     sessions = choice.table
+    plans = _outcome_sessions(config, choice, found_sessions)
+    extended = config.outcome_sessions is not None or config.outcome_baseline_session is not None
 
     paired = tables.pair_sessions(values, sessions)
-    outcome_pairs = tables.pair_outcomes(scores_in, sessions, outcomes, universe)
-    clinical_wide = response.clinical_outcomes(outcome_pairs, outcomes, config.response_threshold,
-                                               config.remission_thresholds)
-    participant_data = participants.loc[universe].copy()
-    participant_data["treatment"] = treatment.loc[universe]
-    participant_data = participant_data.join(clinical_wide)
+    base_data = participants.loc[universe].copy()
+    base_data["treatment"] = treatment.loc[universe]
+    extra_measures = [m for m in _covariate_measures(config, clinical.numeric_measures(scores))
+                      if m not in outcomes]
 
     group_dir.mkdir(parents=True, exist_ok=True)
     written = {}
-    change = tables.change_table(paired, outcome_pairs, participant_data["group"], outcomes)
-    written["change"] = atomic_write_tsv(change, group_dir / "change.tsv")
-    outcome_table = clinical_wide.copy()
-    outcome_table.insert(0, "group", participant_data["group"])
-    outcome_table.index = "sub-" + outcome_table.index
-    written["outcomes"] = atomic_write_tsv(outcome_table.reset_index(), group_dir / "outcomes.tsv")
-    rates = response.response_rates(participant_data, outcomes)
-    written["response"] = atomic_write_tsv(rates, group_dir / "response.tsv")
-
+    change_pieces, outcome_pieces, rate_pieces = [], [], []
     model_rows, prediction_rows, prediction_summaries = [], [], []
     formulas, covariates_used, coding_all = {}, {}, {}
     figure_paths = []
     figures_dir = group_dir / "figures"
-    for outcome in outcomes:
-        names = _covariate_names(config, outcome, participant_data, bids_dir)
-        encoded, cov_terms, coding = models.encode_covariates(participant_data, names)
-        coding_all.update(coding)
-        covariates_used[outcome] = cov_terms
-        for param in params:
-            rois = _roi_order(values, param)
-            frames_by_roi = {}
-            for roi in rois:
-                frame = tables.model_frame(paired, encoded, param, roi)
-                frames_by_roi[roi] = frame
-                rows, sample = _fit_change_models(frame, sessions, choice, config, param, roi,
-                                                  outcome, cov_terms, arms, exclusions)
-                model_rows.extend(rows)
-                if param == params[0]:
-                    data = figures.scatter_data(sample.assign(group=sample["group"]),
-                                                f"{param}_change", f"{outcome}_change",
-                                                [a for a, _ in arms])
-                    name = (f"scatter_param-{figures.safe_name(param)}_outcome-"
-                            f"{figures.safe_name(outcome)}_roi-{figures.safe_name(roi)}.png")
-                    title = f"{roi}: {outcome} change vs {param} change" if roi != tables.NO_ROI \
-                        else f"{outcome} change vs {param} change"
-                    figure_paths.append(figures.plot_scatter(
-                        data, f"{param} change (follow-up - baseline)",
-                        f"{outcome} change (follow-up - baseline)", title, figures_dir / name))
-            for measure, dependent in (("change", f"{outcome}_change"),
-                                       ("pctimprovement", f"{outcome}_pctimprovement")):
-                formulas[f"interaction/{param}/{dependent}"] = models.formula(
-                    dependent, models.interaction_terms(param, cov_terms))
-                formulas[f"slope/{param}/{dependent}"] = models.formula(
-                    dependent, models.slope_terms(param, cov_terms)) + " (within each arm)"
-            formulas[f"remission_logit/{param}/{outcome}_remission"] = models.formula(
-                f"{outcome}_remission", models.interaction_terms(param, cov_terms)) + " (logistic)"
-            table, summary = _run_prediction(frames_by_roi, sessions, choice, config, param,
-                                             outcome, rois, exclusions, max(config.nprocs, 1))
-            prediction_summaries.append(summary)
-            if table is not None:
-                prediction_rows.append(table)
+    main_model = SINGLE_ARM_MODEL if single_arm else "interaction"
+    rois_of = {param: _roi_order(values, param) for param in params}
+    trajectory_inputs = None
+    for plan in plans:
+        outcome_pairs = tables.pair_outcomes(scores_in, plan.table, outcomes + extra_measures,
+                                             universe)
+        clinical_wide = response.clinical_outcomes(outcome_pairs, outcomes,
+                                                   config.response_threshold,
+                                                   config.remission_thresholds)
+        participant_data = base_data.join(clinical_wide)
+        change = tables.change_table(paired, outcome_pairs, participant_data["group"], outcomes)
+        if extended:
+            change["outcome_session"] = plan.label
+        change_pieces.append(change)
+        outcome_table = clinical_wide.copy()
+        outcome_table.insert(0, "group", participant_data["group"])
+        outcome_table.index = "sub-" + outcome_table.index
+        outcome_table["outcome_session"] = plan.label
+        outcome_pieces.append(outcome_table.reset_index())
+        rates = response.response_rates(participant_data, outcomes)
+        rates["outcome_session"] = plan.label
+        rate_pieces.append(rates)
 
-    model_table = models.add_fdr(pd.concat(model_rows, ignore_index=True))
+        frames_by_key = {}
+        for outcome in outcomes:
+            names = _covariate_names(config, outcome, participant_data, bids_dir)
+            encoded, cov_terms, coding = models.encode_covariates(participant_data, names)
+            coding_all.update(coding)
+            covariates_used[outcome] = cov_terms
+            for param in params:
+                rois = rois_of[param]
+                frames_by_roi = {}
+                for roi in rois:
+                    frame = tables.model_frame(paired, encoded, param, roi)
+                    frames_by_roi[roi] = frame
+                    frames_by_key[(param, roi)] = frame
+                    rows, samples = _fit_change_models(frame, sessions, choice, config, param,
+                                                       roi, outcome, cov_terms, arms, exclusions,
+                                                       plan)
+                    model_rows.extend(rows)
+                    if param == params[0]:
+                        figure_paths.append(_scatter_figure(
+                            samples, param, outcome, roi, arms, plan, extended, figures_dir))
+                for measure, dependent in (("change", f"{outcome}_change"),
+                                           ("pctimprovement", f"{outcome}_pctimprovement")):
+                    formulas[f"{main_model}/{param}/{dependent}"] = models.formula(
+                        dependent, models.interaction_terms(param, cov_terms, single_arm))
+                    if not single_arm:
+                        formulas[f"slope/{param}/{dependent}"] = models.formula(
+                            dependent, models.slope_terms(param, cov_terms)) + " (within each arm)"
+                formulas[f"remission_logit/{param}/{outcome}_remission"] = models.formula(
+                    f"{outcome}_remission",
+                    models.interaction_terms(param, cov_terms, single_arm)) + " (logistic)"
+                table, summary = _run_prediction(frames_by_roi, sessions, choice, config, param,
+                                                 outcome, rois, exclusions,
+                                                 max(config.nprocs, 1), plan, single_arm)
+                prediction_summaries.append(summary)
+                if table is not None:
+                    prediction_rows.append(table)
+        if trajectory_inputs is None:
+            trajectory_inputs = frames_by_key
+
+    change = pd.concat(change_pieces, ignore_index=True)
+    written["change"] = atomic_write_tsv(change, group_dir / "change.tsv")
+    written["outcomes"] = atomic_write_tsv(pd.concat(outcome_pieces, ignore_index=True),
+                                           group_dir / "outcomes.tsv")
+    written["response"] = atomic_write_tsv(pd.concat(rate_pieces, ignore_index=True),
+                                           group_dir / "response.tsv")
+
+    time_zero = plans[0].baseline_label
+    long_order = order or ([choice.summary["baseline"], choice.summary["followup"]]
+                           if "baseline" in choice.summary else None)
+    trajectory = {"fits": [], "note": "fitted with more than two sessions only"}
+    if long_order:
+        time_zero = time_zero if time_zero in long_order else long_order[0]
+        long_values = tables.session_table(values, scores_in, long_order, time_zero,
+                                           base_data["group"], outcomes)
+        written["sessions"] = atomic_write_tsv(long_values, group_dir / "sessions.tsv")
+        if extended or len(long_order) > 2:
+            for outcome in outcomes:
+                figure_paths.append(_trajectory_figure(long_values, outcome, arms, figures_dir))
+        if len(long_order) > 2:
+            frames_by_key = trajectory_inputs
+            long_values = long_values.assign(
+                participant_id=long_values["participant_id"].str[len("sub-"):])
+            trajectory_covariates = {
+                outcome: [c for c in covariates_used[outcome]
+                          if c.split("[")[0] in participants.columns]
+                for outcome in outcomes}
+            rows, fits = _fit_trajectories(long_values, frames_by_key, sessions, choice, config,
+                                           outcomes, params, rois_of, trajectory_covariates,
+                                           single_arm, exclusions)
+            model_rows.extend(rows)
+            for outcome in outcomes:
+                formulas[f"trajectory/{{param}}/{outcome}"] = models.formula(
+                    outcome, models.trajectory_terms("{param}", trajectory_covariates[outcome],
+                                                     single_arm)) + " (MixedLM, REML)"
+            trajectory = {
+                "model": "statsmodels MixedLM (REML), one per outcome x ROI x param, on every "
+                         "session with the outcome score",
+                "time": f"position of the session in the order, 0 = ses-{time_zero}",
+                "sessions": {label: index - long_order.index(time_zero)
+                             for index, label in enumerate(long_order)},
+                "random_effects": "intercept and time slope per participant; random intercept "
+                                  "alone where that does not converge (fallbacks listed)",
+                "covariates": trajectory_covariates,
+                "fits": fits,
+            }
+
+    model_table = models.add_fdr(pd.concat(model_rows, ignore_index=True),
+                                 (*models.FDR_FAMILY, "outcome_session"))
     model_table = model_table[list(models.MODEL_COLUMNS)]
     written["models"] = atomic_write_tsv(model_table, group_dir / "models.tsv")
     prediction_table = (pd.concat(prediction_rows, ignore_index=True) if prediction_rows
@@ -378,10 +641,12 @@ def run_group_level(config: Config) -> dict:
     written["prediction"] = atomic_write_tsv(prediction_table[list(PREDICTION_COLUMNS)],
                                              group_dir / "prediction.tsv")
     for param in params:
-        data = figures.forest_data(model_table, param)
-        name = f"forest_param-{figures.safe_name(param)}_term-interaction.png"
-        figure_paths.append(figures.plot_forest(
-            data, f"treatment x {param} change (interaction models)", figures_dir / name))
+        term = f"{param}_change" if single_arm else f"treatment:{param}_change"
+        data = figures.forest_data(model_table, param, main_model, term)
+        name = f"forest_param-{figures.safe_name(param)}_term-{main_model}.png"
+        label = (f"{param} change (single-arm models)" if single_arm else
+                 f"treatment x {param} change (interaction models)")
+        figure_paths.append(figures.plot_forest(data, label, figures_dir / name))
 
     excluded = exclusions.summary()
     for entry in excluded:
@@ -391,10 +656,15 @@ def run_group_level(config: Config) -> dict:
         "description": "bids_ketamine group level: treatment x change models (docs/group.md)",
         "software": _software_versions(),
         "options": config.to_dict(),
-        "arms": {"column": config.group_column, "treatment": config.treatment_label,
-                 "control": control_label, "coding": "treatment = 1, control = 0",
-                 "n": {arm: int((participant_data["treatment"] == v).sum()) for arm, v in arms}},
+        "arms": {"column": config.group_column, "treatment": arms[0][0],
+                 "control": control_label,
+                 "coding": ("single arm: no treatment terms (model = single_arm)" if single_arm
+                            else "treatment = 1, control = 0"),
+                 "design": "single-arm" if single_arm else "two-arm",
+                 "n": {arm: int((base_data["treatment"] == v).sum()) for arm, v in arms}},
         "sessions": choice.summary,
+        "outcome_sessions": [plan.summary() for plan in plans],
+        "trajectory": trajectory,
         "outcomes": outcomes,
         "params": {"imaging": imaging, "per_session": per_session,
                    "per_session_roi": tables.NO_ROI},

@@ -226,3 +226,52 @@ def exclusion_reasons(frame: pd.DataFrame, sessions: pd.DataFrame, param: str, r
     for covariate in covariates:
         mark(frame[covariate].isna(), f"missing covariate {covariate}")
     return reasons
+
+
+def session_table(values: pd.DataFrame, scores: pd.DataFrame, order: list[str],
+                  time_zero: str, groups: pd.Series, outcomes: list[str]) -> pd.DataFrame:
+    """Every session side by side in long form: the ``sessions.tsv`` table.
+
+    Parameters
+    ----------
+    values : pandas.DataFrame
+        Long predictor values (``participant_id``, ``session_id``, ``roi``, ``param``,
+        ``value``, ``coverage``).
+    scores : pandas.DataFrame
+        Per-session clinical table (``participant_id``, ``session_id``, outcomes).
+    order : list of str
+        Session labels, earliest first.
+    time_zero : str
+        The session at ``time`` 0 (the outcome baseline); ``time`` is the position in
+        ``order`` relative to it.
+    groups : pandas.Series
+        Arm of each participant (indexed by bare label); only these participants.
+    outcomes : list of str
+        Outcome columns, each the score at the row's session.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per participant x session x ROI x parameter where the predictor or an
+        outcome is known: ``participant_id`` (with ``sub-``), ``group``, ``session_id``,
+        ``time``, ``roi``, ``param``, ``value``, ``coverage`` and one column per outcome.
+    """
+    time_of = {label: index - order.index(time_zero) for index, label in enumerate(order)}
+    participants = pd.Index(groups.index, name="participant_id")
+    grid = pd.MultiIndex.from_product([participants, order], names=["participant_id", "session_id"])
+    combos = values[["roi", "param"]].drop_duplicates()
+    frame = grid.to_frame(index=False).merge(combos, how="cross")
+    frame = frame.merge(values[["participant_id", "session_id", "roi", "param", "value",
+                                "coverage"]], on=["participant_id", "session_id", "roi", "param"],
+                        how="left")
+    frame = frame.merge(scores[["participant_id", "session_id", *outcomes]],
+                        on=["participant_id", "session_id"], how="left")
+    known = frame[["value", *outcomes]].notna().any(axis=1)
+    frame = frame.loc[known].copy()
+    frame["time"] = frame["session_id"].map(time_of).astype(int)
+    frame["group"] = frame["participant_id"].map(groups)
+    frame["participant_id"] = "sub-" + frame["participant_id"]
+    frame = frame.sort_values(["param", "roi", "participant_id", "time"], kind="stable")
+    columns = ["participant_id", "group", "session_id", "time", "roi", "param", "value",
+               "coverage", *outcomes]
+    return frame[columns].reset_index(drop=True)
