@@ -60,8 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=("small", "realistic"), default="small",
                         help="small: 3 mm, 6 b=0 + 30 directions; realistic: 2 mm, 6 b=0 + 64 "
                              "directions (b=1000)")
+    parser.add_argument("--design", choices=("two-arm", "repeated-infusion"), default="two-arm",
+                        help="two-arm: the DWI trial (default); repeated-infusion: an open-label "
+                             "study of 4 infusions with a plasma biomarker before and 1.75 h "
+                             "after the first and MADRS at baseline, after the fourth infusion "
+                             "and at 12 months (clinical tables only, no imaging)")
     parser.add_argument("--null", action="store_true",
-                        help="no imaging change and no imaging-outcome relation")
+                        help="no imaging change and no imaging-outcome relation (repeated-infusion: "
+                             "no biomarker-improvement relation)")
     parser.add_argument("--snr", type=_finite, default=None,
                         help="b=0 SNR in grey matter (default: 50 small, 30 realistic)")
     parser.add_argument("--motion", type=_finite, default=None,
@@ -100,6 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.design == "repeated-infusion":
+        return _repeated_infusion(parser, args)
     from bids_ketamine.simulate import simulate_trial
 
     options = dict(
@@ -133,6 +141,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         what = "clinical tables" if args.no_images else f"{n_series} DWI series"
         print(f"{PROG}: wrote {args.n_subjects} participants x {len(args.sessions)} sessions "
               f"({what}) to {root} in {elapsed:.1f} s; truth in "
+              f"{root / 'sourcedata' / 'simulation'}", file=sys.stderr)
+    return 0
+
+
+def _repeated_infusion(parser, args) -> int:
+    from bids_ketamine.simulate.infusion import InfusionDesign, write_repeated_infusion
+
+    design = InfusionDesign(n_subjects=args.n_subjects, seed=args.seed, null=args.null)
+    try:
+        root = write_repeated_infusion(args.output_dir, design, overwrite=args.overwrite)
+    except (ValueError, FileExistsError) as err:
+        parser.error(" ".join(str(err).split()))
+    if not args.quiet:
+        print(f"{PROG}: wrote a repeated-infusion study of {args.n_subjects} participants x "
+              f"{len(design.sessions)} sessions (clinical tables, no imaging) to {root}; truth in "
               f"{root / 'sourcedata' / 'simulation'}", file=sys.stderr)
     return 0
 

@@ -305,18 +305,22 @@ def add_fdr(models: pd.DataFrame, family: tuple[str, ...] = FDR_FAMILY) -> pd.Da
 
 #: Random-effects structures tried by :func:`fit_trajectory`, richest first.
 RANDOM_EFFECTS = (("intercept and time slope", "time"), ("intercept", None))
+#: Optimisers tried for each structure: statsmodels' default (BFGS, then L-BFGS and CG),
+#: then Powell (derivative-free: converges where the gradient fails near a boundary).
+MIXED_METHODS = ("bfgs", "powell")
 
 
-def _mixed_problem(result, caught) -> str:
+def _mixed_problem(result, caught, boundary_ok: bool) -> str:
     """Why a MixedLM fit cannot be trusted ('' when it can)."""
-    if not result.converged or any(isinstance(w.message, ConvergenceWarning) for w in caught):
+    messages = [str(w.message) for w in caught if isinstance(w.message, ConvergenceWarning)]
+    if not result.converged or any("failed" in m or "converge" in m for m in messages):
         return "did not converge"
-    covariance = np.atleast_2d(np.asarray(result.cov_re, dtype=float))
-    if not np.all(np.isfinite(covariance)) or np.linalg.eigvalsh(covariance).min() <= 1e-8 * max(
-            float(result.scale), 1e-12):
-        return "random-effects covariance on the boundary (singular)"
     if not np.all(np.isfinite(np.asarray(result.bse_fe, dtype=float))):
         return "standard errors not finite"
+    covariance = np.atleast_2d(np.asarray(result.cov_re, dtype=float))
+    if not boundary_ok and (not np.all(np.isfinite(covariance)) or np.linalg.eigvalsh(
+            covariance).min() <= 1e-6 * max(float(result.scale), 1e-12)):
+        return "random-effects covariance singular (on the boundary)"
     return ""
 
 
@@ -325,7 +329,9 @@ def fit_trajectory(frame: pd.DataFrame, dependent: str, terms: list[str],
     """Fit a linear mixed model of ``dependent`` over sessions (statsmodels MixedLM, REML).
 
     Random effects per participant: intercept and ``time`` slope; where that fit does not
-    converge (or its random-effects covariance is singular), the random intercept alone.
+    converge or its random-effects covariance is singular, the random intercept alone
+    (whose variance may then be 0, on the boundary: the fixed effects are those of OLS).
+    Each structure is fitted with :data:`MIXED_METHODS` in turn until one converges.
 
     Parameters
     ----------
@@ -343,10 +349,11 @@ def fit_trajectory(frame: pd.DataFrame, dependent: str, terms: list[str],
     -------
     terms : pandas.DataFrame
         As :func:`fit_ols` (Wald z statistic, normal p-values and 95 % CI); ``note``
-        names the random effects used (and why a richer one was dropped).
+        names the random effects and optimiser used (and why richer fits were dropped).
     fit : dict
-        ``random_effects``, ``fallbacks`` (structure -> why it was not kept),
-        ``n_participants``, ``n_obs``, ``converged``.
+        ``random_effects``, ``method``, ``re_formula``, ``fallbacks`` (structure and
+        optimiser -> why it was not kept), ``n_participants``, ``n_obs``, ``converged``,
+        ``random_effects_covariance``.
     """
     data, model_formula, back = _aliased_formula(frame, dependent, terms)
     if data.isna().to_numpy().any():
@@ -360,24 +367,36 @@ def fit_trajectory(frame: pd.DataFrame, dependent: str, terms: list[str],
         info.update(random_effects=None, converged=False)
         return _empty_terms(terms, n_obs, cov_type,
                             f"too few participants ({n_groups}) or observations ({n_obs})"), info
+    problem, result = "", None
     for name, slope in RANDOM_EFFECTS:
         model = smf.mixedlm(model_formula, data, groups=groups,
                             re_formula=f"~{time_alias}" if slope else None)
-        problem = _design_problem(model.exog, model.endog)
-        if problem:
+        design = _design_problem(model.exog, model.endog)
+        if design:
             info.update(random_effects=None, converged=False)
-            return _empty_terms(terms, n_obs, cov_type, problem), info
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                result = model.fit(reml=True)
-                problem = _mixed_problem(result, caught)
-            except (np.linalg.LinAlgError, ValueError) as err:
-                problem = f"failed ({err})"
-        if not problem or slope is None:
+            return _empty_terms(terms, n_obs, cov_type, design), info
+        for method in MIXED_METHODS:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    fitted = model.fit(reml=True, method=method)
+                    problem = _mixed_problem(fitted, caught, boundary_ok=slope is None)
+                except (np.linalg.LinAlgError, ValueError) as err:
+                    fitted, problem = None, f"failed ({err})"
+            result = fitted if fitted is not None else result
+            if not problem:
+                break
+            info["fallbacks"][f"{name} ({method})"] = problem
+        if not problem:
             break
-        info["fallbacks"][name] = problem
-    info.update(random_effects=name, converged=not problem)
+    if result is None:
+        info.update(random_effects=None, converged=False)
+        return _empty_terms(terms, n_obs, cov_type, problem), info
+    covariance = np.atleast_2d(np.asarray(result.cov_re, dtype=float))
+    info.update(random_effects=name, method=method,
+                re_formula="~time" if slope else "~1", converged=not problem,
+                random_effects_covariance=covariance.tolist(),
+                residual_variance=float(result.scale))
     k = len(result.fe_params)
     conf = np.asarray(result.conf_int(alpha=0.05))[:k]
     table = pd.DataFrame({
@@ -391,9 +410,11 @@ def fit_trajectory(frame: pd.DataFrame, dependent: str, terms: list[str],
     table["std_estimate"] = np.nan
     table["n_obs"] = n_obs
     table["cov_type"] = cov_type
-    note = f"random {name} per participant"
+    note = f"random {name} per participant ({method})"
+    if slope is None and covariance.min() <= 1e-6 * max(float(result.scale), 1e-12):
+        note += ", its variance 0 (boundary)"
     if info["fallbacks"]:
-        note += "; " + "; ".join(f"random {k}: {v}" for k, v in info["fallbacks"].items())
+        note += "; dropped: " + "; ".join(f"random {k}: {v}" for k, v in info["fallbacks"].items())
     if problem:
         note += f"; {problem}: estimates unreliable"
     table["note"] = note
