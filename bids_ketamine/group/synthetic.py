@@ -110,3 +110,56 @@ def random_study(n_subjects: int, rois=KETAMINE7_ROIS, seed: int = 0,
             "coverage": 0.95,
         }))
     return participants, scores, pd.concat(pieces, ignore_index=True)
+
+
+def multisession_study(n_subjects: int, sessions=("pre", "d1", "w1", "m1"), rois=("vACC",),
+                       seed: int = 0, time_treatment: float = -3.0, time_change: float = 0.0):
+    """Random tables of a two-arm trial with more than two sessions and a known trajectory.
+
+    MADRS of participant ``s`` at session ``k`` (``time`` = k = 0, 1, ...)::
+
+        madrs = 30 + u_s + (-1 + time_treatment * T + time_change * z_s + v_s) * k + e
+        u ~ N(0, 4), v ~ N(0, 1), e ~ N(0, 2)
+
+    with ``z_s`` the MD change of the first ROI from the first to the second session in
+    units of 0.01 um^2/ms (MD change = 0.01 z).  MD of every ROI: ``0.8 + N(0, 0.05)`` at
+    the first session, plus the participant's change from the second session on.  Arms
+    1:1, ``acq_time`` days apart.  QIDS-SR is not simulated.
+
+    Returns
+    -------
+    participants, session_scores, roi_values : pandas.DataFrame
+        Inputs of :func:`write_study`.
+    truth : dict
+        The fixed effects of the trajectory model in the group level's term names
+        (``time:treatment``, ``time:md_change`` per um^2/ms).
+    """
+    rng = np.random.default_rng(seed)
+    labels = [f"{i:03d}" for i in range(1, n_subjects + 1)]
+    treatment = rng.permutation(np.arange(n_subjects) % 2).astype(float)
+    participants = pd.DataFrame({
+        "participant_id": [f"sub-{s}" for s in labels],
+        "group": np.where(treatment == 1, "ketamine", "placebo"),
+        "age": rng.integers(20, 65, n_subjects),
+        "sex": rng.choice(["F", "M"], n_subjects),
+    })
+    md_base = 0.8 + 0.05 * rng.standard_normal((n_subjects, len(rois)))
+    md_change = 0.01 * rng.standard_normal((n_subjects, len(rois)))
+    intercept = 30 + 4 * rng.standard_normal(n_subjects)
+    slope = (-1 + time_treatment * treatment + time_change * md_change[:, 0] / 0.01
+             + rng.standard_normal(n_subjects))
+    scores, pieces = [], []
+    for k, session in enumerate(sessions):
+        madrs = intercept + slope * k + 2 * rng.standard_normal(n_subjects)
+        scores.append(pd.DataFrame({
+            "participant_id": labels, "session_id": session,
+            "acq_time": f"2020-01-{1 + 7 * k:02d}T09:00:00", "madrs": madrs}))
+        values = md_base + (k >= 1) * md_change
+        pieces.append(pd.DataFrame({
+            "participant_id": np.repeat(labels, len(rois)), "session_id": session,
+            "roi": np.tile(rois, n_subjects), "param": "md", "mean": values.ravel(),
+            "n_voxels": 500, "coverage": 0.95}))
+    truth = {"time": -1.0, "time:treatment": time_treatment,
+             "time:md_change": time_change / 0.01, "treatment": 0.0, "md_change": 0.0}
+    return (participants, pd.concat(scores, ignore_index=True),
+            pd.concat(pieces, ignore_index=True), truth)
