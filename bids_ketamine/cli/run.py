@@ -106,7 +106,7 @@ def run_group(config: Config) -> int:
     check_bids_dir(config.bids_dir)
     check_output_dir(config.bids_dir, config.output_dir)
     check_output_dir(config.bids_dir, config.output_dir / "group")
-    if set(config.params) & {"fa", "md", "ad", "rd"}:
+    if {param.lower() for param in config.params} & {"fa", "md", "ad", "rd"}:
         check_group_inputs(config.output_dir, config.atlas_name)
     from bids_ketamine.reports.group import build_group_report
 

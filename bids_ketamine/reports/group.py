@@ -168,6 +168,11 @@ class _GroupReport:
             pairs = sessions.get("pairs")
             if pairs:
                 shown["session pairs (baseline, follow-up)"] = pairs
+            if sessions.get("order"):
+                shown["session order (trajectories)"] = ", ".join(map(str, sessions["order"]))
+            plans = [p for p in (self.info.get("outcome_sessions") or []) if isinstance(p, dict)]
+            if plans:
+                shown["outcome sessions"] = "; ".join(str(p.get("change", "")) for p in plans)
             parts.append("<h3>Sessions compared</h3>" + key_value_table(shown))
         parts.append("<h3>Exclusions</h3>")
         if not self.has_info:
@@ -215,17 +220,25 @@ class _GroupReport:
         if self.change is None or "group" not in self.change or not outcomes:
             return Section("outcomes", "Outcome change by arm",
                            not_available("Clinical outcomes per participant", "change.tsv"))
-        people = self.change.drop_duplicates("participant_id")
+        by_session = (self.change.groupby("outcome_session", sort=False)
+                      if "outcome_session" in self.change else [(None, self.change)])
         rows = []
-        for outcome in outcomes:
-            for arm, data in people.groupby("group", sort=True):
-                rows.append({
-                    "outcome": outcome, "arm": arm,
-                    "n": int(pd.to_numeric(data[f"{outcome}_change"], errors="coerce").notna().sum()),
-                    "baseline": _mean_sd(data.get(f"{outcome}_baseline", pd.Series(dtype=float))),
-                    "followup": _mean_sd(data.get(f"{outcome}_followup", pd.Series(dtype=float))),
-                    "change": _mean_sd(data[f"{outcome}_change"]),
-                })
+        for session, rows_of_session in by_session:
+            people = rows_of_session.drop_duplicates("participant_id")
+            for outcome in outcomes:
+                for arm, data in people.groupby("group", sort=True):
+                    rows.append({
+                        "outcome": outcome if session is None else f"{outcome} (ses-{session})",
+                        "arm": arm,
+                        "n": int(pd.to_numeric(data[f"{outcome}_change"],
+                                               errors="coerce").notna().sum()),
+                        "baseline": _mean_sd(data.get(f"{outcome}_baseline",
+                                                      pd.Series(dtype=float))),
+                        "followup": _mean_sd(data.get(f"{outcome}_followup",
+                                                      pd.Series(dtype=float))),
+                        "change": _mean_sd(data[f"{outcome}_change"]),
+                    })
+        people = self.change.drop_duplicates("participant_id")
         table = data_table(rows, [
             Column("outcome", "Outcome", format_text, numeric=False),
             Column("arm", "Arm", format_text, numeric=False),
@@ -306,8 +319,14 @@ class _GroupReport:
         if "term" not in table:
             return Section("models", "Models", note("models.tsv has no 'term' column; "
                                                     "rerun the group level.", "warning"))
-        table["_interaction"] = table["term"].astype(str).str.startswith("treatment:")
         model_name = table.get("model", pd.Series("", index=table.index)).astype(str)
+        single_arm = (model_name == "single_arm").any() and not (model_name == "interaction").any()
+        if single_arm:  # no treatment terms: the predictor-change term is the main result
+            main_term = table.get("param", pd.Series("", index=table.index)).astype(str) + "_change"
+            table["_interaction"] = table["term"].astype(str) == main_term
+            model_name = model_name.replace("single_arm", "interaction")
+        else:
+            table["_interaction"] = table["term"].astype(str).str.startswith("treatment:")
         table["_model_rank"] = np.select(
             [model_name == "interaction", model_name.str.startswith("slope"),
              model_name == "remission_logit"], [0, 1, 2], 3)
@@ -322,10 +341,14 @@ class _GroupReport:
             if "p_fdr" in main else 0
         n_raw = int((pd.to_numeric(main.get("p_value"), errors="coerce") < ALPHA).sum()) \
             if "p_value" in main else 0
+        what = ("<p>Single-arm design: change terms of the models <code>outcome change ~ "
+                "change + covariates</code> (no treatment terms)." if single_arm else
+                "<p>Treatment &times; change terms of the interaction models "
+                "<code>outcome change ~ treatment + change + treatment:change + covariates</code> "
+                "(treatment = 1 for the treatment arm).")
         parts = [
-            f"<p>Treatment &times; change terms of the interaction models "
-            f"<code>outcome change ~ treatment + change + treatment:change + covariates</code> "
-            f"(treatment = 1 for the treatment arm). Highlighted: p &lt; {ALPHA:g} (raw, "
+            f"{what} Trajectory models (<code>model = trajectory</code>, mixed models over "
+            f"every session) are among the other terms. Highlighted: p &lt; {ALPHA:g} (raw, "
             f"yellow) and FDR-corrected p &lt; {ALPHA:g} (Benjamini-Hochberg "
             f"{self.cite('fdr')}, green). Click a column header to sort.</p>",
             f'<div class="stats"><div class="stat"><b>{len(main)}</b><span>interaction terms'
@@ -364,12 +387,15 @@ class _GroupReport:
             if fig_dir.is_dir() else []
         forests = [p for p in pngs if p.name.startswith("forest")]
         scatters = sorted((p for p in pngs if p.name.startswith("scatter")), key=_scatter_key)
-        others = [p for p in pngs if p not in forests and p not in scatters]
+        trajectories = [p for p in pngs if p.name.startswith("trajectory")]
+        others = [p for p in pngs if p not in forests + scatters + trajectories]
         if not pngs:
             return Section("figures", "Figures",
                            not_available("Group figures", "group/figures/*.png"))
         parts = []
         for title, paths, grid in (("Forest plots", forests, False),
+                                   ("Outcome trajectories by arm (mean and 95 % CI per "
+                                    "session; thin lines: participants)", trajectories, True),
                                    ("Scatter plots", scatters, True),
                                    ("Other figures", others, True)):
             if not paths:
@@ -401,8 +427,14 @@ class _GroupReport:
         ]
         rows = []
         keys = ["param", "outcome"]
+        sessions = (table is not None and "outcome_session" in table
+                    and table["outcome_session"].nunique() > 1)
         if table is not None and not table.empty and set(keys) <= set(table.columns):
-            for (param, outcome), data in table.groupby(keys, sort=False):
+            for key, data in table.groupby(keys + (["outcome_session"] if sessions else []),
+                                           sort=False):
+                param, outcome = key[0], key[1]
+                if sessions:
+                    outcome = f"{outcome} (ses-{key[2]})"
                 first = data.iloc[0]
                 rows.append({"param": param, "outcome": outcome,
                              **{c: first.get(c) for c in ("r2_oos", "p_permutation", "n_obs",
