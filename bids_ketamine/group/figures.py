@@ -123,6 +123,12 @@ def plot_scatter(data: pd.DataFrame, x_label: str, y_label: str, title: str,
                               alpha=0.2, linewidth=0)
     axes.axhline(0, color="0.6", linewidth=0.6)
     axes.axvline(0, color="0.6", linewidth=0.6)
+    return _finish(figure, axes, x_label, y_label, title, data, path)
+
+
+def _finish(figure: Figure, axes, x_label: str, y_label: str, title: str, data: pd.DataFrame,
+            path: Path) -> Path:
+    """Label the axes, add the legend, write the data (TSV) and the figure (PNG)."""
     axes.set_xlabel(x_label)
     axes.set_ylabel(y_label)
     axes.set_title(title, fontsize=10)
@@ -210,13 +216,7 @@ def plot_trajectory(data: pd.DataFrame, title: str, y_label: str, path: Path) ->
     ticks = data.drop_duplicates("time").sort_values("time")
     axes.set_xticks(ticks["time"])
     axes.set_xticklabels([f"ses-{s}" for s in ticks["session_id"]], fontsize=8)
-    axes.set_xlabel("session")
-    axes.set_ylabel(y_label)
-    axes.set_title(title, fontsize=10)
-    axes.legend(frameon=False, fontsize=8)
-    path = Path(path)
-    atomic_write_tsv(data, path.with_suffix(".tsv"))
-    return _save(figure, path)
+    return _finish(figure, axes, "session", y_label, title, data, path)
 
 
 def plot_forest(data: pd.DataFrame, title: str, path: Path) -> Path:

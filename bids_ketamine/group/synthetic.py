@@ -61,6 +61,18 @@ def write_study(bids_dir: Path, output_dir: Path, participants: pd.DataFrame,
         rows[columns].to_csv(folder / name, sep="\t", index=False, na_rep="n/a")
 
 
+def _participants_and_md(rng, labels, treatment, n_rois):
+    """participants.tsv (arms, age, sex) and baseline MD of each ROI, drawn in this order."""
+    n_subjects = len(labels)
+    participants = pd.DataFrame({
+        "participant_id": [f"sub-{s}" for s in labels],
+        "group": np.where(treatment == 1, "ketamine", "placebo"),
+        "age": rng.integers(20, 65, n_subjects),
+        "sex": rng.choice(["F", "M"], n_subjects),
+    })
+    return participants, 0.8 + 0.05 * rng.standard_normal((n_subjects, n_rois))
+
+
 def random_study(n_subjects: int, rois=KETAMINE7_ROIS, seed: int = 0,
                  interaction: float = -40.0, sessions=("pre", "post")):
     """Random tables with a treatment x MD change effect on MADRS and QIDS-SR change.
@@ -77,13 +89,7 @@ def random_study(n_subjects: int, rois=KETAMINE7_ROIS, seed: int = 0,
     rng = np.random.default_rng(seed)
     labels = [f"{i:04d}" for i in range(1, n_subjects + 1)]
     treatment = (rng.random(n_subjects) < 2 / 3).astype(float)
-    participants = pd.DataFrame({
-        "participant_id": [f"sub-{s}" for s in labels],
-        "group": np.where(treatment == 1, "ketamine", "placebo"),
-        "age": rng.integers(20, 65, n_subjects),
-        "sex": rng.choice(["F", "M"], n_subjects),
-    })
-    md_base = 0.8 + 0.05 * rng.standard_normal((n_subjects, len(rois)))
+    participants, md_base = _participants_and_md(rng, labels, treatment, len(rois))
     md_change = 0.02 * rng.standard_normal((n_subjects, len(rois)))
     madrs_base = rng.normal(32, 5, n_subjects).round()
     madrs_change = (-8 * treatment + interaction * treatment * md_change[:, 0] * 10
@@ -137,13 +143,7 @@ def multisession_study(n_subjects: int, sessions=("pre", "d1", "w1", "m1"), rois
     rng = np.random.default_rng(seed)
     labels = [f"{i:03d}" for i in range(1, n_subjects + 1)]
     treatment = rng.permutation(np.arange(n_subjects) % 2).astype(float)
-    participants = pd.DataFrame({
-        "participant_id": [f"sub-{s}" for s in labels],
-        "group": np.where(treatment == 1, "ketamine", "placebo"),
-        "age": rng.integers(20, 65, n_subjects),
-        "sex": rng.choice(["F", "M"], n_subjects),
-    })
-    md_base = 0.8 + 0.05 * rng.standard_normal((n_subjects, len(rois)))
+    participants, md_base = _participants_and_md(rng, labels, treatment, len(rois))
     md_change = 0.01 * rng.standard_normal((n_subjects, len(rois)))
     intercept = 30 + 4 * rng.standard_normal(n_subjects)
     slope = (-1 + time_treatment * treatment + time_change * md_change[:, 0] / 0.01
