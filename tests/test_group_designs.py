@@ -254,3 +254,19 @@ def test_session_order_and_option_errors(tmp_path):
                     n_permutations=0)
     with pytest.raises(ClinicalDataError, match="ses-y4"):
         run_group_level(config.replace(outcome_sessions=("w1", "y4")))
+
+
+def test_command_line_options_reach_the_config(tmp_path):
+    from bids_ketamine.cli.parser import parse_args
+
+    config = parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "group",
+                         "--outcome-sessions", "ses-inf4", "m12", "--outcome-baseline-session",
+                         "ses-baseline", "--sessions", "baseline", "inf1", "inf4", "m12",
+                         "--covariates", "qids_sr_change", "age"])
+    assert config.outcome_sessions == ("inf4", "m12")
+    assert config.outcome_baseline_session == "baseline"
+    assert config.sessions == ("baseline", "inf1", "inf4", "m12")
+    assert config.covariates == ("qids_sr_change", "age")
+    defaults = parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "group"])
+    assert (defaults.outcome_sessions, defaults.outcome_baseline_session, defaults.sessions) == (
+        None, None, None)

@@ -84,6 +84,13 @@ def _label_type(prefix: str):
     return _parse
 
 
+def _session_name(value: str) -> str:
+    """A session label as given, without its ``ses-`` prefix (checked against the dataset
+    by the group level, which names the sessions found)."""
+    text = value.strip()
+    return text[len("ses-"):] if text.startswith("ses-") else text
+
+
 def _existing_file(value: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_file():
@@ -458,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument(
         "--outcome-sessions",
         nargs="+",
-        type=_label_type("ses"),
+        type=_session_name,
         default=None,
         metavar="LABEL",
         help="sessions at which outcome change, percent improvement, response and remission "
@@ -466,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grp.add_argument(
         "--outcome-baseline-session",
-        type=_label_type("ses"),
+        type=_session_name,
         default=None,
         metavar="LABEL",
         help="session the outcomes are compared with (default: the baseline session)",
@@ -474,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument(
         "--sessions",
         nargs="+",
-        type=_label_type("ses"),
+        type=_session_name,
         default=None,
         metavar="LABEL",
         help="order of more than two sessions, earliest first (default: by acq_time in "
