@@ -19,16 +19,14 @@ import pytest
 import statsmodels.formula.api as smf
 from scipy import stats
 
+from bids_ketamine.cli.run import main as run_main
+from bids_ketamine.cli.simulate import main as simulate_main
 from bids_ketamine.config import Config
 from bids_ketamine.errors import ClinicalDataError
 from bids_ketamine.group import clinical, models, response, tables
 from bids_ketamine.group.run import run_group_level
 from bids_ketamine.group.synthetic import multisession_study, random_study, write_study
-from bids_ketamine.simulate.infusion import (
-    InfusionDesign,
-    repeated_infusion_tables,
-    write_repeated_infusion,
-)
+from bids_ketamine.simulate.infusion import InfusionDesign, repeated_infusion_tables
 
 
 def _ols_hc3(design: np.ndarray, y: np.ndarray):
@@ -55,14 +53,17 @@ def _rows(models_table, **where):
 
 
 def test_repeated_infusion_recovers_the_biomarker_effect(tmp_path):
+    """Both command lines: simulate the study (no imaging), run the group level on it."""
     design = InfusionDesign(n_subjects=40, seed=3)
-    bids = write_repeated_infusion(tmp_path / "bids", design)
-    out = tmp_path / "out"
-    config = Config(bids_dir=bids, output_dir=out, analysis_level="group", params=("metabolite",),
-                    outcomes=("madrs",), outcome_sessions=design.outcome_sessions,
-                    n_permutations=0)
-    run_group_level(config)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    assert simulate_main([str(bids), "--design", "repeated-infusion", "--n-subjects", "40",
+                          "--seed", "3", "--quiet"]) == 0
+    with pytest.raises(SystemExit) as status:
+        run_main([str(bids), str(out), "group", "--params", "metabolite", "--outcomes", "madrs",
+                  "--outcome-sessions", *design.outcome_sessions, "--n-permutations", "0"])
+    assert status.value.code == 0
     group = out / "group"
+    assert (group / "report.html").is_file()
     truth = json.loads((bids / "sourcedata" / "simulation" / "truth.json").read_text())
     coefficients = truth["group_level"]["coefficients_by_outcome_session"]
     model_table = _read_tsv(group / "models.tsv")

@@ -425,7 +425,7 @@ def assign_arms(participants: pd.DataFrame, treatment_label: str,
     """
     values = sorted(participants["group"].dropna().unique())
     found = ", ".join(repr(v) for v in values) or "none"
-    if len(values) <= 1 and (control_label is None or control_label not in values):
+    if len(values) <= 1 and control_label is None:
         treatment = participants["group"].map(lambda v: np.nan if pd.isna(v) else 1.0)
         if not values:
             treatment = pd.Series(1.0, index=participants.index)
