@@ -554,8 +554,9 @@ def choose_sessions(sessions: dict[str, set[str]], acq_times: pd.DataFrame,
             continue
         if len(labels) > 2:
             raise ClinicalDataError(
-                f"sub-{subject} has {len(labels)} sessions ({', '.join(labels)}); give "
-                "--baseline-session and --followup-session"
+                f"sub-{subject} has {len(labels)} sessions ({', '.join(labels)}) and their "
+                "order is unknown (no acq_time in sessions.tsv); give it with --sessions "
+                "LABEL ... (earliest first), or give --baseline-session and --followup-session"
             )
         if len(labels) < 2:
             problems[subject] = (
