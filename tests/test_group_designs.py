@@ -271,3 +271,28 @@ def test_command_line_options_reach_the_config(tmp_path):
     defaults = parse_args([str(tmp_path / "bids"), str(tmp_path / "out"), "group"])
     assert (defaults.outcome_sessions, defaults.outcome_baseline_session, defaults.sessions) == (
         None, None, None)
+
+
+def test_trajectory_figure_data_means_and_intervals(tmp_path):
+    from bids_ketamine.group.figures import plot_trajectory, trajectory_data
+
+    rng = np.random.default_rng(0)
+    scores = pd.DataFrame({
+        "participant_id": np.repeat([f"sub-{i}" for i in range(10)], 3),
+        "group": np.repeat(["a"] * 6 + ["b"] * 4, 3),
+        "session_id": np.tile(["s0", "s1", "s2"], 10), "time": np.tile([0, 1, 2], 10),
+        "madrs": rng.normal(25, 5, 30)})
+    scores.loc[4, "madrs"] = np.nan  # a missing score is left out of its session's mean
+    data = trajectory_data(scores, "madrs", ["b", "a"])
+    assert data["group"].iloc[0] == "b"
+    means = data.loc[data["kind"] == "mean"].set_index(["group", "session_id"])
+    for (arm, session), rows in scores.dropna().groupby(["group", "session_id"]):
+        values = rows["madrs"].to_numpy()
+        low, high = stats.t.interval(0.95, len(values) - 1, loc=values.mean(),
+                                     scale=stats.sem(values))
+        assert means.loc[(arm, session), "n"] == len(values)
+        assert means.loc[(arm, session), "conf_low"] == pytest.approx(low)
+        assert means.loc[(arm, session), "conf_high"] == pytest.approx(high)
+    assert (data["kind"] == "participant").sum() == 29
+    path = plot_trajectory(data, "t", "madrs", tmp_path / "trajectory.png")
+    assert path.is_file() and path.with_suffix(".tsv").is_file()

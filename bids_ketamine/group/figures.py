@@ -191,6 +191,8 @@ def trajectory_data(scores: pd.DataFrame, outcome: str, arms: list[str]) -> pd.D
     for column in ("n", "conf_low", "conf_high"):
         if column not in data:
             data[column] = np.nan
+    rank = data["group"].map({arm: i for i, arm in enumerate(arms)})
+    data = data.iloc[np.argsort(rank.to_numpy(), kind="stable")].reset_index(drop=True)
     return data[["kind", "group", "participant_id", "session_id", "time", "value", "n",
                  "conf_low", "conf_high"]]
 

@@ -369,7 +369,8 @@ def _outcome_sessions(config: Config, choice, found_sessions: dict) -> list[_Out
     return plans
 
 
-def _scatter_figure(samples, param, outcome, roi, arms, plan, extended, figures_dir):
+def _scatter_figure(samples, param, outcome, roi, arms, plan, extended, figures_dir,
+                    predictor_sessions="follow-up - baseline"):
     """Predictor change against outcome change (today's design) or percent improvement at
     an outcome session (``--outcome-sessions``)."""
     measure = "pctimprovement" if extended else "change"
@@ -386,7 +387,7 @@ def _scatter_figure(samples, param, outcome, roi, arms, plan, extended, figures_
     else:
         y_label = f"{outcome} change (follow-up - baseline)"
         title = f"{where}{outcome} change vs {param} change"
-    return figures.plot_scatter(data, f"{param} change (follow-up - baseline)", y_label, title,
+    return figures.plot_scatter(data, f"{param} change ({predictor_sessions})", y_label, title,
                                 figures_dir / name)
 
 
@@ -525,6 +526,9 @@ def run_group_level(config: Config) -> dict:
     figures_dir = group_dir / "figures"
     main_model = SINGLE_ARM_MODEL if single_arm else "interaction"
     rois_of = {param: _roi_order(values, param) for param in params}
+    predictor_sessions = (f"ses-{choice.summary['followup']} - ses-{choice.summary['baseline']}"
+                          if extended and "baseline" in choice.summary
+                          else "follow-up - baseline")
     trajectory_inputs = None
     for plan in plans:
         outcome_pairs = tables.pair_outcomes(scores_in, plan.table, outcomes + extra_measures,
@@ -565,7 +569,8 @@ def run_group_level(config: Config) -> dict:
                     model_rows.extend(rows)
                     if param == params[0]:
                         figure_paths.append(_scatter_figure(
-                            samples, param, outcome, roi, arms, plan, extended, figures_dir))
+                            samples, param, outcome, roi, arms, plan, extended, figures_dir,
+                            predictor_sessions))
                 for measure, dependent in (("change", f"{outcome}_change"),
                                            ("pctimprovement", f"{outcome}_pctimprovement")):
                     formulas[f"{main_model}/{param}/{dependent}"] = models.formula(
