@@ -2,8 +2,14 @@
 
 :func:`run_group_level` is the entry point called by the command line.  Outputs, in
 ``OUTPUT_DIR/group/`` (docs/group.md): ``change.tsv``, ``models.tsv``, ``models.json``,
-``response.tsv``, ``outcomes.tsv``, ``prediction.tsv`` and ``figures/``.  Every file is
-written atomically.
+``response.tsv``, ``outcomes.tsv``, ``prediction.tsv``, ``sessions.tsv`` and ``figures/``.
+Every file is written atomically.
+
+Designs: the predictor change runs from the baseline to the follow-up session; the outcomes
+are compared at each outcome session (``--outcome-sessions``) with the outcome baseline, one
+set of models per outcome session; with more than two sessions a mixed model of each outcome
+over every session (``model = trajectory``); with one arm, models without treatment terms
+(``model = single_arm``).
 """
 
 from __future__ import annotations
@@ -437,7 +443,8 @@ def run_group_level(config: Config) -> dict:
     -------
     dict
         Paths of the files written (``change``, ``models``, ``models_json``,
-        ``response``, ``outcomes``, ``prediction``, ``figures``) and counts
+        ``response``, ``outcomes``, ``prediction``, ``sessions`` when the session order is
+        known, ``figures``) and counts
         (``n_participants``, ``n_excluded``).
 
     Raises
