@@ -12,6 +12,9 @@ Modules, in the order data flows through them:
 - :mod:`~bids_ketamine.simulate.session`: one DWI series (:func:`simulate_session`);
 - :mod:`~bids_ketamine.simulate.writer` and :mod:`~bids_ketamine.simulate.study`: the BIDS
   dataset and its truth (:func:`simulate_trial`).
+
+:mod:`~bids_ketamine.simulate.infusion` simulates a repeated-infusion study with an early
+plasma biomarker and several outcome sessions, without imaging (clinical tables and truth).
 """
 
 from bids_ketamine.simulate.anatomy import load_template_anatomy
