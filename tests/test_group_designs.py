@@ -102,6 +102,22 @@ def test_repeated_infusion_recovers_the_biomarker_effect(tmp_path):
         assert set(_read_tsv(group / name)["outcome_session"]) == set(design.outcome_sessions)
     sessions = _read_tsv(group / "sessions.tsv")
     assert set(sessions["session_id"]) == set(design.sessions)
+
+    # the trajectory (single arm: no treatment terms), whichever random effects were kept
+    (fit,) = document["trajectory"]["fits"]
+    assert set(fit["fallbacks"]) <= {f"{r} ({m})" for r in ("intercept and time slope", "intercept")
+                                     for m in models.MIXED_METHODS}
+    scored = sessions.loc[sessions["madrs"].notna()]
+    people = participants.loc[scored["participant_id"]]
+    data = scored.assign(metabolite_change=scored["participant_id"].map(
+        dict(zip(subjects, change))).to_numpy(),
+        age=people["age"].to_numpy(float), sex=(people["sex"] == "M").to_numpy(float))
+    direct = smf.mixedlm("madrs ~ time + metabolite_change + time:metabolite_change + age + sex",
+                         data, groups=data["participant_id"], re_formula=fit["re_formula"]
+                         ).fit(reml=True, method=fit["method"])
+    rows = _rows(model_table, model="trajectory")
+    np.testing.assert_allclose(rows["estimate"], direct.fe_params, rtol=1e-5)
+    assert fit["n_obs"] == len(data) == 3 * len(subjects)
     assert {"trajectory", "single_arm", "remission_logit"} <= set(model_table["model"])
     figures = {p.name for p in (group / "figures").glob("*.png")}
     assert "trajectory_outcome-madrs.png" in figures
