@@ -19,6 +19,7 @@ participants against the totals of the workflow graph.  Nothing is written to di
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import threading
@@ -31,6 +32,8 @@ LOGGER = logging.getLogger("bids_ketamine.progress")
 LOG_INTERVAL_S = 60.0
 #: Redraw period of the terminal bar (seconds), so elapsed time and ETA stay current.
 BAR_REFRESH_S = 1.0
+#: Columns and lines assumed on a terminal that does not report its size.
+FALLBACK_SIZE = (120, 24)
 #: nipype plugins that call ``status_callback`` (the Graph plugins submit everything at once).
 CALLBACK_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SGE", "PBS", "LSF",
                     "Condor", "OAR", "IPython")
@@ -141,8 +144,13 @@ class Progress:
         from tqdm import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
+        try:  # tqdm draws nothing on a terminal that reports no size (0 x 0)
+            sized = min(os.get_terminal_size(stream.fileno())) > 0
+        except (AttributeError, OSError, ValueError):
+            sized = False
         self._bar = tqdm(total=self.total, desc=self.description, unit=self.unit, file=stream,
-                         dynamic_ncols=True, leave=True, mininterval=0,
+                         dynamic_ncols=sized, ncols=None if sized else FALLBACK_SIZE[0],
+                         nrows=None if sized else FALLBACK_SIZE[1], leave=True, mininterval=0,
                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                     "{unit}s{postfix}")
         # console log messages (ours and nipype's) go above the bar instead of through it
