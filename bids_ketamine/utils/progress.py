@@ -41,6 +41,14 @@ CALLBACK_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SGE", "P
 MAIN_PROCESS_COST = 0.02
 _PARTICIPANT_WF = re.compile(r"^sub_(?P<label>[A-Za-z0-9]+)_wf$")
 
+#: Held while a display changes or writes.  nipype's MultiProc forks its workers while the
+#: heartbeat thread may be writing: forking waits for the lock, so no child starts with the
+#: stream's lock held by a thread that does not exist in it.
+_DISPLAY_LOCK = threading.RLock()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_DISPLAY_LOCK.acquire, after_in_parent=_DISPLAY_LOCK.release,
+                        after_in_child=_DISPLAY_LOCK.release)
+
 
 def progress_mode(quiet: bool, stream: TextIO | None = None) -> str:
     """How progress is shown: ``"off"``, ``"bar"`` (a terminal) or ``"log"``.
@@ -125,7 +133,7 @@ class Progress:
         self.clock = clock
         self.started = clock()
         self._last_line = self.started
-        self._lock = threading.RLock()
+        self._lock = _DISPLAY_LOCK
         self._closed = False
         self._bar = None
         self._redirect = None

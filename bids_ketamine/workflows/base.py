@@ -330,9 +330,9 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
     if config.resource_monitor:
         monitor_dir.mkdir(exist_ok=True)
         os.chdir(monitor_dir)
-    progress = None
-    if config.plugin in CALLBACK_PLUGINS:
-        progress = WorkflowProgress(expected_nodes(workflow), **display_options(config))
+    progress, display = None, display_options(config)
+    if config.plugin in CALLBACK_PLUGINS and display["mode"] != "off":
+        progress = WorkflowProgress(expected_nodes(workflow), **display)
         plugin_args["status_callback"] = progress
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)
