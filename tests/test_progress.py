@@ -251,6 +251,22 @@ def test_prediction_reports_folds_then_permutations():
     assert {c[2] for c in calls} == {total}
 
 
+def test_parallel_permutations_report_in_order_and_give_the_serial_result():
+    from bids_ketamine.group import prediction
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(12, 3))
+    y = X[:, 1] + rng.normal(size=12)
+    results, calls = {}, {}
+    for n_jobs in (1, 2):
+        calls[n_jobs] = []
+        results[n_jobs] = prediction.predict_outcome(
+            X, y, ["a", "b", "c"], n_permutations=4, seed=1, n_jobs=n_jobs,
+            progress=lambda *args, jobs=n_jobs: calls[jobs].append(args))
+    np.testing.assert_array_equal(results[2].null_r2, results[1].null_r2)
+    assert calls[2] == calls[1]
+
+
 def _terminal_run(command: list[str], env: dict | None = None) -> tuple[int, str]:
     """Run a command with stdin/stdout/stderr on a pseudo-terminal; return status and output."""
     master, slave = pty.openpty()

@@ -84,6 +84,30 @@ def format_duration(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _is_console(handler: logging.Handler) -> bool:
+    return (isinstance(handler, logging.StreamHandler)
+            and getattr(handler, "stream", None) in (sys.stdout, sys.stderr))
+
+
+class _AboveBar(logging.Handler):
+    """A console log handler's stand-in while a bar is shown: same level, filters and format,
+    written above the bar (``tqdm.write``)."""
+
+    def __init__(self, handler: logging.StreamHandler):
+        super().__init__(handler.level)
+        self.setFormatter(handler.formatter)
+        self.filters = list(handler.filters)
+        self.stream = handler.stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
 class Progress:
     """Count the finished items of one long task and show them (see the module docstring).
 
@@ -136,7 +160,7 @@ class Progress:
         self._lock = _DISPLAY_LOCK
         self._closed = False
         self._bar = None
-        self._redirect = None
+        self._redirected: list = []
         self._stop = threading.Event()
         self._thread = None
         if mode == "bar":
@@ -150,7 +174,6 @@ class Progress:
     # ----------------------------------------------------------------------------- display
     def _open_bar(self, stream: TextIO) -> None:
         from tqdm import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
 
         try:  # tqdm draws nothing on a terminal that reports no size (0 x 0)
             sized = min(os.get_terminal_size(stream.fileno())) > 0
@@ -162,10 +185,12 @@ class Progress:
                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                     "{unit}s{postfix}")
         # console log messages (ours and nipype's) go above the bar instead of through it
-        loggers = [logging.root] + [logging.getLogger(name) for name in
-                                    ("nipype.workflow", "nipype.interface", "nipype.utils")]
-        self._redirect = logging_redirect_tqdm(loggers=loggers)
-        self._redirect.__enter__()
+        self._redirected = []
+        for name in ("", "nipype.workflow", "nipype.interface", "nipype.utils"):
+            logger = logging.getLogger(name)
+            handlers = list(logger.handlers)
+            logger.handlers = [_AboveBar(h) if _is_console(h) else h for h in handlers]
+            self._redirected.append((logger, handlers))
         self._draw()
 
     def _draw(self) -> None:
@@ -265,7 +290,8 @@ class Progress:
             if self.mode == "bar":
                 self._draw()
                 self._bar.close()
-                self._redirect.__exit__(None, None, None)
+                for logger, handlers in self._redirected:
+                    logger.handlers = handlers
                 if summary:
                     LOGGER.info("%s", summary)
             elif self.mode == "log":
