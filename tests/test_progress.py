@@ -287,6 +287,30 @@ def _terminal_run(command: list[str], env: dict | None = None) -> tuple[int, str
     return process.wait(timeout=600), b"".join(chunks).decode(errors="replace")
 
 
+def test_forked_worker_logs_above_the_bar_without_redrawing_it():
+    """MultiProc forks its workers while the bar is shown: their log lines erase the bar's line
+    and leave the redrawing to the main process."""
+    script = (
+        "import logging, os, sys\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stderr, format='%(message)s')\n"
+        "from bids_ketamine.utils.progress import Progress\n"
+        "bar = Progress('task', 5, mode='bar', heartbeat=False)\n"
+        "bar.update(1)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    logging.getLogger('worker').warning('from the worker')\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "bar.update(4)\n"
+        "bar.close()\n"
+    )
+    status, text = _terminal_run([sys.executable, "-c", script], _app_env())
+    assert status == 0, text
+    assert "\r\x1b[Kfrom the worker\r\n" in text
+    after = text.split("from the worker")[1]
+    assert re.findall(r"\| (\d)/5 items", after) and set(re.findall(r"\| (\d)/5 items", after)) == {"5"}
+
+
 def _app_env() -> dict:
     return {"PYTHONPATH": str(REPO), "TEMPLATEFLOW_AUTOUPDATE": "0", "OMP_NUM_THREADS": "1"}
 

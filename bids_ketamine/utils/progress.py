@@ -45,9 +45,20 @@ _PARTICIPANT_WF = re.compile(r"^sub_(?P<label>[A-Za-z0-9]+)_wf$")
 #: heartbeat thread may be writing: forking waits for the lock, so no child starts with the
 #: stream's lock held by a thread that does not exist in it.
 _DISPLAY_LOCK = threading.RLock()
+#: Bars on screen.  A forked worker inherits them: they are disabled there, or the worker's
+#: log messages (written above the bar) would redraw its stale copy.
+_OPEN_BARS: list = []
+
+
+def _after_fork_in_child() -> None:
+    for bar in _OPEN_BARS:
+        bar.disable = True
+    _DISPLAY_LOCK.release()
+
+
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(before=_DISPLAY_LOCK.acquire, after_in_parent=_DISPLAY_LOCK.release,
-                        after_in_child=_DISPLAY_LOCK.release)
+                        after_in_child=_after_fork_in_child)
 
 
 def progress_mode(quiet: bool, stream: TextIO | None = None) -> str:
@@ -98,12 +109,17 @@ class _AboveBar(logging.Handler):
         self.setFormatter(handler.formatter)
         self.filters = list(handler.filters)
         self.stream = handler.stream
+        self._pid = os.getpid()
 
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
         try:
-            tqdm.write(self.format(record), file=self.stream)
+            if os.getpid() == self._pid:
+                tqdm.write(self.format(record), file=self.stream)
+            else:  # a forked worker: erase the bar's line; the main process redraws it
+                self.stream.write(f"\r\x1b[K{self.format(record)}\n")
+                self.stream.flush()
         except Exception:  # noqa: BLE001 - logging must never raise
             self.handleError(record)
 
@@ -184,6 +200,7 @@ class Progress:
                          nrows=None if sized else FALLBACK_SIZE[1], leave=True, mininterval=0,
                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                     "{unit}s{postfix}")
+        _OPEN_BARS.append(self._bar)
         # console log messages (ours and nipype's) go above the bar instead of through it
         self._redirected = []
         for name in ("", "nipype.workflow", "nipype.interface", "nipype.utils"):
@@ -290,6 +307,7 @@ class Progress:
             if self.mode == "bar":
                 self._draw()
                 self._bar.close()
+                _OPEN_BARS.remove(self._bar)
                 for logger, handlers in self._redirected:
                     logger.handlers = handlers
                 if summary:
