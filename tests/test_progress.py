@@ -417,7 +417,7 @@ def _check_bar(text: str, n_nodes: int) -> None:
     assert {total for _, total in counts} == {n_nodes}
     done = [n for n, _ in counts]
     assert done == sorted(done) and done[0] == 0 and done[-1] == n_nodes
-    assert "participants 1/1" in frames[-1] and "participants 0/1" in frames[1]
+    assert "participants 1/1" in frames[-1] and "participants 0/1" in frames[0]
     assert "sub-01 finished (1/1 participants)" in text
     assert "[bids_ketamine.progress] INFO: participant level: 1/1 participants" in text
 

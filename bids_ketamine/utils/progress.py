@@ -139,6 +139,8 @@ class Progress:
     unit : str
         Name of an item, singular (``"node"``, ``"fit"``).
     mode : {"bar", "log", "off"}
+    status : str
+        What is going on, shown after the counts (updated by :meth:`update`).
     verbose : bool
         Also log the minor milestones (``--verbose``).
     interval : float
@@ -153,7 +155,7 @@ class Progress:
     """
 
     def __init__(self, description: str, total: int, *, total_work: float | None = None,
-                 unit: str = "item", mode: str = "log",
+                 unit: str = "item", mode: str = "log", status: str = "",
                  verbose: bool = False, interval: float = LOG_INTERVAL_S,
                  stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
                  heartbeat: bool = True):
@@ -166,7 +168,7 @@ class Progress:
         self.verbose = verbose
         self.interval = float(interval)
         self.done = 0
-        self.status = ""
+        self.status = status
         self.total_work = float(self.total if total_work is None else total_work)
         self.work_done = 0.0
         self._worked = 0.0  # work of the items that took time (not found cached): the ETA's rate
@@ -198,6 +200,7 @@ class Progress:
         self._bar = tqdm(total=self.total, desc=self.description, unit=self.unit, file=stream,
                          dynamic_ncols=sized, ncols=None if sized else FALLBACK_SIZE[0],
                          nrows=None if sized else FALLBACK_SIZE[1], leave=True, mininterval=0,
+                         postfix=self.timing(),
                          bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} "
                                     "{unit}s{postfix}")
         _OPEN_BARS.append(self._bar)
@@ -430,8 +433,8 @@ class WorkflowProgress:
         self._running: dict[str, float] = {}
         self._ended: set[str] = set()
         self.progress = Progress("participant level", len(self.nodes), unit="node",
-                                 total_work=sum(self.costs.values()), **options)
-        self.progress.update(status=self._status())
+                                 total_work=sum(self.costs.values()), status=self._status(),
+                                 **options)
         if self.progress.mode == "log":
             self.progress.log(f"{self.progress.description}: {self.participants} "
                                f"participant(s), {len(self.nodes)} nodes to run or reuse")
