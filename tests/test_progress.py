@@ -160,6 +160,11 @@ def test_eta_from_work_done_and_instant_items():
     assert bar.eta() == pytest.approx(20 / 3.0 * 6.0)
     bar.update(1, work=6.0)
     assert bar.eta() == 0.0
+    clock = FakeClock()
+    bar = Progress("task", 3, total_work=10.0, mode="off", clock=clock)
+    bar.update(in_progress=4.0)  # running, nothing finished: counted half done
+    clock.now += 20
+    assert bar.eta() == pytest.approx(20 / 2.0 * 8.0)
 
 
 def test_bar_mode_draws_counts_and_milestones():

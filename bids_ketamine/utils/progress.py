@@ -171,6 +171,7 @@ class Progress:
         self.status = status
         self.total_work = float(self.total if total_work is None else total_work)
         self.work_done = 0.0
+        self.in_progress = 0.0  # work of the items started and not finished
         self._worked = 0.0  # work of the items that took time (not found cached): the ETA's rate
         self.clock = clock
         self.started = clock()
@@ -237,13 +238,19 @@ class Progress:
 
     # ----------------------------------------------------------------------------- numbers
     def eta(self) -> float | None:
-        """Seconds left: elapsed time per unit of work that took time, times the work left."""
+        """Seconds left: elapsed time per unit of work that took time, times the work left.
+
+        Items running now count as half done: without it the estimate would soar while a
+        few long items (denoising, registration) run and nothing finishes.
+        """
         if self.done >= self.total:
             return 0.0
-        if self._worked <= 0:
+        credited = self._worked + self.in_progress / 2
+        if credited <= 0:
             return None
         elapsed = self.clock() - self.started
-        return elapsed / self._worked * max(self.total_work - self.work_done, 0.0)
+        left = self.total_work - self.work_done - self.in_progress / 2
+        return elapsed / credited * max(left, 0.0)
 
     def timing(self) -> str:
         """``<status>, elapsed M:SS, ETA M:SS`` (the bar's postfix)."""
@@ -260,8 +267,8 @@ class Progress:
 
     # ----------------------------------------------------------------------------- updates
     def update(self, advance: int = 0, *, work: float | None = None, instant: bool = False,
-               status: str | None = None, milestone: str | None = None,
-               minor: bool = False) -> None:
+               in_progress: float | None = None, status: str | None = None,
+               milestone: str | None = None, minor: bool = False) -> None:
         """Record finished items and show the new state.
 
         Parameters
@@ -272,6 +279,8 @@ class Progress:
             Their cost (default: ``advance``, one per item).
         instant : bool
             They took no time (found cached): they count as done but not in the ETA's rate.
+        in_progress : float, optional
+            Work of the items running now.
         status : str, optional
             New status text (e.g. what is running now).
         milestone : str, optional
@@ -287,6 +296,8 @@ class Progress:
             self.work_done += work
             if not instant:
                 self._worked += work
+            if in_progress is not None:
+                self.in_progress = float(in_progress)
             if status is not None:
                 self.status = status
             show = milestone is not None and (self.verbose or not minor)
@@ -469,7 +480,7 @@ class WorkflowProgress:
         name = node.fullname
         if status == "start":
             self._running[name] = self.progress.clock()
-            self.progress.update(status=self._status())
+            self.progress.update(in_progress=self._running_work(), status=self._status())
             return
         if status not in ("end", "exception") or name in self._ended:
             # nipype reports "end" after "exception" for nodes run in the main process
@@ -498,8 +509,11 @@ class WorkflowProgress:
                 members = group[1:] if label is not None else group
                 milestone, minor = f"{prefix}{_short_name(list(members))} done", True
         self.progress.update(1 if known else 0, work=self.costs.get(name, 0.0),
-                             instant=started is None, status=self._status(),
-                             milestone=milestone, minor=minor)
+                             instant=started is None, in_progress=self._running_work(),
+                             status=self._status(), milestone=milestone, minor=minor)
+
+    def _running_work(self) -> float:
+        return sum(self.costs.get(name, 0.0) for name in self._running)
 
     def summary(self) -> str:
         """The last line: participants and nodes finished, failures, time."""
