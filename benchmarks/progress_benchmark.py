@@ -111,6 +111,46 @@ def _group_cost(repeats: int) -> dict:
             "overhead_percent": 100 * per_call_us * 1e-6 * len(calls) / run_s}
 
 
+def replay_eta(work_dir: Path, nodes: dict) -> dict:
+    """The ETA shown along a finished run, replayed from its node start/end times.
+
+    Every node's result file in ``work_dir`` holds when it started and ended; those events are
+    fed to :class:`WorkflowProgress` in time order with a clock set to each event, and the ETA
+    shown is compared with the time the run actually still took.  ``nodes`` are the expected
+    nodes of the same workflow (:func:`expected_nodes`).
+    """
+    from datetime import datetime
+
+    from nipype.pipeline.engine.utils import load_resultfile
+
+    from bids_ketamine.utils.progress import WorkflowProgress
+
+    events = []
+    for path in sorted((work_dir / "bids_ketamine_wf").glob("**/result_*.pklz")):
+        runtime = load_resultfile(str(path)).runtime
+        name = "bids_ketamine_wf." + ".".join(path.parent.relative_to(
+            work_dir / "bids_ketamine_wf").parts)
+        for status, stamp in (("start", runtime.startTime), ("end", runtime.endTime)):
+            events.append((datetime.fromisoformat(stamp).timestamp(), status == "end", name,
+                           status))
+    events.sort()
+    first, last = events[0][0], events[-1][0]
+    clock = {"now": first}
+    reporter = WorkflowProgress(nodes, mode="off", clock=lambda: clock["now"], heartbeat=False)
+    samples = []
+    for stamp, _, name, status in events:
+        clock["now"] = stamp
+        reporter(_Node(name), status)
+        eta = reporter.progress.eta()
+        if eta is not None and stamp < last:
+            samples.append(((stamp - first) / (last - first), eta, last - stamp))
+    table = {}
+    for fraction in (0.1, 0.25, 0.5, 0.75, 0.9):
+        _, eta, truth = min(samples, key=lambda s: abs(s[0] - fraction))
+        table[f"{fraction:.0%} elapsed"] = {"eta_s": round(eta, 1), "true_left_s": round(truth, 1)}
+    return {"run_s": round(last - first, 1), "events": len(events), "eta_vs_truth": table}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bids_dir", type=Path)
@@ -119,6 +159,9 @@ def main() -> None:
                         help="participant-level run time of ONE participant (seconds)")
     parser.add_argument("--idle-s", type=float, default=20.0)
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/progress_benchmark"))
+    parser.add_argument("--replay", type=Path, default=None, metavar="WORK_DIR",
+                        help="work directory of a finished participant run of BIDS_DIR's first "
+                        "participant (1 subject): replay it to compare the ETA with the truth")
     args = parser.parse_args()
     logging.getLogger("bids_ketamine.progress").disabled = True  # time the reporter, not I/O
 
@@ -151,6 +194,9 @@ def main() -> None:
         "group": {k: (round(v, 6) if isinstance(v, float) else v)
                   for k, v in _group_cost(repeats=20).items()},
     }
+    if args.replay:
+        one = expected_nodes(_workflow(args.bids_dir, 1, args.work_dir))
+        record["eta_replay"] = replay_eta(args.replay, one)
     out = HERE / "results" / "progress.json"
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))

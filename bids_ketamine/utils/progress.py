@@ -37,8 +37,17 @@ FALLBACK_SIZE = (120, 24)
 #: nipype plugins that call ``status_callback`` (the Graph plugins submit everything at once).
 CALLBACK_PLUGINS = ("Linear", "MultiProc", "LegacyMultiProc", "SLURM", "SGE", "PBS", "LSF",
                     "Condor", "OAR", "IPython")
-#: Cost (:func:`node_cost`) of a node run in nipype's main process.
-MAIN_PROCESS_COST = 0.02
+#: Typical seconds of the participant workflow's nodes (one series, small simulated preset,
+#: benchmarks/results/participant_small.json): the weights of the ETA (:func:`node_cost`).
+NODE_SECONDS = {
+    "denoise": 9.5, "motion_correct": 8.8, "template_registration": 6.5, "load_dwi": 1.2,
+    "mask_to_atlas": 1.1, "brain_mask": 1.0, "midpoint": 0.9, "fit_tensor": 0.7,
+    "degibbs": 3.0, "maps_to_template": 0.4, "coverage": 0.35, "gm_to_native": 0.3,
+    "atlas_to_native": 0.25, "roistats": 0.05,
+}
+#: Cost of any other node, and of a node run in nipype's main process.
+DEFAULT_NODE_SECONDS = 0.5
+MAIN_PROCESS_COST = 0.01
 _PARTICIPANT_WF = re.compile(r"^sub_(?P<label>[A-Za-z0-9]+)_wf$")
 
 #: Held while a display changes or writes.  nipype's MultiProc forks its workers while the
@@ -383,16 +392,18 @@ def _short_name(parts: list[str]) -> str:
 
 
 def node_cost(node) -> float:
-    """A node's expected cost, for the ETA: the memory it declares (GB).
+    """A node's expected cost, for the ETA (seconds on the small simulated preset).
 
-    Declared memory is what the workflows size by the data (denoising and motion correction
-    of a series, registration), so it ranks nodes by cost far better than counting them; a
-    node run in nipype's main process (a list merge, a derivatives sink) costs
-    :data:`MAIN_PROCESS_COST`.
+    From :data:`NODE_SECONDS` by the node's name (its series key stripped); a node run in
+    nipype's main process (a list merge, a derivatives sink) costs :data:`MAIN_PROCESS_COST`,
+    any other node :data:`DEFAULT_NODE_SECONDS`.  Only the ratios matter: the ETA scales them
+    by the pace of the nodes already finished.
     """
-    if node.run_without_submitting:
-        return MAIN_PROCESS_COST
-    return max(float(node.mem_gb), MAIN_PROCESS_COST)
+    name = node.name
+    for prefix, seconds in NODE_SECONDS.items():
+        if name == prefix or name.startswith(prefix + "_"):
+            return seconds
+    return MAIN_PROCESS_COST if node.run_without_submitting else DEFAULT_NODE_SECONDS
 
 
 def expected_nodes(workflow) -> dict[str, tuple[str | None, float]]:
