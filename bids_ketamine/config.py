@@ -64,6 +64,7 @@ class Config:
     stop_on_first_crash: bool = False
     reports_only: bool = False
     verbosity: int = 0
+    quiet: bool = False
     resource_monitor: bool = False
     # --- participant level -----------------------------------------------------
     denoise: str = "mppca"

@@ -42,6 +42,11 @@ NIPYPE_PLUGINS = (
 )
 
 
+def _config_default(name: str) -> Any:
+    """The default of a :class:`Config` field (the one source of defaults)."""
+    return Config.__dataclass_fields__[name].default
+
+
 def strip_label(label: str, prefix: str) -> str:
     """Return a BIDS label without its entity prefix (``sub-01`` -> ``01``).
 
@@ -342,8 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         dest="verbosity",
         action="count",
-        default=0,
-        help="more log messages (-vv for debugging)",
+        default=_config_default("verbosity"),
+        help="more log messages (-vv for debugging) and a progress line per finished node group",
+    )
+    run.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=_config_default("quiet"),
+        help="no progress display and only warnings and errors in the log",
     )
 
     prep = parser.add_argument_group("Participant level: preprocessing and tensor fitting")
@@ -598,6 +610,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         stop_on_first_crash=args.stop_on_first_crash,
         reports_only=args.reports_only,
         verbosity=args.verbosity,
+        quiet=args.quiet,
         resource_monitor=args.resource_monitor,
         denoise=args.denoise,
         denoise_full_fov=args.denoise_full_fov,
@@ -647,6 +660,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
             f"--baseline-session and --followup-session are both '{args.baseline_session}'; "
             "give two different sessions"
         )
+    if args.quiet and args.verbosity:
+        parser.error("--quiet and --verbose contradict each other; give one of them")
     if args.atlas != "ketamine7" and not Path(args.atlas).suffix and "/" not in args.atlas:
         parser.error(
             f"--atlas '{args.atlas}' is neither 'ketamine7' nor a NIfTI file; give the path "

@@ -23,9 +23,9 @@ from bids_ketamine.errors import InputError
 LOGGER = logging.getLogger("bids_ketamine")
 
 
-def setup_logging(verbosity: int) -> None:
-    """Log to stderr: INFO by default, DEBUG with -vv; quiet nipype unless verbose."""
-    level = logging.DEBUG if verbosity >= 2 else logging.INFO
+def setup_logging(verbosity: int, quiet: bool = False) -> None:
+    """Log to stderr: INFO by default, DEBUG with -vv, WARNING with -q; quiet nipype unless verbose."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbosity >= 2 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s [%(name)s] %(levelname)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     LOGGER.setLevel(level)
@@ -122,7 +122,7 @@ def run_group(config: Config) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point of ``bids-ketamine``."""
     config = parse_args(argv)
-    setup_logging(config.verbosity)
+    setup_logging(config.verbosity, config.quiet)
     _limit_threads(config.omp_nthreads)
     started = time.time()
     LOGGER.info("bids-ketamine %s, %s level, BIDS_DIR=%s OUTPUT_DIR=%s", __version__,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import sklearn
@@ -173,8 +174,11 @@ def _outer_splits(n_samples: int, scheme: dict, seed: int):
 
 
 def nested_cv_predictions(X: np.ndarray, y: np.ndarray, splits: list, inner_folds: int,
-                          seed: int) -> tuple[np.ndarray, np.ndarray]:
+                          seed: int, on_fold: Callable[[int], None] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """Held-out predictions of the nested-CV elastic net.
+
+    ``on_fold(k)``, when given, is called after the k-th outer fold (1-based) is fitted.
 
     Returns
     -------
@@ -194,6 +198,8 @@ def nested_cv_predictions(X: np.ndarray, y: np.ndarray, splits: list, inner_fold
             model, _, _ = _fit(x_train, y[train], inner_folds, seed)
             predictions[test] = model.predict(x_test)
             selected[fold] = model.coef_ != 0
+            if on_fold is not None:
+                on_fold(fold + 1)
     return predictions, selected
 
 
@@ -213,7 +219,8 @@ def _permuted_r2(X, y, splits, inner_folds, seed, permutation_seed):
 
 
 def predict_outcome(X: np.ndarray, y: np.ndarray, feature_names: list[str], *,
-                    n_permutations: int = 200, seed: int = 0, n_jobs: int = 1) -> PredictionResult:
+                    n_permutations: int = 200, seed: int = 0, n_jobs: int = 1,
+                    progress: Callable[[str, int, int], None] | None = None) -> PredictionResult:
     """Nested cross-validated elastic-net prediction with a permutation test.
 
     Parameters
@@ -230,6 +237,11 @@ def predict_outcome(X: np.ndarray, y: np.ndarray, feature_names: list[str], *,
         Seeds the fold splits and the permutations.
     n_jobs : int
         Processes for the permutations (joblib).
+    progress : callable, optional
+        ``progress(stage, done, total)``, called after each outer fold of the fit
+        (``stage="outer fold 3/20"``) and after each permutation (``"permutation 7/200"``);
+        ``done`` and ``total`` count outer-fold fits, the unit of work (a permutation is
+        one fit per outer fold).
 
     Returns
     -------
@@ -254,20 +266,30 @@ def predict_outcome(X: np.ndarray, y: np.ndarray, feature_names: list[str], *,
     scheme["seed"] = int(seed)
     splits = _outer_splits(len(y), scheme, seed)
     inner = scheme["inner_folds"]
-    predictions, selected = nested_cv_predictions(X, y, splits, inner, seed)
+    n_folds, n_perm = len(splits), scheme["n_permutations"]
+    total_fits = n_folds * (1 + n_perm)
+    on_fold = None if progress is None else (
+        lambda k: progress(f"outer fold {k}/{n_folds}", k, total_fits))
+    predictions, selected = nested_cv_predictions(X, y, splits, inner, seed, on_fold)
     r2 = out_of_sample_r2(y, predictions)
 
-    permutation_seeds = np.random.SeedSequence(seed).spawn(scheme["n_permutations"])
+    permutation_seeds = np.random.SeedSequence(seed).spawn(n_perm)
     permutation_seeds = [int(s.generate_state(1)[0]) for s in permutation_seeds]
     if n_jobs > 1 and len(permutation_seeds) > 1:
         from joblib import Parallel, delayed
 
-        null_r2 = Parallel(n_jobs=n_jobs)(
+        null_r2 = Parallel(n_jobs=n_jobs, return_as="generator")(
             delayed(_permuted_r2)(X, y, splits, inner, seed, s) for s in permutation_seeds
         )
     else:
-        null_r2 = [_permuted_r2(X, y, splits, inner, seed, s) for s in permutation_seeds]
-    null_r2 = np.asarray(null_r2, dtype=float)
+        null_r2 = (_permuted_r2(X, y, splits, inner, seed, s) for s in permutation_seeds)
+    values = []
+    for value in null_r2:  # in permutation order, as each one ends
+        values.append(value)
+        if progress is not None:
+            progress(f"permutation {len(values)}/{n_perm}", n_folds * (1 + len(values)),
+                     total_fits)
+    null_r2 = np.asarray(values, dtype=float)
     p_value = (
         float((1 + np.sum(null_r2 >= r2)) / (1 + len(null_r2))) if len(null_r2) else float("nan")
     )

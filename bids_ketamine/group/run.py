@@ -29,6 +29,7 @@ from bids_ketamine.config import DEFAULT_OUTCOMES, KETAMINE7_ROIS, Config
 from bids_ketamine.errors import ClinicalDataError, InputError
 from bids_ketamine.group import clinical, figures, models, prediction, response, roistats, tables
 from bids_ketamine.utils.atomic import atomic_write_text, atomic_write_tsv
+from bids_ketamine.utils.progress import StageProgress, display_options
 
 LOGGER = logging.getLogger("bids_ketamine.group")
 
@@ -277,10 +278,16 @@ def _run_prediction(frames_by_roi, sessions, choice, config, param, outcome, roi
         features, feature_names = prediction.treatment_change_features(
             changes, first.loc[kept, "treatment"].to_numpy(float), names
         )
-    result = prediction.predict_outcome(
-        features, first.loc[kept, dependent].to_numpy(float), feature_names,
-        n_permutations=max(config.n_permutations, 0), seed=config.seed, n_jobs=n_jobs,
-    )
+    progress = StageProgress(f"prediction of {dependent} from {param}", unit="fit",
+                             **display_options(config))
+    try:
+        result = prediction.predict_outcome(
+            features, first.loc[kept, dependent].to_numpy(float), feature_names,
+            n_permutations=max(config.n_permutations, 0), seed=config.seed, n_jobs=n_jobs,
+            progress=progress,
+        )
+    finally:
+        progress.close()
     summary.update({
         "r2_oos": result.r2, "p_permutation": result.p_value, "alpha": result.alpha,
         "l1_ratio": result.l1_ratio, "scheme": result.scheme,

@@ -39,6 +39,7 @@ from bids_ketamine.interfaces.registration import (
 )
 from bids_ketamine.interfaces.roi import ROIStats
 from bids_ketamine.utils.atomic import atomic_write_text
+from bids_ketamine.utils.progress import CALLBACK_PLUGINS, WorkflowProgress, display_options, expected_nodes
 from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb
 from bids_ketamine.workflows.outputs import init_series_derivatives_wf, output_path
 from bids_ketamine.workflows.tensor import init_tensor_wf
@@ -329,6 +330,10 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
     if config.resource_monitor:
         monitor_dir.mkdir(exist_ok=True)
         os.chdir(monitor_dir)
+    progress, display = None, display_options(config)
+    if config.plugin in CALLBACK_PLUGINS and display["mode"] != "off":
+        progress = WorkflowProgress(expected_nodes(workflow), **display)
+        plugin_args["status_callback"] = progress
     try:
         workflow.run(plugin=config.plugin, plugin_args=plugin_args)
     except RuntimeError as err:
@@ -336,6 +341,8 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
         if config.stop_on_first_crash:
             problems.append(f"processing stopped at the first crash; crash files in {crash_dir}")
     finally:
+        if progress is not None:
+            progress.close()
         os.chdir(previous_dir)
     LOGGER.info("Participant workflow finished in %.1f s", time.time() - started)
     if config.plugin.endswith("Graph"):
