@@ -6,6 +6,7 @@ with one line that names the file or folder and what to do.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -38,6 +39,15 @@ class DwiSeries:
         Entities that distinguish series within a session (acquisition, direction, run).
     sidecar_files : tuple of Path
         The JSON files merged into ``sidecar``, farthest first.
+    runs : tuple of DwiSeries
+        With ``--combine-runs average``: the runs (``run-`` entity) of one session fitted
+        together as this one series (whose ``dwi``/``bval``/``bvec`` are the first run's and
+        whose entities have no ``run``); empty for a plain series.
+    fit_bval : float, optional
+        Highest b-value of the tensor fit, decided by the preflight (``--dti-max-bval``, or
+        the lowest shell of single-shell data above it).
+    notes : tuple of str
+        Warnings of the preflight, recorded in the series' sidecar and report.
     """
 
     subject: str
@@ -48,6 +58,14 @@ class DwiSeries:
     sidecar: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     entities: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     sidecar_files: tuple[Path, ...] = field(default=(), hash=False, compare=False)
+    runs: tuple["DwiSeries", ...] = field(default=(), hash=False, compare=False)
+    fit_bval: float | None = field(default=None, hash=False, compare=False)
+    notes: tuple[str, ...] = field(default=(), hash=False, compare=False)
+
+    @property
+    def sources(self) -> list[Path]:
+        """The raw images of this series (each run of a combined series)."""
+        return [run.dwi for run in self.runs] or [self.dwi]
 
     @property
     def prefix(self) -> str:
@@ -384,6 +402,31 @@ def log_unused_inputs(subject: str, images: list[tuple[Path, dict[str, str]]]) -
         LOGGER.info("sub-%s: inputs present but not used (this version processes DWI only): %s", subject,
                     "; ".join(f"{datatype}/ {len(names)} image(s) ({', '.join(sorted(set(names)))})"
                               for datatype, names in sorted(unused.items())))
+
+
+def combine_runs(series: list[DwiSeries]) -> list[DwiSeries]:
+    """Merge the runs of each session into one series (``--combine-runs average``).
+
+    Series of one subject and session that differ only by their ``run-`` entity become one
+    :class:`DwiSeries` without it (``runs`` holds them, in run order); other series are kept.
+    """
+    groups: dict[tuple, list[DwiSeries]] = {}
+    for item in series:
+        others = tuple(sorted((k, v) for k, v in item.entities.items() if k != "run"))
+        groups.setdefault((item.subject, item.session, others), []).append(item)
+    combined = []
+    for members in groups.values():
+        runs = [m for m in members if "run" in m.entities]
+        if len(runs) < 2:
+            combined.extend(members)
+            continue
+        runs.sort(key=lambda m: int(m.entities["run"]) if m.entities["run"].isdigit() else m.entities["run"])
+        first = runs[0]
+        combined.append(dataclasses.replace(
+            first, entities={k: v for k, v in first.entities.items() if k != "run"}, runs=tuple(runs),
+            notes=tuple(note for run in runs for note in run.notes)))
+        combined.extend(m for m in members if "run" not in m.entities)
+    return sorted(combined, key=lambda s: (s.session or "", s.prefix))
 
 
 def participant_outputs(output_dir: Path, atlas: str) -> list[Path]:
