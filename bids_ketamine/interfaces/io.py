@@ -113,6 +113,7 @@ class _ConcatenateRunsOutputSpec(TraitedSpec):
     bval_file = File(exists=True, desc="b-values of every volume")
     bvec_file = File(exists=True, desc="b-vectors of every volume (FSL convention of dwi_file)")
     noise_file = File(desc="root mean square of the runs' noise maps")
+    run_lengths = traits.List(traits.Int, desc="number of volumes of each run")
 
 
 class ConcatenateRuns(SimpleInterface):
@@ -130,6 +131,7 @@ class ConcatenateRuns(SimpleInterface):
                      for bval, bvec, img in zip(self.inputs.bval_files, self.inputs.bvec_files, images)]
         img, bvals, bvecs = concatenate_runs(images, [g[0] for g in gradients], [g[1] for g in gradients])
         out = Path(runtime.cwd)
+        self._results["run_lengths"] = [len(g[0]) for g in gradients]
         self._results["dwi_file"] = str(out / "dwi_runs.nii.gz")
         self._results["bval_file"] = str(out / "dwi_runs.bval")
         self._results["bvec_file"] = str(out / "dwi_runs.bvec")

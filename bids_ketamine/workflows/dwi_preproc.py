@@ -103,7 +103,7 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
         (denoised, concatenate, [("dwi_file", "dwi_files")]),
         (load, concatenate, [("bval_file", "bval_files"), ("bvec_file", "bvec_files")]),
         (concatenate, motion, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
-                               ("bvec_file", "bvec_file")]),
+                               ("bvec_file", "bvec_file"), ("run_lengths", "run_lengths")]),
         (load, outputnode, [(("warnings", _flatten), "warnings")]),
     ])
     if config.denoise != "none":
