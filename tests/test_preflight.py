@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -192,3 +193,23 @@ def test_two_runs_processed_as_one_series(tmp_path):
     md = nib.load(outputs.md_file).get_fdata()
     assert np.median(md[_ball(outputs.md_file)]) == pytest.approx(0.8, rel=0.03)
     assert outputs.summary["Sources"] == [str(s) for s in usable["01"][0].sources]
+
+
+def test_combined_runs_give_one_roi_table_without_run(tmp_path):
+    """The participant graph of a two-run session writes one set of outputs, named without run-,
+    and its preprocessing joins both runs."""
+    from bids_ketamine.workflows.base import init_bids_ketamine_wf
+
+    root = _two_run_bids(tmp_path / "bids")
+    config = _config(root, tmp_path, combine_runs="average")
+    usable, _ = preflight(config, _series(root))
+    workflow, _, atlas = init_bids_ketamine_wf(config, usable)
+    nodes = workflow._get_all_nodes()
+    outputs = sorted(Path(n.inputs.out_path).name for n in nodes if n.name.startswith("ds_"))
+    assert f"sub-01_ses-a_atlas-{atlas.name}_model-tensor_roistats.tsv" in outputs
+    assert not [name for name in outputs if "run-" in name]
+    (inputnode,) = [n for n in nodes if n.name == "inputnode" and "dwi_preproc" in n.fullname]
+    assert [Path(p).name for p in inputnode.inputs.dwi_file] == [p.name for p in usable["01"][0].sources]
+    (load,) = [n for n in nodes if n.name == "load_dwi"]
+    assert load.iterfield == ["dwi_file", "bval_file", "bvec_file"]
+    assert [n.name for n in nodes if n.name == "concatenate_runs"] == ["concatenate_runs"]
