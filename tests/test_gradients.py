@@ -206,6 +206,18 @@ def test_shells_grouped_with_a_tolerance():
     assert shells(np.array([0, 974, 976, 2000, 2010])) == {0.0: 1, 975.0: 2, 2005.0: 2}
 
 
+def test_same_shells_across_sessions():
+    """The two UIH sessions' schemes (b=928.289 and b=929.75) are the same protocol."""
+    from bids_ketamine.dwi.gradients import same_shells
+
+    first = shells(np.r_[1.25194, np.full(16, 928.289)])
+    second = shells(np.r_[1.25126, np.full(16, 929.75)])
+    assert first == {0.0: 1, 928.0: 16} and second == {0.0: 1, 930.0: 16}
+    assert same_shells(first, second)
+    assert not same_shells(first, shells(np.r_[0, np.full(16, 1500.0)]))
+    assert not same_shells(first, shells(np.r_[0, np.full(15, 929.0)]))
+
+
 @pytest.mark.parametrize("high_b", [2000.0, 2400.0, 3000.0])
 def test_single_high_shell_fitted_on_lowest_shell_with_warning(high_b):
     from bids_ketamine.dwi.gradients import dti_fit_bval

@@ -327,6 +327,16 @@ def shells(bvals: np.ndarray, b0_threshold: float = 50.0) -> dict[float, int]:
     return {float(v): int(c) for v, c in zip(values, counts)}
 
 
+def same_shells(first: dict[float, int], second: dict[float, int],
+                tolerance: float = SHELL_TOLERANCE) -> bool:
+    """Whether two :func:`shells` tables describe the same scheme: the same number of volumes
+    per shell, at b-values within ``tolerance`` (928 and 930 are the same shell)."""
+    if len(first) != len(second):
+        return False
+    return all(abs(b1 - b2) <= tolerance and n1 == n2
+               for (b1, n1), (b2, n2) in zip(sorted(first.items()), sorted(second.items())))
+
+
 def dti_volumes(bvals: np.ndarray, dti_max_bval: float = 1500.0) -> np.ndarray:
     """Indices of the volumes the tensor is fitted to: b=0 and shells <= ``dti_max_bval``."""
     labels = shell_labels(bvals)
