@@ -233,8 +233,8 @@ def test_single_high_shell_fitted_on_lowest_shell_with_warning(high_b):
 def test_multishell_keeps_the_option():
     from bids_ketamine.dwi.gradients import dti_fit_bval
 
-    bvals = np.r_[0, np.full(4, 1000.0), np.full(4, 2500.0)]
+    bvals = np.r_[0, np.full(6, 1000.0), np.full(6, 2500.0)]
     assert dti_fit_bval(bvals, 1500.0) == (1500.0, None)
-    assert dti_volumes(bvals, 1500.0).tolist() == [0, 1, 2, 3, 4]
+    assert dti_volumes(bvals, 1500.0).tolist() == list(range(7))
     with pytest.raises(DwiInputError, match="'x.bval' lists no diffusion-weighted volume"):
         dti_fit_bval(np.zeros(3), 1500.0, "x.bval")

@@ -86,6 +86,25 @@ def test_high_b_single_shell_decided_in_preflight(tmp_path):
     assert usable["01"][0].fit_bval == 3000.0 and usable["01"][0].notes == ()
 
 
+def test_reverse_phase_encoding_reference_set_aside(tmp_path):
+    """Like real-sdc's acq-rpe_dir-PA (b=0, five b=2, one b=2000): no tensor series.  Without a
+    dir- entity the same scheme is a problem that names the file."""
+    root = make_tiny_bids(tmp_path / "bids", subjects=("01",), sessions=("a",))
+    folder = root / "sub-01" / "ses-a" / "dwi"
+    bvals, bvecs = np.r_[0, np.full(5, 2.0), 2000.0], np.r_[np.zeros((6, 3)), [[1.0, 0, 0]]]
+    write_tiny_dwi(folder, "sub-01_ses-a_acq-rpe_dir-PA", bvals=bvals, bvecs=bvecs)
+    usable, problems = preflight(_config(root, tmp_path), _series(root))
+    assert [s.prefix for s in usable["01"]] == ["sub-01_ses-a"] and not problems
+    (folder / "sub-01_ses-a_acq-rpe_dir-PA_dwi.nii.gz").rename(folder / "sub-01_ses-a_acq-rpe_dwi.nii.gz")
+    for ext in (".bval", ".bvec", ".json"):
+        (folder / f"sub-01_ses-a_acq-rpe_dir-PA_dwi{ext}").rename(folder / f"sub-01_ses-a_acq-rpe_dwi{ext}")
+    usable, problems = preflight(_config(root, tmp_path), _series(root))
+    assert [s.prefix for s in usable["01"]] == ["sub-01_ses-a"]
+    assert problems == [f"'{folder / 'sub-01_ses-a_acq-rpe_dwi.bval'}' lists 1 diffusion-weighted volume(s) at "
+                        "b <= 2000; a tensor needs at least 6: exclude the series with --bids-filter-file (a "
+                        "reverse phase-encoding reference is recognised by its dir- entity and set aside)"]
+
+
 def _run_series_wf(tmp_path, config, series):
     """Run the preprocessing and tensor sub-workflows of one series; return their outputs."""
     from nipype.interfaces import utility as niu

@@ -29,6 +29,8 @@ from bids_ketamine.errors import InputError
 
 #: Tolerance on the norm of a b>0 gradient vector before it is an error.
 UNIT_NORM_TOLERANCE = 0.1
+#: Fewest diffusion-weighted volumes a tensor (6 unknowns besides S0) can be fitted to.
+MIN_TENSOR_VOLUMES = 6
 #: b-values (s/mm^2) closer than this to a neighbour belong to the same shell (MRtrix3 uses 80).
 SHELL_TOLERANCE = 80.0
 
@@ -376,7 +378,8 @@ def dti_fit_bval(bvals: np.ndarray, dti_max_bval: float, source: Path | str = "t
     Raises
     ------
     DwiInputError
-        The series has no diffusion-weighted volume at all.
+        The series has no diffusion-weighted volume, or fewer than ``MIN_TENSOR_VOLUMES`` in
+        the fitted shells.
     """
     labels = shell_labels(bvals, b0_threshold)
     weighted = np.unique(labels[labels > 0])
@@ -385,9 +388,17 @@ def dti_fit_bval(bvals: np.ndarray, dti_max_bval: float, source: Path | str = "t
             f"'{source}' lists no diffusion-weighted volume (every b <= --b0-threshold {b0_threshold:g}); "
             "a tensor needs b>0 volumes: check the file or exclude the series with --bids-filter-file"
         )
-    if weighted.min() <= dti_max_bval:
-        return float(dti_max_bval), None
-    lowest = float(weighted.min())
+    fit_bval = float(dti_max_bval) if weighted.min() <= dti_max_bval else float(weighted.min())
+    n_fitted = int(np.sum((labels > 0) & (labels <= fit_bval)))
+    if n_fitted < MIN_TENSOR_VOLUMES:
+        raise DwiInputError(
+            f"'{source}' lists {n_fitted} diffusion-weighted volume(s) at b <= {fit_bval:g}; a tensor needs "
+            f"at least {MIN_TENSOR_VOLUMES}: exclude the series with --bids-filter-file (a reverse "
+            "phase-encoding reference is recognised by its dir- entity and set aside)"
+        )
+    if fit_bval == dti_max_bval:
+        return fit_bval, None
+    lowest = fit_bval
     return lowest, (
         f"no shell at or below --dti-max-bval {dti_max_bval:g} in '{Path(source).name}' (shells b="
         f"{', '.join(f'{b:g}' for b in weighted)}): the tensor was fitted to b=0 and the lowest shell, "

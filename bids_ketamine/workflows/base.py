@@ -257,8 +257,8 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
     """Check every series from its headers and gradient files, before building the workflow.
 
     Fast (no image data is decoded: seconds for a whole dataset).  Per series: the checks of
-    :func:`~bids_ketamine.dwi.gradients.check_series_files`; b=0-only reverse phase-encoding
-    references are set aside; with ``--combine-runs average`` the runs of a session become one
+    :func:`~bids_ketamine.dwi.gradients.check_series_files`; reverse phase-encoding references
+    (a ``dir-`` entity and too few diffusion-weighted volumes for a tensor) are set aside; with ``--combine-runs average`` the runs of a session become one
     series (:func:`~bids_ketamine.bids.combine_runs`), which needs them on one voxel grid size;
     and the tensor's highest b-value is decided (:func:`~bids_ketamine.dwi.gradients.dti_fit_bval`:
     single-shell data above ``--dti-max-bval`` are fitted on their lowest shell, with a note).
@@ -272,7 +272,12 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
         ``--stop-on-first-crash`` the first problem raises instead.
     """
     from bids_ketamine.bids import combine_runs
-    from bids_ketamine.dwi.gradients import DwiInputError, check_series_files, dti_fit_bval
+    from bids_ketamine.dwi.gradients import (
+        MIN_TENSOR_VOLUMES,
+        DwiInputError,
+        check_series_files,
+        dti_fit_bval,
+    )
 
     started = time.time()
     usable: dict[str, list[DwiSeries]] = {}
@@ -295,9 +300,10 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
             except DwiInputError as err:
                 reject(item, err)
                 continue
-            if checked[item.dwi].bvals.max() <= 0 and "direction" in item.entities:
-                LOGGER.info("Skipping %s: b=0-only series with a dir- entity (reverse phase encoding "
-                            "reference), not a DWI series to fit", item.prefix)
+            n_weighted = int(np.sum(checked[item.dwi].bvals > 0))
+            if n_weighted < MIN_TENSOR_VOLUMES and "direction" in item.entities:
+                LOGGER.info("Skipping %s: %d diffusion-weighted volume(s) and a dir- entity (reverse phase "
+                            "encoding reference), not a DWI series to fit", item.prefix, n_weighted)
                 del checked[item.dwi]
         candidates = [item for item in series if item.dwi in checked]
         if config.combine_runs == "average":
