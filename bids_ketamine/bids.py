@@ -7,6 +7,7 @@ with one line that names the file or folder and what to do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -190,7 +191,16 @@ def relative_entities(root: Path, path: Path) -> dict[str, str]:
     from bids.layout import parse_file_entities
 
     relative = Path(path).relative_to(root).as_posix()
-    return {key: str(value) for key, value in parse_file_entities("/" + relative).items()}
+    return {key: str(value) for key, value in
+            parse_file_entities("/" + relative, entities=_bids_entities()).items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _bids_entities():
+    """The entities of pybids' ``bids`` configuration (loaded once: loading is slow)."""
+    from bids.layout.models import Config as BidsConfig
+
+    return list(BidsConfig.load("bids").entities.values())
 
 
 def dataset_files(layout, **query: Any) -> list[tuple[Path, dict[str, str]]]:
