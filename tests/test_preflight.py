@@ -111,16 +111,14 @@ def _run_series_wf(tmp_path, config, series):
     from nipype.pipeline import engine as pe
 
     from bids_ketamine.workflows.base import series_summary
-    from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf
+    from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, set_series_inputs
     from bids_ketamine.workflows.tensor import init_tensor_wf
 
     runs = series.runs or (series,)
     workflow = pe.Workflow(name="series_wf", base_dir=str(tmp_path / "work"))
     workflow.config["execution"] = {"crashdump_dir": str(tmp_path / "crashes"), "crashfile_format": "txt"}
     preproc = init_dwi_preproc_wf(config, n_runs=len(runs))
-    for field in ("dwi", "bval", "bvec"):
-        paths = [str(getattr(run, field)) for run in runs]
-        setattr(preproc.inputs.inputnode, f"{field}_file", paths if series.runs else paths[0])
+    set_series_inputs(preproc, series)
     tensor = init_tensor_wf(config, dti_max_bval=series.fit_bval)
     summary = pe.Node(niu.Function(function=series_summary, input_names=[
         "source", "bval_file", "warnings", "protocol_warnings", "options"], output_names=["summary"]),

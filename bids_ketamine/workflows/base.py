@@ -41,7 +41,7 @@ from bids_ketamine.interfaces.registration import (
 )
 from bids_ketamine.interfaces.roi import ROIStats
 from bids_ketamine.utils.atomic import atomic_write_text
-from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb
+from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb, set_series_inputs
 from bids_ketamine.workflows.outputs import init_series_derivatives_wf, output_path
 from bids_ketamine.workflows.tensor import init_tensor_wf
 
@@ -86,9 +86,7 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
         mem_gb = series_mem_gb(int(np.prod(shapes[0][:3])), n_volumes)
         preproc = init_dwi_preproc_wf(config, mem_gb=mem_gb, n_runs=len(runs),
                                       name=f"dwi_preproc_{item.key}_wf")
-        for field, paths in (("dwi_file", [run.dwi for run in runs]), ("bval_file", [run.bval for run in runs]),
-                             ("bvec_file", [run.bvec for run in runs])):
-            setattr(preproc.inputs.inputnode, field, [str(p) for p in paths] if item.runs else str(paths[0]))
+        set_series_inputs(preproc, item)
         tensor = init_tensor_wf(config, mem_gb=mem_gb, dti_max_bval=item.fit_bval,
                                 name=f"tensor_{item.key}_wf")
         summary = pe.Node(niu.Function(function=series_summary,

@@ -112,6 +112,14 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
     return workflow
 
 
+def set_series_inputs(workflow, series) -> None:
+    """Give a preprocessing workflow its raw files: one series' image and gradient files, or
+    the lists of its runs when it joins several (:attr:`bids_ketamine.bids.DwiSeries.runs`)."""
+    for field in ("dwi", "bval", "bvec"):
+        paths = [str(getattr(run, field)) for run in series.runs or (series,)]
+        setattr(workflow.inputs.inputnode, f"{field}_file", paths if series.runs else paths[0])
+
+
 def _per_run_node(n_runs: int):
     """A factory of the per-run nodes: plain nodes for one run, MapNodes over the runs otherwise."""
 
