@@ -230,3 +230,20 @@ def test_combined_runs_give_one_roi_table_without_run(tmp_path):
     (load,) = [n for n in nodes if n.name == "load_dwi"]
     assert load.iterfield == ["dwi_file", "bval_file", "bvec_file"]
     assert [n.name for n in nodes if n.name == "concatenate_runs"] == ["concatenate_runs"]
+
+
+def test_report_methods_name_series_fitted_above_dti_max_bval(tmp_path):
+    import json
+
+    from bids_ketamine.reports.collect import SeriesOutputs
+    from bids_ketamine.reports.participant import _high_shell_clause
+
+    series = []
+    for label, used in (("ses-a", [0.0, 1000.0]), ("ses-b", [0.0, 2500.0])):
+        sidecar = tmp_path / f"{label}.json"
+        sidecar.write_text(json.dumps({"BValuesUsed": used}))
+        series.append(SeriesOutputs(prefix=f"sub-01_{label}", label=label, session=label[4:],
+                                    files={"tensor_json": sidecar}))
+    clause = _high_shell_clause(series, 1500.0)
+    assert "ses-b (b = 2500)" in clause and "ses-a" not in clause
+    assert _high_shell_clause(series[:1], 1500.0) == ""
