@@ -6,6 +6,8 @@ with one line that names the file or folder and what to do.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import os
@@ -33,9 +35,20 @@ class DwiSeries:
     dwi, bval, bvec : Path
         The image and its gradient files.
     sidecar : dict
-        The merged JSON metadata (BIDS inheritance applied by pybids).
+        The merged JSON metadata (BIDS inheritance principle).
     entities : dict
         Entities that distinguish series within a session (acquisition, direction, run).
+    sidecar_files : tuple of Path
+        The JSON files merged into ``sidecar``, farthest first.
+    runs : tuple of DwiSeries
+        With ``--combine-runs average``: the runs (``run-`` entity) of one session fitted
+        together as this one series (whose ``dwi``/``bval``/``bvec`` are the first run's and
+        whose entities have no ``run``); empty for a plain series.
+    fit_bval : float, optional
+        Highest b-value of the tensor fit, decided by the preflight (``--dti-max-bval``, or
+        the lowest shell of single-shell data above it).
+    notes : tuple of str
+        Warnings of the preflight, recorded in the series' sidecar and report.
     """
 
     subject: str
@@ -45,6 +58,15 @@ class DwiSeries:
     bvec: Path | None
     sidecar: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
     entities: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    sidecar_files: tuple[Path, ...] = field(default=(), hash=False, compare=False)
+    runs: tuple["DwiSeries", ...] = field(default=(), hash=False, compare=False)
+    fit_bval: float | None = field(default=None, hash=False, compare=False)
+    notes: tuple[str, ...] = field(default=(), hash=False, compare=False)
+
+    @property
+    def sources(self) -> list[Path]:
+        """The raw images of this series (each run of a combined series)."""
+        return [run.dwi for run in self.runs] or [self.dwi]
 
     @property
     def prefix(self) -> str:
@@ -153,6 +175,123 @@ def load_layout(bids_dir: Path, *, validate: bool = True, database_dir: Path | N
         raise DatasetError(f"pybids cannot open '{bids_dir}': {message}") from None
 
 
+def relative_entities(root: Path, path: Path) -> dict[str, str]:
+    """BIDS entities of ``path`` parsed from its path relative to the dataset root.
+
+    pybids 0.22 parses entities from the absolute path (pybids issue #1270), so a dataset
+    stored under a folder named like a datatype (``/data/perf/bids``) gets every file
+    tagged with that datatype.  Parsing the root-relative path only looks inside the dataset.
+
+    Returns
+    -------
+    dict
+        Entity name -> value as text (``run`` keeps its zero padding), with ``datatype``,
+        ``suffix`` and ``extension`` when present.
+    """
+    from bids.layout import parse_file_entities
+
+    relative = Path(path).relative_to(root).as_posix()
+    return {key: str(value) for key, value in
+            parse_file_entities("/" + relative, entities=_bids_entities()).items()}
+
+
+@functools.lru_cache(maxsize=1)
+def _bids_entities():
+    """The entities of pybids' ``bids`` configuration (loaded once: loading is slow)."""
+    from bids.layout.models import Config as BidsConfig
+
+    return list(BidsConfig.load("bids").entities.values())
+
+
+def dataset_files(layout, **query: Any) -> list[tuple[Path, dict[str, str]]]:
+    """Files of the dataset that pybids indexed, each with its root-relative entities.
+
+    ``query`` is passed to ``layout.get`` and must only use entities parsed from the file
+    name itself (``suffix``, ``extension``); select on the others with the returned entities.
+    """
+    root = Path(layout.root)
+    return [(Path(path), relative_entities(root, Path(path)))
+            for path in sorted(layout.get(return_type="filename", **query))]
+
+
+def _same_value(wanted: Any, value: str | None) -> bool:
+    if wanted is None:
+        return value is None
+    if value is None:
+        return False
+    if isinstance(wanted, (list, tuple)):
+        return any(_same_value(item, value) for item in wanted)
+    wanted = str(wanted)
+    if wanted.isdigit() and value.isdigit():
+        return int(wanted) == int(value)
+    return wanted == value
+
+
+def matches_filters(entities: dict[str, str], filters: dict[str, Any]) -> bool:
+    """Whether ``entities`` satisfy pybids-style filters (``None``: entity absent; list: any of)."""
+    return all(_same_value(wanted, entities.get(key)) for key, wanted in filters.items())
+
+
+#: Entities that do not restrict which sidecar or gradient file applies to a file.
+_NOT_INHERITANCE_KEYS = ("suffix", "extension", "datatype")
+
+
+def inherited_files(root: Path, path: Path, entities: dict[str, str], extension: str) -> list[Path]:
+    """The files that apply to ``path`` by the BIDS inheritance principle, farthest first.
+
+    Candidates have the same suffix and the given extension, live in the dataset root or a
+    folder above ``path`` (or beside it), and carry no entity that ``path`` lacks or has with
+    another value (``dwi.bval`` at the root applies to every DWI image, ``sub-01_dwi.json`` in
+    ``sub-01/`` to those of sub-01).  Within one folder the more specific file comes last.
+
+    Parameters
+    ----------
+    root : Path
+        Dataset root.
+    path : Path
+        The data file (e.g. the DWI image).
+    entities : dict
+        Its entities (:func:`relative_entities`).
+    extension : str
+        ``".bval"``, ``".bvec"`` or ``".json"``.
+
+    Returns
+    -------
+    list of Path
+        Farthest (root) first, nearest last: JSON sidecars are merged in this order, and the
+        last ``.bval``/``.bvec`` is the one that applies.
+    """
+    root, path = Path(root), Path(path)
+    suffix = entities.get("suffix", "")
+    folders = [root] + [root / Path(*path.parent.relative_to(root).parts[:n])
+                        for n in range(1, len(path.parent.relative_to(root).parts) + 1)]
+    found: list[Path] = []
+    for folder in folders:
+        level = []
+        for candidate in sorted(folder.glob(f"*{suffix}{extension}")):
+            if candidate.name != f"{suffix}{extension}" and not candidate.name.endswith(f"_{suffix}{extension}"):
+                continue
+            own = relative_entities(root, candidate)
+            keys = [k for k in own if k not in _NOT_INHERITANCE_KEYS]
+            if all(entities.get(k) == own[k] for k in keys):
+                level.append((len(keys), candidate))
+        found.extend(candidate for _, candidate in sorted(level))
+    return found
+
+
+def merged_sidecar(files: list[Path]) -> dict[str, Any]:
+    """Merge JSON sidecars given farthest first (nearer values override); unreadable ones raise."""
+    merged: dict[str, Any] = {}
+    for sidecar in files:
+        try:
+            content = json.loads(Path(sidecar).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DatasetError(f"'{sidecar}' is not valid JSON ({err}); fix the file") from None
+        if isinstance(content, dict):
+            merged.update(content)
+    return merged
+
+
 def _matches(requested: tuple[str, ...], available: list[str], what: str, where: Path) -> list[str]:
     if not requested:
         return sorted(available)
@@ -166,6 +305,10 @@ def _matches(requested: tuple[str, ...], available: list[str], what: str, where:
     return list(requested)
 
 
+#: Datatypes present in datasets that this version does not use yet (logged once per participant).
+UNUSED_DATATYPES = ("anat", "fmap")
+
+
 def collect_dwi(
     layout,
     participant_label: tuple[str, ...] = (),
@@ -174,13 +317,17 @@ def collect_dwi(
 ) -> dict[str, list[DwiSeries]]:
     """Find the DWI series to process, per participant.
 
+    Entities come from paths relative to the dataset root (:func:`relative_entities`), and
+    gradient files and sidecars are found by the BIDS inheritance principle
+    (:func:`inherited_files`: ``dwi.bval`` at the dataset root applies to every image).
+
     Parameters
     ----------
     layout : BIDSLayout
     participant_label, session_label : tuple of str
         Labels without prefixes; empty means all.
     bids_filters : dict, optional
-        The ``--bids-filter-file`` content; its ``"dwi"`` entry adds pybids entity filters.
+        The ``--bids-filter-file`` content; its ``"dwi"`` entry adds entity filters.
 
     Returns
     -------
@@ -193,14 +340,18 @@ def collect_dwi(
         No DWI at all, or requested labels that do not exist (the message lists those that do).
     """
     root = Path(layout.root)
-    all_dwi = layout.get(datatype="dwi", suffix="dwi", extension=[".nii", ".nii.gz"])
+    images = dataset_files(layout, extension=[".nii", ".nii.gz"])
+    all_dwi = [(path, entities) for path, entities in images
+               if entities.get("datatype") == "dwi" and entities.get("suffix") == "dwi"
+               and "subject" in entities]
     if not all_dwi:
         raise DatasetError(
             f"no DWI found in '{root}': expected sub-<label>/[ses-<label>/]dwi/*_dwi.nii.gz "
             "with .bval and .bvec files"
         )
-    subjects_with_dwi = sorted({f.entities["subject"] for f in all_dwi})
-    subjects = _matches(participant_label, layout.get_subjects(), "participant", root)
+    subjects_with_dwi = sorted({entities["subject"] for _, entities in all_dwi})
+    all_subjects = sorted({e["subject"] for _, e in dataset_files(layout) if "subject" in e})
+    subjects = _matches(participant_label, all_subjects, "participant", root)
     no_dwi = [s for s in subjects if s not in subjects_with_dwi]
     if participant_label and no_dwi:
         raise DatasetError(
@@ -210,41 +361,23 @@ def collect_dwi(
     if no_dwi:
         LOGGER.warning("Participants without DWI, not processed: %s", ", ".join("sub-" + s for s in no_dwi))
     subjects = [s for s in subjects if s in subjects_with_dwi]
-    sessions_available = sorted(
-        {f.entities["session"] for f in all_dwi if f.entities["subject"] in subjects and "session" in f.entities}
-    )
+    sessions_available = sorted({e["session"] for _, e in all_dwi if e["subject"] in subjects and "session" in e})
     if session_label:
         _matches(session_label, sessions_available, "session", root)
 
     filters = dict((bids_filters or {}).get("dwi", {}))
     for reserved in ("subject", "datatype", "suffix", "extension"):
         filters.pop(reserved, None)
+    if session_label:
+        filters["session"] = list(session_label)
 
     found: dict[str, list[DwiSeries]] = {}
     for subject in subjects:
-        query: dict[str, Any] = dict(filters, subject=subject, datatype="dwi", suffix="dwi",
-                                     extension=[".nii", ".nii.gz"])
-        if session_label:
-            query["session"] = list(session_label)
-        series = []
-        for bids_file in layout.get(**query):
-            path = Path(bids_file.path)
-            entities = bids_file.entities
-            series.append(
-                DwiSeries(
-                    subject=subject,
-                    session=entities.get("session"),
-                    dwi=path,
-                    bval=_sibling(layout, path, ".bval"),
-                    bvec=_sibling(layout, path, ".bvec"),
-                    sidecar=dict(bids_file.get_metadata()),
-                    entities={
-                        k: str(entities[k]) for k in SERIES_ENTITIES if entities.get(k) is not None
-                    },
-                )
-            )
+        series = [_dwi_series(root, path, entities) for path, entities in all_dwi
+                  if entities["subject"] == subject and matches_filters(entities, filters)]
         if series:
             found[subject] = sorted(series, key=lambda s: (s.session or "", s.prefix))
+            log_unused_inputs(subject, [(p, e) for p, e in images if e.get("subject") == subject])
     if not found:
         raise DatasetError(
             f"no DWI in '{root}' matches the selection (participants {list(participant_label) or 'all'}, "
@@ -253,17 +386,57 @@ def collect_dwi(
     return found
 
 
-def _sibling(layout, dwi_path: Path, extension: str) -> Path | None:
-    """The bval/bvec of a DWI image (same name, or inherited higher in the tree)."""
-    same = dwi_path.with_name(dwi_path.name.replace(".nii.gz", "").replace(".nii", "") + extension)
-    if same.exists():
-        return same
-    try:
-        found = layout.get_nearest(str(dwi_path), extension=extension, suffix="dwi", all_=False,
-                                   strict=False)
-    except Exception:  # noqa: BLE001 - pybids raises several types here
-        found = None
-    return Path(found) if found else None
+def _dwi_series(root: Path, path: Path, entities: dict[str, str]) -> DwiSeries:
+    """One :class:`DwiSeries` with its inherited gradient files and merged sidecar."""
+    nearest = {ext: (inherited_files(root, path, entities, ext) or [None])[-1] for ext in (".bval", ".bvec")}
+    sidecars = tuple(inherited_files(root, path, entities, ".json"))
+    return DwiSeries(
+        subject=entities["subject"],
+        session=entities.get("session"),
+        dwi=path,
+        bval=nearest[".bval"],
+        bvec=nearest[".bvec"],
+        sidecar=merged_sidecar(list(sidecars)),
+        entities={k: entities[k] for k in SERIES_ENTITIES if k in entities},
+        sidecar_files=sidecars,
+    )
+
+
+def log_unused_inputs(subject: str, images: list[tuple[Path, dict[str, str]]]) -> None:
+    """Log, once per participant, the images present that this version does not use (T1w, field maps)."""
+    unused: dict[str, list[str]] = {}
+    for path, entities in images:
+        if entities.get("datatype") in UNUSED_DATATYPES:
+            unused.setdefault(entities["datatype"], []).append(entities.get("suffix", path.name))
+    if unused:
+        LOGGER.info("sub-%s: inputs present but not used (this version processes DWI only): %s", subject,
+                    "; ".join(f"{datatype}/ {len(names)} image(s) ({', '.join(sorted(set(names)))})"
+                              for datatype, names in sorted(unused.items())))
+
+
+def combine_runs(series: list[DwiSeries]) -> list[DwiSeries]:
+    """Merge the runs of each session into one series (``--combine-runs average``).
+
+    Series of one subject and session that differ only by their ``run-`` entity become one
+    :class:`DwiSeries` without it (``runs`` holds them, in run order); other series are kept.
+    """
+    groups: dict[tuple, list[DwiSeries]] = {}
+    for item in series:
+        others = tuple(sorted((k, v) for k, v in item.entities.items() if k != "run"))
+        groups.setdefault((item.subject, item.session, others), []).append(item)
+    combined = []
+    for members in groups.values():
+        runs = [m for m in members if "run" in m.entities]
+        if len(runs) < 2:
+            combined.extend(members)
+            continue
+        runs.sort(key=lambda m: int(m.entities["run"]) if m.entities["run"].isdigit() else m.entities["run"])
+        first = runs[0]
+        combined.append(dataclasses.replace(
+            first, entities={k: v for k, v in first.entities.items() if k != "run"}, runs=tuple(runs),
+            notes=tuple(note for run in runs for note in run.notes)))
+        combined.extend(m for m in members if "run" not in m.entities)
+    return sorted(combined, key=lambda s: (s.session or "", s.prefix))
 
 
 def participant_outputs(output_dir: Path, atlas: str) -> list[Path]:

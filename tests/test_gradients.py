@@ -13,7 +13,7 @@ from bids_ketamine.dwi.gradients import (
     dti_volumes,
     fsl_flip,
     load_dwi_series,
-    round_bvals,
+    shell_labels,
     shells,
 )
 from conftest import write_tiny_dwi
@@ -67,7 +67,7 @@ def test_fsl_flip_follows_determinant():
 
 def test_shells_and_dti_volumes():
     bvals = np.array([0, 5, 995, 1000, 1005, 2000, 3000])
-    assert round_bvals(bvals).tolist() == [0, 0, 1000, 1000, 1000, 2000, 3000]
+    assert shell_labels(bvals).tolist() == [0, 0, 1000, 1000, 1000, 2000, 3000]
     assert shells(bvals) == {0.0: 2, 1000.0: 3, 2000.0: 1, 3000.0: 1}
     assert dti_volumes(bvals, 1500).tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(DwiInputError, match="raise --dti-max-bval"):
@@ -164,3 +164,77 @@ def test_gzip_of_garbage(tmp_path):
     image.write_bytes(gzip.compress(b"not a nifti header at all" * 20))
     with pytest.raises(DwiInputError, match="cannot be read as NIfTI"):
         load_dwi_series(*_paths(image))
+
+
+# --- header-only checks, shells with a tolerance, the tensor's shell (issue 14) ------------------
+
+@pytest.mark.parametrize("compressed", [True, False])
+def test_header_check_finds_truncation_without_decoding(tmp_path, compressed):
+    """check_series_files reads headers and text only, yet a truncated image is an error."""
+    from bids_ketamine.dwi.gradients import check_series_files
+
+    image = write_tiny_dwi(tmp_path, "sub-01")
+    if not compressed:
+        plain = tmp_path / "sub-01_dwi.nii"
+        nib.load(image).to_filename(plain)
+        image.unlink()
+        image = plain
+    stem = str(image).split(".nii")[0]
+    checked = check_series_files(image, f"{stem}.bval", f"{stem}.bvec")
+    assert checked.img.shape[3] == 14 and not checked.img.in_memory
+    content = image.read_bytes()
+    image.write_bytes(content[: len(content) - 200])
+    with pytest.raises(DwiInputError, match=f"'{image}' cannot be read as NIfTI.*truncated or corrupt"):
+        check_series_files(image, f"{stem}.bval", f"{stem}.bvec")
+
+
+def test_header_check_accepts_multimember_gzip(tmp_path):
+    """A valid gzip of several members (bgzip-style) has a misleading trailer: counted, accepted."""
+    from bids_ketamine.dwi.gradients import check_series_files
+
+    image = write_tiny_dwi(tmp_path, "sub-01")
+    raw = gzip.decompress(image.read_bytes())
+    image.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    assert check_series_files(*_paths(image)).img.shape[3] == 14
+
+
+def test_shells_grouped_with_a_tolerance():
+    """Real b-values: UIH 928.289 and 929.75 are one shell, b=1.25 is b=0 (../shared/data/real-sdc)."""
+    bvals = np.array([1.25194, 928.289, 928.289, 1.25126, 929.75, 929.75, 929.75])
+    assert shells(bvals) == {0.0: 2, 930.0: 5}  # the median b-value, rounded
+    # 974 and 976 straddle a 50-rounding boundary, yet are one shell
+    assert shells(np.array([0, 974, 976, 2000, 2010])) == {0.0: 1, 975.0: 2, 2005.0: 2}
+
+
+def test_same_shells_across_sessions():
+    """The two UIH sessions' schemes (b=928.289 and b=929.75) are the same protocol."""
+    from bids_ketamine.dwi.gradients import same_shells
+
+    first = shells(np.r_[1.25194, np.full(16, 928.289)])
+    second = shells(np.r_[1.25126, np.full(16, 929.75)])
+    assert first == {0.0: 1, 928.0: 16} and second == {0.0: 1, 930.0: 16}
+    assert same_shells(first, second)
+    assert not same_shells(first, shells(np.r_[0, np.full(16, 1500.0)]))
+    assert not same_shells(first, shells(np.r_[0, np.full(15, 929.0)]))
+
+
+@pytest.mark.parametrize("high_b", [2000.0, 2400.0, 3000.0])
+def test_single_high_shell_fitted_on_lowest_shell_with_warning(high_b):
+    from bids_ketamine.dwi.gradients import dti_fit_bval
+
+    bvals = np.r_[np.zeros(3), np.full(30, high_b) + np.linspace(-3, 3, 30)]
+    fit_bval, warning = dti_fit_bval(bvals, 1500.0, "/d/sub-01_dwi.bval")
+    assert fit_bval == high_b
+    assert warning.startswith(f"no shell at or below --dti-max-bval 1500 in 'sub-01_dwi.bval' (shells b={high_b:g})")
+    assert f"lowest shell, b={high_b:g}" in warning
+    assert dti_volumes(bvals, fit_bval).tolist() == list(range(33))
+
+
+def test_multishell_keeps_the_option():
+    from bids_ketamine.dwi.gradients import dti_fit_bval
+
+    bvals = np.r_[0, np.full(6, 1000.0), np.full(6, 2500.0)]
+    assert dti_fit_bval(bvals, 1500.0) == (1500.0, None)
+    assert dti_volumes(bvals, 1500.0).tolist() == list(range(7))
+    with pytest.raises(DwiInputError, match="'x.bval' lists no diffusion-weighted volume"):
+        dti_fit_bval(np.zeros(3), 1500.0, "x.bval")

@@ -401,8 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--combine-runs",
         choices=["separate", "average"],
         default="separate",
-        help="with several DWI series in a session: one ROI table per series, or also "
-        "a session table averaging them",
+        help="with several DWI runs (run-<n>, same acq-/dir-) in a session: 'separate' "
+        "processes each run as its own series (one ROI table per run); 'average' denoises each "
+        "run, joins them, motion-corrects every volume to one reference and fits one tensor to "
+        "them all (one series and one ROI table without the run- entity)",
     )
 
     reg = parser.add_argument_group("Participant level: templates, atlases and ROIs")

@@ -21,7 +21,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from bids_ketamine.dwi.gradients import shells
+from bids_ketamine.dwi.gradients import same_shells, shells
 
 #: Sidecar fields compared between sessions, with the tolerance of numeric values.
 SIDECAR_FIELDS: dict[str, float] = {
@@ -137,7 +137,7 @@ def acquisition_differences(first: Acquisition, second: Acquisition) -> list[str
     angle = orientation_difference_deg(first.axes, second.axes)
     if angle > MAX_ORIENTATION_DEG:
         differences.append(f"field of view oriented {angle:.1f} degrees differently")
-    if first.shells is not None and second.shells is not None and first.shells != second.shells:
+    if first.shells is not None and second.shells is not None and not same_shells(first.shells, second.shells):
         differences.append(f"shells {_shell_text(first.shells)} vs {_shell_text(second.shells)}")
     for key, tolerance in SIDECAR_FIELDS.items():
         in_first, in_second = key in first.sidecar, key in second.sidecar

@@ -6,9 +6,12 @@ Conventions (docs/dwi-conventions in the project's shared docs):
   negated when the voxel-to-world affine has a positive determinant.  Internally we work with
   *voxel-frame* vectors (no FSL flip) of the RAS+-reoriented image, and convert back when
   writing ``.bvec`` files.
-- b-values are rounded to the nearest 50 s/mm^2 for shell detection; b <= ``b0_threshold``
-  counts as b=0.
-- The tensor is fitted to b=0 and the shells at or below ``dti_max_bval``.
+- Shells are groups of b-values closer than ``SHELL_TOLERANCE`` to each other (928.289 and
+  929.75 are one shell, labelled by its median b-value); b <= ``b0_threshold`` counts as b=0.
+- The tensor is fitted to b=0 and the shells at or below ``dti_max_bval``; single-shell data
+  above it are fitted on their lowest shell, with a warning (:func:`dti_fit_bval`).
+- :func:`check_series_files` makes every check that headers and text files allow (fast: the
+  image data are not read); :func:`load_dwi_series` adds the data.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from bids_ketamine.errors import InputError
 
 #: Tolerance on the norm of a b>0 gradient vector before it is an error.
 UNIT_NORM_TOLERANCE = 0.1
+#: Fewest diffusion-weighted volumes a tensor (6 unknowns besides S0) can be fitted to.
+MIN_TENSOR_VOLUMES = 6
+#: b-values (s/mm^2) closer than this to a neighbour belong to the same shell (MRtrix3 uses 80).
+SHELL_TOLERANCE = 80.0
 
 
 class DwiInputError(InputError):
@@ -95,8 +102,13 @@ def read_gradients(bval_path: Path, bvec_path: Path) -> tuple[np.ndarray, np.nda
     return bvals, bvecs
 
 
-def load_image(path: Path) -> nib.Nifti1Image:
-    """Load a NIfTI image, turning unreadable files into one clear error."""
+def open_image(path: Path) -> nib.Nifti1Image:
+    """Open a NIfTI image from its header, checking that the file holds all its data.
+
+    Fast: the data are not decoded.  For ``.nii.gz`` the uncompressed size recorded in the
+    gzip trailer is compared with the header's; only when they differ (a truncated file, or
+    a multi-member gzip) is the file decompressed to count its bytes.
+    """
     path = Path(path)
     if not path.exists():
         raise DwiInputError(f"'{path}' does not exist")
@@ -104,13 +116,45 @@ def load_image(path: Path) -> nib.Nifti1Image:
         raise DwiInputError(f"'{path}' is empty (0 bytes): re-export or re-copy the image")
     try:
         img = nib.load(str(path))
-        img.get_fdata(dtype=np.float32)  # force reading: catches truncated files now
+        expected = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+        size = _uncompressed_size(path, expected)
     except (EOFError, OSError, gzip.BadGzipFile, zlib.error, ValueError,
             nib.filebasedimages.ImageFileError) as err:
-        raise DwiInputError(
-            f"'{path}' cannot be read as NIfTI ({type(err).__name__}: {err}); the file is probably "
-            "truncated or corrupt: re-export or re-copy it"
-        ) from None
+        raise _unreadable(path, err) from None
+    if size < expected:
+        raise _unreadable(path, EOFError(f"{size} of {expected} bytes"))
+    return img
+
+
+def _uncompressed_size(path: Path, expected: int) -> int:
+    """Bytes of ``path`` once decompressed (the gzip trailer first, counting only if needed)."""
+    if not path.name.endswith(".gz"):
+        return path.stat().st_size
+    with open(path, "rb") as handle:
+        handle.seek(-4, 2)
+        if int.from_bytes(handle.read(4), "little") == expected % 2**32:
+            return expected
+    total = 0
+    with gzip.open(path, "rb") as stream:
+        while chunk := stream.read(1 << 24):
+            total += len(chunk)
+    return total
+
+
+def _unreadable(path: Path, err: Exception) -> DwiInputError:
+    return DwiInputError(
+        f"'{path}' cannot be read as NIfTI ({type(err).__name__}: {err}); the file is probably "
+        "truncated or corrupt: re-export or re-copy it"
+    )
+
+
+def load_image(path: Path) -> nib.Nifti1Image:
+    """Load a NIfTI image and its data, turning unreadable files into one clear error."""
+    img = open_image(path)
+    try:
+        img.get_fdata(dtype=np.float32)  # decode now: catches corrupt compressed data
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error, ValueError) as err:
+        raise _unreadable(Path(path), err) from None
     return img
 
 
@@ -139,28 +183,46 @@ def reorient_to_ras(img: nib.Nifti1Image, bvecs_voxel: np.ndarray) -> tuple[nib.
     return img_ras, bvecs_ras
 
 
-def load_dwi_series(
+@dataclass
+class DwiSeriesFiles:
+    """A DWI series checked from its header and gradient files (data not read).
+
+    Attributes
+    ----------
+    img : nibabel.Nifti1Image
+        The image, data not yet decoded.
+    bvals : ndarray, shape (n,)
+        b-values, b <= b0_threshold set to 0.
+    bvecs : ndarray, shape (n, 3)
+        Unit gradient directions as written in the file (FSL convention; zeros for b=0).
+    """
+
+    img: nib.Nifti1Image
+    bvals: np.ndarray
+    bvecs: np.ndarray
+
+
+def check_series_files(
     dwi_path: Path,
     bval_path: Path | None,
     bvec_path: Path | None,
     *,
     b0_threshold: float = 50.0,
-) -> DwiSeriesData:
-    """Load and check one DWI series; return it RAS+-oriented with voxel-frame gradients.
+) -> DwiSeriesFiles:
+    """Check one DWI series from its image header and gradient files, without reading the data.
 
     Checks (each failure raises :class:`DwiInputError` naming the file and the fix): the
-    image is readable and 4-D; bval/bvec exist and have one entry per volume; b>0 vectors
-    are unit length (within 10 %, then renormalised); there is at least one b=0 volume.
-    Non-finite voxels are set to 0 and reported in ``warnings``.
+    image holds all its data and is 4-D; bval/bvec exist and have one entry per volume; b>0
+    vectors are unit length (within 10 %, then renormalised); there is at least one b=0 volume.
     """
     dwi_path = Path(dwi_path)
     if bval_path is None or not Path(bval_path).exists() or bvec_path is None or not Path(bvec_path).exists():
         stem = dwi_path.name.split(".")[0]
         raise DwiInputError(
-            f"'{dwi_path}' has no {stem}.bval/{stem}.bvec beside it: add the gradient files "
-            "(dcm2niix writes them)"
+            f"'{dwi_path}' has no {stem}.bval/{stem}.bvec beside it (nor a dwi.bval/dwi.bvec "
+            "inherited from a folder above): add the gradient files (dcm2niix writes them)"
         )
-    img = load_image(dwi_path)
+    img = open_image(dwi_path)
     if img.ndim != 4:
         raise DwiInputError(
             f"'{dwi_path}' is {img.ndim}-D but a DWI series must be 4-D (one volume per gradient); "
@@ -190,9 +252,29 @@ def load_dwi_series(
             "have length 1)"
         )
     bvecs = np.where(diffusion[:, None], bvecs / np.where(norms > 0, norms, 1.0)[:, None], 0.0)
+    return DwiSeriesFiles(img=img, bvals=bvals, bvecs=bvecs)
 
+
+def load_dwi_series(
+    dwi_path: Path,
+    bval_path: Path | None,
+    bvec_path: Path | None,
+    *,
+    b0_threshold: float = 50.0,
+) -> DwiSeriesData:
+    """Load and check one DWI series; return it RAS+-oriented with voxel-frame gradients.
+
+    The checks of :func:`check_series_files`, then the data are read: non-finite voxels are
+    set to 0 and reported in ``warnings``.
+    """
+    dwi_path = Path(dwi_path)
+    checked = check_series_files(dwi_path, bval_path, bvec_path, b0_threshold=b0_threshold)
+    img, bvals, bvecs = checked.img, checked.bvals, checked.bvecs
+    try:
+        data = img.get_fdata(dtype=np.float32)
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error, ValueError) as err:
+        raise _unreadable(dwi_path, err) from None
     warnings: list[str] = []
-    data = img.get_fdata(dtype=np.float32)
     finite = np.isfinite(data)
     if not finite.all():
         n_bad = int((~finite.all(axis=3)).sum())
@@ -208,29 +290,121 @@ def load_dwi_series(
     return DwiSeriesData(img=img_ras, bvals=bvals, bvecs=bvecs_ras, warnings=warnings)
 
 
-def round_bvals(bvals: np.ndarray, step: float = 50.0) -> np.ndarray:
-    """Round b-values to the nearest ``step`` (995, 1000, 1005 -> 1000)."""
-    return np.round(np.asarray(bvals, dtype=float) / step) * step
+def shell_labels(bvals: np.ndarray, b0_threshold: float = 50.0,
+                 tolerance: float = SHELL_TOLERANCE) -> np.ndarray:
+    """The shell of every volume: b=0, or the median b-value of its group.
+
+    b-values at or below ``b0_threshold`` are b=0 (1.25 is b=0); the others are sorted and
+    split where two neighbours differ by more than ``tolerance`` (928.289 and 929.75 are one
+    shell; 995, 1000, 1005 are 1000).
+
+    Parameters
+    ----------
+    bvals : array-like, shape (n,)
+    b0_threshold, tolerance : float
+        s/mm^2.
+
+    Returns
+    -------
+    ndarray, shape (n,)
+        Shell b-value of each volume (rounded to 1 s/mm^2).
+    """
+    bvals = np.asarray(bvals, dtype=float).ravel()
+    if not np.all(np.isfinite(bvals)):
+        raise ValueError("b-values must be finite numbers")
+    labels = np.zeros_like(bvals)
+    diffusion = np.flatnonzero(bvals > b0_threshold)
+    if diffusion.size == 0:
+        return labels
+    order = diffusion[np.argsort(bvals[diffusion], kind="stable")]
+    groups = np.split(order, np.flatnonzero(np.diff(bvals[order]) > tolerance) + 1)
+    for members in groups:
+        labels[members] = np.round(np.median(bvals[members]))
+    return labels
 
 
-def shells(bvals: np.ndarray) -> dict[float, int]:
-    """Number of volumes per (rounded) shell, b=0 included."""
-    rounded = round_bvals(bvals)
-    values, counts = np.unique(rounded, return_counts=True)
+def shells(bvals: np.ndarray, b0_threshold: float = 50.0) -> dict[float, int]:
+    """Number of volumes per shell (:func:`shell_labels`), b=0 included."""
+    values, counts = np.unique(shell_labels(bvals, b0_threshold), return_counts=True)
     return {float(v): int(c) for v, c in zip(values, counts)}
+
+
+def same_shells(first: dict[float, int], second: dict[float, int],
+                tolerance: float = SHELL_TOLERANCE) -> bool:
+    """Whether two :func:`shells` tables describe the same scheme: the same number of volumes
+    per shell, at b-values within ``tolerance`` (928 and 930 are the same shell)."""
+    if len(first) != len(second):
+        return False
+    return all(abs(b1 - b2) <= tolerance and n1 == n2
+               for (b1, n1), (b2, n2) in zip(sorted(first.items()), sorted(second.items())))
 
 
 def dti_volumes(bvals: np.ndarray, dti_max_bval: float = 1500.0) -> np.ndarray:
     """Indices of the volumes the tensor is fitted to: b=0 and shells <= ``dti_max_bval``."""
-    rounded = round_bvals(bvals)
-    selected = np.flatnonzero(rounded <= dti_max_bval)
-    if not np.any(rounded[selected] > 0):
-        lowest = float(rounded[rounded > 0].min()) if np.any(rounded > 0) else 0.0
+    labels = shell_labels(bvals)
+    selected = np.flatnonzero(labels <= dti_max_bval)
+    if not np.any(labels[selected] > 0):
+        lowest = float(labels[labels > 0].min()) if np.any(labels > 0) else 0.0
         raise DwiInputError(
             f"no diffusion-weighted shell at or below --dti-max-bval {dti_max_bval:g} "
             f"(lowest shell b={lowest:g}); raise --dti-max-bval"
         )
     return selected
+
+
+def dti_fit_bval(bvals: np.ndarray, dti_max_bval: float, source: Path | str = "the series",
+                 b0_threshold: float = 50.0) -> tuple[float, str | None]:
+    """The highest b-value the tensor of a series is fitted to, decided from its b-values.
+
+    With a shell at or below ``dti_max_bval``: ``dti_max_bval``, no warning (multi-shell data
+    keep the option).  Without (single-shell b=2000, 2500, 3000 data): the lowest non-zero
+    shell, and a warning for the sidecar and the report, as other DTI tools do.
+
+    Parameters
+    ----------
+    bvals : array-like
+        The series' b-values.
+    dti_max_bval : float
+        ``--dti-max-bval``.
+    source : Path or str
+        The .bval file, named in the messages.
+    b0_threshold : float
+
+    Returns
+    -------
+    fit_bval : float
+    warning : str or None
+
+    Raises
+    ------
+    DwiInputError
+        The series has no diffusion-weighted volume, or fewer than ``MIN_TENSOR_VOLUMES`` in
+        the fitted shells.
+    """
+    labels = shell_labels(bvals, b0_threshold)
+    weighted = np.unique(labels[labels > 0])
+    if weighted.size == 0:
+        raise DwiInputError(
+            f"'{source}' lists no diffusion-weighted volume (every b <= --b0-threshold {b0_threshold:g}); "
+            "a tensor needs b>0 volumes: check the file or exclude the series with --bids-filter-file"
+        )
+    fit_bval = float(dti_max_bval) if weighted.min() <= dti_max_bval else float(weighted.min())
+    n_fitted = int(np.sum((labels > 0) & (labels <= fit_bval)))
+    if n_fitted < MIN_TENSOR_VOLUMES:
+        raise DwiInputError(
+            f"'{source}' lists {n_fitted} diffusion-weighted volume(s) at b <= {fit_bval:g}; a tensor needs "
+            f"at least {MIN_TENSOR_VOLUMES}: exclude the series with --bids-filter-file (a reverse "
+            "phase-encoding reference is recognised by its dir- entity and set aside)"
+        )
+    if fit_bval == dti_max_bval:
+        return fit_bval, None
+    lowest = fit_bval
+    return lowest, (
+        f"no shell at or below --dti-max-bval {dti_max_bval:g} in '{Path(source).name}' (shells b="
+        f"{', '.join(f'{b:g}' for b in weighted)}): the tensor was fitted to b=0 and the lowest shell, "
+        f"b={lowest:g}; at high b the signal is not mono-exponential, so MD, AD and RD are lower than "
+        f"at b~1000 and comparable only with data of the same b-value"
+    )
 
 
 def write_fsl_gradients(bvals: np.ndarray, bvecs_voxel: np.ndarray, affine: np.ndarray,

@@ -248,18 +248,22 @@ def _keep_identifiable(updated, start, design_dwi) -> np.ndarray:
     return np.array([s @ _rigid_exp(d) for s, d in zip(start, deltas)])
 
 
-def _interpolate_between_b0s(transforms: np.ndarray, b0_idx: np.ndarray) -> np.ndarray:
+def _interpolate_between_b0s(transforms: np.ndarray, b0_idx: np.ndarray,
+                             run_index: np.ndarray | None = None) -> np.ndarray:
     """Starting transforms of every volume: the b=0 motion interpolated in time.
 
     Between two b=0 volumes the log-Euclidean (geodesic) interpolation of their
     transforms; before the first and after the last b=0, the nearest one.  This follows
     slow head drift, and sets the overall position of the diffusion-weighted volumes,
-    which their model-based registration cannot (see :func:`correct_motion`).
+    which their model-based registration cannot (see :func:`correct_motion`).  With
+    ``run_index`` (the run of each volume, for joined runs) only the b=0s of a volume's
+    own run are used: the head moves between runs, not gradually across them.
     """
     out = transforms.copy()
     for index in range(len(transforms)):
-        before = b0_idx[b0_idx <= index]
-        after = b0_idx[b0_idx >= index]
+        own = b0_idx if run_index is None else b0_idx[run_index[b0_idx] == run_index[index]]
+        before = own[own <= index]
+        after = own[own >= index]
         if before.size and after.size and before[-1] != after[0]:
             start, stop = before[-1], after[0]
             weight = (index - start) / (stop - start)
@@ -283,6 +287,7 @@ def correct_motion(
     bvec_convention: str = "fsl",
     factors=(4, 2, 1),
     constrain_model_space: bool = True,
+    run_lengths=None,
 ) -> MotionResult:
     """Rigid motion correction of a DWI series to model predictions, rotating b-vectors.
 
@@ -311,6 +316,10 @@ def correct_motion(
         Pyramid factors of the registrations of the b=0s to the first; the later ones
         (b=0s to their mean, DW volumes to predictions), which start close, use the
         last two.
+    run_lengths : sequence of int, optional
+        For runs joined into one series (``--combine-runs average``): the number of volumes
+        of each run, in order.  Every run needs a b=0; the DW volumes start from the b=0
+        motion of their own run only.
     constrain_model_space : bool
         Keep the DW motion components that the tensor model cannot distinguish from
         anisotropy (see Notes) at their b=0-interpolated values.
@@ -369,6 +378,13 @@ def correct_motion(
         )
     b0_idx = np.flatnonzero(is_b0)
     dwi_idx = ~is_b0
+    run_index = None
+    if run_lengths is not None:
+        if sum(run_lengths) != n_vol or min(run_lengths) < 1:
+            raise ValueError(f"run_lengths {list(run_lengths)} do not add up to the {n_vol} volumes")
+        run_index = np.repeat(np.arange(len(run_lengths)), run_lengths)
+        if len(np.unique(run_index[b0_idx])) != len(run_lengths):
+            raise ValueError("every joined run needs a b=0 volume")
     first_b0 = np.asarray(data[..., b0_idx[0]], dtype=float)
     if mask is None:
         mask = brain_mask(first_b0)
@@ -422,7 +438,7 @@ def correct_motion(
         # 2. DW volumes: to tensor predictions of themselves (masked voxels only).
         dwi_list = np.flatnonzero(dwi_idx)
         column = {index: k for k, index in enumerate(dwi_list)}
-        transforms[:] = _interpolate_between_b0s(transforms, b0_idx)
+        transforms[:] = _interpolate_between_b0s(transforms, b0_idx, run_index)
         start = transforms[dwi_list].copy()
         for round_ in range(n_iter if dwi_list.size else 0):
             signal = np.stack(_map(_masked, range(n_vol)), axis=1)

@@ -98,3 +98,48 @@ class DerivativesSink(SimpleInterface):
             raise ValueError(f"nothing to write to {target}: give in_file or content")
         self._results["out_file"] = str(target)
         return runtime
+
+
+class _ConcatenateRunsInputSpec(BaseInterfaceInputSpec):
+    dwi_files = traits.List(File(exists=True), mandatory=True, minlen=1,
+                            desc="runs of one session, loaded (RAS+) and denoised, in run order")
+    bval_files = traits.List(File(exists=True), mandatory=True, desc="their b-values")
+    bvec_files = traits.List(File(exists=True), mandatory=True, desc="their b-vectors (FSL convention)")
+    noise_files = traits.List(File(exists=True), desc="their noise maps (optional)")
+
+
+class _ConcatenateRunsOutputSpec(TraitedSpec):
+    dwi_file = File(exists=True, desc="the runs as one series on the first run's grid")
+    bval_file = File(exists=True, desc="b-values of every volume")
+    bvec_file = File(exists=True, desc="b-vectors of every volume (FSL convention of dwi_file)")
+    noise_file = File(desc="root mean square of the runs' noise maps")
+    run_lengths = traits.List(traits.Int, desc="number of volumes of each run")
+
+
+class ConcatenateRuns(SimpleInterface):
+    """Join the runs of a session into one series (:func:`bids_ketamine.dwi.runs.concatenate_runs`);
+    motion correction then aligns every volume to one reference."""
+
+    input_spec = _ConcatenateRunsInputSpec
+    output_spec = _ConcatenateRunsOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.runs import concatenate_runs, combine_noise_maps
+
+        images = [nib.load(path) for path in self.inputs.dwi_files]
+        gradients = [read_voxel_gradients(bval, bvec, img.affine)
+                     for bval, bvec, img in zip(self.inputs.bval_files, self.inputs.bvec_files, images)]
+        img, bvals, bvecs = concatenate_runs(images, [g[0] for g in gradients], [g[1] for g in gradients])
+        out = Path(runtime.cwd)
+        self._results["run_lengths"] = [len(g[0]) for g in gradients]
+        self._results["dwi_file"] = str(out / "dwi_runs.nii.gz")
+        self._results["bval_file"] = str(out / "dwi_runs.bval")
+        self._results["bvec_file"] = str(out / "dwi_runs.bvec")
+        img.to_filename(self._results["dwi_file"])
+        write_fsl_gradients(bvals, bvecs, img.affine, Path(self._results["bval_file"]),
+                            Path(self._results["bvec_file"]))
+        if isdefined(self.inputs.noise_files) and self.inputs.noise_files:
+            self._results["noise_file"] = str(out / "noise_runs.nii.gz")
+            combine_noise_maps([nib.load(p) for p in self.inputs.noise_files], img).to_filename(
+                self._results["noise_file"])
+        return runtime

@@ -18,6 +18,7 @@ class _MotionCorrectInputSpec(BaseInterfaceInputSpec):
     b0_threshold = traits.Float(50.0, usedefault=True, desc="b=0 threshold")
     n_iter = traits.Int(2, usedefault=True, desc="model-prediction iterations")
     n_threads = traits.Int(1, usedefault=True, desc="threads")
+    run_lengths = traits.List(traits.Int, desc="volumes of each joined run (--combine-runs average)")
 
 
 class _MotionCorrectOutputSpec(TraitedSpec):
@@ -43,7 +44,8 @@ class MotionCorrect(SimpleInterface):
         bvals, bvecs = read_voxel_gradients(self.inputs.bval_file, self.inputs.bvec_file, img.affine)
         result = correct_motion(np.asarray(img.dataobj, dtype=np.float32), img.affine, bvals, bvecs,
                                 b0_threshold=self.inputs.b0_threshold, n_iter=self.inputs.n_iter,
-                                n_threads=self.inputs.n_threads, bvec_convention="voxel")
+                                n_threads=self.inputs.n_threads, bvec_convention="voxel",
+                                run_lengths=self.inputs.run_lengths or None)
         out = Path(runtime.cwd)
         self._results["dwi_file"] = str(out / "dwi_mc.nii.gz")
         self._results["bval_file"] = str(out / "dwi_mc.bval")

@@ -540,6 +540,7 @@ class _ParticipantReport:
             + (f" by {escape(str(fit).upper())}" if fit else "")
             + (f" to b=0 and the shells at or below b = {float(cfg['dti_max_bval']):g} s/mm&sup2;"
                if cfg.get("dti_max_bval") else "")
+            + _high_shell_clause(self.out.series, cfg.get("dti_max_bval"))
             + "; diffusivities are reported in um&sup2;/ms."
         )
         if len(sessions) >= 2 and cfg.get("longitudinal", True):
@@ -679,3 +680,19 @@ def _generated_version(output_dir: Path) -> str | None:
         if isinstance(entry, dict) and entry.get("Version"):
             return str(entry["Version"])
     return None
+
+
+def _high_shell_clause(series, dti_max_bval) -> str:
+    """Methods text for series without a shell at or below ``--dti-max-bval`` (fitted on their
+    lowest shell, as their model sidecar's ``BValuesUsed`` records)."""
+    if not dti_max_bval:
+        return ""
+    above = []
+    for item in series:
+        used = (read_json(item.files.get("tensor_json")) or {}).get("BValuesUsed") or []
+        if used and max(used) > float(dti_max_bval):
+            above.append(f"{escape(item.label)} (b = {max(used):g})")
+    if not above:
+        return ""
+    return (" (series without such a shell were fitted to b=0 and their lowest shell: "
+            + ", ".join(above) + "; their MD is not comparable with lower-b data)")

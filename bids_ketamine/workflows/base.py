@@ -15,6 +15,7 @@ Per participant (:func:`init_single_subject_wf`):
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import logging
 import os
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 import nibabel as nib
+import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
@@ -40,7 +42,7 @@ from bids_ketamine.interfaces.registration import (
 from bids_ketamine.interfaces.roi import ROIStats
 from bids_ketamine.utils.atomic import atomic_write_text
 from bids_ketamine.utils.progress import CALLBACK_PLUGINS, WorkflowProgress, display_options, expected_nodes
-from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb
+from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb, set_series_inputs
 from bids_ketamine.workflows.outputs import init_series_derivatives_wf, output_path
 from bids_ketamine.workflows.tensor import init_tensor_wf
 
@@ -79,29 +81,30 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
     groups = [list(range(len(series)))] if config.longitudinal else [[i] for i in range(len(series))]
     series_nodes = []
     for item in series:
-        header = nib.load(str(item.dwi)).header
-        shape = header.get_data_shape()
-        n_volumes = shape[3] if len(shape) > 3 else 1
-        mem_gb = series_mem_gb(int(shape[0] * shape[1] * shape[2]), n_volumes)
-        preproc = init_dwi_preproc_wf(config, mem_gb=mem_gb, name=f"dwi_preproc_{item.key}_wf")
-        preproc.inputs.inputnode.dwi_file = str(item.dwi)
-        preproc.inputs.inputnode.bval_file = str(item.bval)
-        preproc.inputs.inputnode.bvec_file = str(item.bvec)
-        tensor = init_tensor_wf(config, mem_gb=mem_gb, name=f"tensor_{item.key}_wf")
+        runs = item.runs or (item,)
+        shapes = [nib.load(str(run.dwi)).header.get_data_shape() for run in runs]
+        n_volumes = sum(shape[3] if len(shape) > 3 else 1 for shape in shapes)
+        mem_gb = series_mem_gb(int(np.prod(shapes[0][:3])), n_volumes)
+        preproc = init_dwi_preproc_wf(config, mem_gb=mem_gb, n_runs=len(runs),
+                                      name=f"dwi_preproc_{item.key}_wf")
+        set_series_inputs(preproc, item)
+        tensor = init_tensor_wf(config, mem_gb=mem_gb, dti_max_bval=item.fit_bval,
+                                name=f"tensor_{item.key}_wf")
         summary = pe.Node(niu.Function(function=series_summary,
                                        input_names=["source", "bval_file", "warnings",
                                                     "protocol_warnings", "options"],
                                        output_names=["summary"]),
                           name=f"summary_{item.key}", run_without_submitting=True)
-        summary.inputs.source = str(item.dwi)
-        summary.inputs.protocol_warnings = protocol_warnings.get(item.prefix, [])
+        summary.inputs.source = [str(source) for source in item.sources]
+        summary.inputs.protocol_warnings = list(item.notes) + protocol_warnings.get(item.prefix, [])
         summary.inputs.options = {
             "denoise": config.denoise, "denoise_full_fov": config.denoise_full_fov,
             "degibbs": config.degibbs, "fit_method": config.fit_method,
             "b0_threshold": config.b0_threshold, "dti_max_bval": config.dti_max_bval,
             "template": template, "atlas": atlas_name, "csf_md_threshold": config.csf_md_threshold,
             "gm_threshold": config.gm_threshold,
-            "longitudinal": config.longitudinal, "version": __version__,
+            "longitudinal": config.longitudinal, "combine_runs": config.combine_runs,
+            "version": __version__,
         }
         derivatives = init_series_derivatives_wf(item, config.output_dir, template=template,
                                                  atlas=atlas_name, denoise=config.denoise,
@@ -208,9 +211,10 @@ def _first(items):
 def series_summary(source, bval_file, warnings, protocol_warnings, options):
     """Summary of one series for its preprocessed-DWI sidecar (a nipype Function node body).
 
-    ``warnings`` come from loading the series, ``protocol_warnings`` from comparing its
-    acquisition with the participant's other sessions
-    (:func:`bids_ketamine.dwi.acquisition.longitudinal_acquisition_warnings`).
+    ``source`` is the raw image, or the list of runs fitted together.  ``warnings`` come from
+    loading the series, ``protocol_warnings`` from the preflight (e.g. the tensor fitted on a
+    shell above ``--dti-max-bval``) and from comparing its acquisition with the participant's
+    other sessions (:func:`bids_ketamine.dwi.acquisition.longitudinal_acquisition_warnings`).
     """
     import numpy as np
 
@@ -218,7 +222,7 @@ def series_summary(source, bval_file, warnings, protocol_warnings, options):
 
     bvals = np.loadtxt(bval_file, ndmin=1)
     return {
-        "Sources": [str(source)],
+        "Sources": [str(path) for path in (source if isinstance(source, (list, tuple)) else [source])],
         "NumberOfVolumes": int(len(bvals)),
         "Shells": {f"{b:g}": n for b, n in shells(bvals).items()},
         "Options": dict(options),
@@ -249,31 +253,84 @@ def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiS
 
 
 def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
-    """Check every series before building the workflow.
+    """Check every series from its headers and gradient files, before building the workflow.
 
-    Returns the series that can be processed and one message per series that cannot
-    (the message names the file and the fix).  With ``--stop-on-first-crash`` the first
-    problem raises instead.
+    Fast (no image data is decoded: seconds for a whole dataset).  Per series: the checks of
+    :func:`~bids_ketamine.dwi.gradients.check_series_files`; reverse phase-encoding references
+    (a ``dir-`` entity and too few diffusion-weighted volumes for a tensor) are set aside; with ``--combine-runs average`` the runs of a session become one
+    series (:func:`~bids_ketamine.bids.combine_runs`), which needs them on one voxel grid size;
+    and the tensor's highest b-value is decided (:func:`~bids_ketamine.dwi.gradients.dti_fit_bval`:
+    single-shell data above ``--dti-max-bval`` are fitted on their lowest shell, with a note).
+
+    Returns
+    -------
+    usable : dict
+        Participant -> the series that can be processed (``fit_bval`` and ``notes`` set).
+    problems : list of str
+        One message per series that cannot be processed (naming the file and the fix).  With
+        ``--stop-on-first-crash`` the first problem raises instead.
     """
-    from bids_ketamine.dwi.gradients import DwiInputError, load_dwi_series
+    from bids_ketamine.bids import combine_runs
+    from bids_ketamine.dwi.gradients import (
+        MIN_TENSOR_VOLUMES,
+        DwiInputError,
+        check_series_files,
+        dti_fit_bval,
+    )
 
+    started = time.time()
     usable: dict[str, list[DwiSeries]] = {}
     problems: list[str] = []
+
+    def reject(item: DwiSeries, err: DwiInputError) -> None:
+        if config.stop_on_first_crash:
+            raise err
+        problems.append(str(err))
+        LOGGER.error("Skipping %s: %s", item.prefix, err)
+
+    n_checked = 0
     for subject, series in series_by_subject.items():
+        checked = {}
         for item in series:
+            n_checked += 1
             try:
-                loaded = load_dwi_series(item.dwi, item.bval, item.bvec, b0_threshold=config.b0_threshold)
+                checked[item.dwi] = check_series_files(item.dwi, item.bval, item.bvec,
+                                                       b0_threshold=config.b0_threshold)
             except DwiInputError as err:
-                if config.stop_on_first_crash:
-                    raise
-                problems.append(str(err))
-                LOGGER.error("Skipping %s: %s", item.prefix, err)
+                reject(item, err)
                 continue
-            if loaded.bvals.max() <= 0 and "direction" in item.entities:
-                LOGGER.info("Skipping %s: b=0-only series with a dir- entity (reverse phase encoding "
-                            "reference), not a DWI series to fit", item.prefix)
+            n_weighted = int(np.sum(checked[item.dwi].bvals > 0))
+            if n_weighted < MIN_TENSOR_VOLUMES and "direction" in item.entities:
+                LOGGER.info("Skipping %s: %d diffusion-weighted volume(s) and a dir- entity (reverse phase "
+                            "encoding reference), not a DWI series to fit", item.prefix, n_weighted)
+                del checked[item.dwi]
+        candidates = [item for item in series if item.dwi in checked]
+        if config.combine_runs == "average":
+            candidates = combine_runs(candidates)
+        for item in candidates:
+            runs = item.runs or (item,)
+            first = checked[runs[0].dwi].img
+            try:
+                for run in runs[1:]:
+                    if checked[run.dwi].img.shape[:3] != first.shape[:3]:
+                        raise DwiInputError(
+                            f"'{run.dwi}' has a {'x'.join(map(str, checked[run.dwi].img.shape[:3]))} grid but "
+                            f"'{runs[0].dwi}' {'x'.join(map(str, first.shape[:3]))}: runs fitted together "
+                            "(--combine-runs average) must share their matrix; use --combine-runs separate")
+                bvals = np.concatenate([checked[run.dwi].bvals for run in runs])
+                fit_bval, note = dti_fit_bval(bvals, config.dti_max_bval, item.bval, config.b0_threshold)
+            except DwiInputError as err:
+                reject(item, err)
                 continue
-            usable.setdefault(subject, []).append(item)
+            if note:
+                LOGGER.warning("%s: %s", item.prefix, note)
+            if item.runs:
+                LOGGER.info("%s: runs %s fitted together as one series", item.prefix,
+                            ", ".join(run.entities["run"] for run in item.runs))
+            usable.setdefault(subject, []).append(
+                dataclasses.replace(item, fit_bval=fit_bval, notes=item.notes + ((note,) if note else ())))
+    LOGGER.info("Preflight: %d series checked in %.1f s, %d problem(s)", n_checked,
+                time.time() - started, len(problems))
     return usable, problems
 
 

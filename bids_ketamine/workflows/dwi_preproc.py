@@ -7,7 +7,7 @@ from nipype.pipeline import engine as pe
 
 from bids_ketamine.config import Config
 from bids_ketamine.interfaces.denoise import Degibbs, Denoise
-from bids_ketamine.interfaces.io import LoadDWI
+from bids_ketamine.interfaces.io import ConcatenateRuns, LoadDWI
 from bids_ketamine.interfaces.mask import BrainMask
 from bids_ketamine.interfaces.motion import MotionCorrect
 
@@ -15,11 +15,15 @@ from bids_ketamine.interfaces.motion import MotionCorrect
 _GB_PER_MVOX = 0.08
 
 
-def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, name: str = "dwi_preproc_wf"):
+def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
+                        name: str = "dwi_preproc_wf"):
     """Build the preprocessing workflow of one DWI series.
 
     Denoising runs first, before any interpolation (MRtrix3's recommended order:
-    denoising, then Gibbs removal, then motion correction).
+    denoising, then Gibbs removal, then motion correction).  With ``n_runs`` > 1
+    (``--combine-runs average``) each run is loaded, denoised (and Gibbs-corrected) on its
+    own, the runs are joined (:class:`~bids_ketamine.interfaces.io.ConcatenateRuns`) and
+    motion correction aligns every volume to one b=0 reference.
 
     Parameters
     ----------
@@ -27,13 +31,15 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, name: str = "dwi
         Uses ``denoise``, ``denoise_full_fov``, ``degibbs``, ``b0_threshold``, ``omp_nthreads``.
     mem_gb : float
         Memory estimate of the series' heavy nodes (for the scheduler).
+    n_runs : int
+        Number of runs fitted together as this series.
     name : str
         Workflow name.
 
     Inputs
     ------
     dwi_file, bval_file, bvec_file
-        The raw series.
+        The raw series (lists of ``n_runs`` files when ``n_runs`` > 1).
 
     Outputs
     -------
@@ -59,10 +65,12 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, name: str = "dwi
         name="outputnode",
     )
     threads = config.omp_nthreads
-    load = pe.Node(LoadDWI(b0_threshold=config.b0_threshold), name="load_dwi", mem_gb=mem_gb)
-    denoise = pe.Node(Denoise(method=config.denoise, n_threads=threads,
+    per_run = _per_run_node(n_runs)
+    load = per_run(LoadDWI(b0_threshold=config.b0_threshold), ["dwi_file", "bval_file", "bvec_file"],
+                   name="load_dwi", mem_gb=mem_gb / n_runs)
+    denoise = per_run(Denoise(method=config.denoise, n_threads=threads,
                               full_fov=config.denoise_full_fov, b0_threshold=config.b0_threshold),
-                      name="denoise", n_procs=threads, mem_gb=mem_gb * 3)
+                      ["dwi_file", "bval_file"], name="denoise", n_procs=threads, mem_gb=mem_gb * 3 / n_runs)
     motion = pe.Node(MotionCorrect(b0_threshold=config.b0_threshold, n_threads=threads),
                      name="motion_correct", n_procs=threads, mem_gb=mem_gb * 2)
     mask = pe.Node(BrainMask(), name="brain_mask", mem_gb=mem_gb)
@@ -71,22 +79,61 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, name: str = "dwi
         (inputnode, load, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                            ("bvec_file", "bvec_file")]),
         (load, denoise, [("dwi_file", "dwi_file"), ("bval_file", "bval_file")]),
-        (load, motion, [("bval_file", "bval_file"), ("bvec_file", "bvec_file")]),
-        (load, outputnode, [("warnings", "warnings")]),
-        (denoise, outputnode, [("noise_file", "noise_file")]),
         (motion, mask, [("b0_file", "b0_file"), ("dwi_file", "dwi_file")]),
         (motion, outputnode, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                               ("bvec_file", "bvec_file"), ("b0_file", "b0_file"),
                               ("motion_file", "motion_file")]),
         (mask, outputnode, [("mask_file", "mask_file")]),
     ])
+    denoised = denoise
     if config.degibbs:
-        degibbs = pe.Node(Degibbs(n_threads=threads), name="degibbs", n_procs=threads, mem_gb=mem_gb * 2)
-        workflow.connect([(denoise, degibbs, [("dwi_file", "dwi_file")]),
-                          (degibbs, motion, [("dwi_file", "dwi_file")])])
-    else:
-        workflow.connect([(denoise, motion, [("dwi_file", "dwi_file")])])
+        denoised = per_run(Degibbs(n_threads=threads), ["dwi_file"], name="degibbs", n_procs=threads,
+                           mem_gb=mem_gb * 2 / n_runs)
+        workflow.connect([(denoise, denoised, [("dwi_file", "dwi_file")])])
+    if n_runs == 1:
+        workflow.connect([
+            (denoised, motion, [("dwi_file", "dwi_file")]),
+            (load, motion, [("bval_file", "bval_file"), ("bvec_file", "bvec_file")]),
+            (load, outputnode, [("warnings", "warnings")]),
+            (denoise, outputnode, [("noise_file", "noise_file")]),
+        ])
+        return workflow
+    concatenate = pe.Node(ConcatenateRuns(), name="concatenate_runs", mem_gb=mem_gb * 2)
+    workflow.connect([
+        (denoised, concatenate, [("dwi_file", "dwi_files")]),
+        (load, concatenate, [("bval_file", "bval_files"), ("bvec_file", "bvec_files")]),
+        (concatenate, motion, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
+                               ("bvec_file", "bvec_file"), ("run_lengths", "run_lengths")]),
+        (load, outputnode, [(("warnings", _flatten), "warnings")]),
+    ])
+    if config.denoise != "none":
+        workflow.connect([(denoise, concatenate, [("noise_file", "noise_files")]),
+                          (concatenate, outputnode, [("noise_file", "noise_file")])])
     return workflow
+
+
+def set_series_inputs(workflow, series) -> None:
+    """Give a preprocessing workflow its raw files: one series' image and gradient files, or
+    the lists of its runs when it joins several (:attr:`bids_ketamine.bids.DwiSeries.runs`)."""
+    for field in ("dwi", "bval", "bvec"):
+        paths = [str(getattr(run, field)) for run in series.runs or (series,)]
+        setattr(workflow.inputs.inputnode, f"{field}_file", paths if series.runs else paths[0])
+
+
+def _per_run_node(n_runs: int):
+    """A factory of the per-run nodes: plain nodes for one run, MapNodes over the runs otherwise."""
+
+    def make(interface, iterfield, **kwargs):
+        if n_runs == 1:
+            return pe.Node(interface, **kwargs)
+        return pe.MapNode(interface, iterfield=iterfield, **kwargs)
+
+    return make
+
+
+def _flatten(items):
+    """The warnings of every run, as one list."""
+    return [text for run in items for text in (run or [])]
 
 
 def series_mem_gb(n_voxels: int, n_volumes: int) -> float:

@@ -9,8 +9,12 @@ from bids_ketamine.config import Config
 from bids_ketamine.interfaces.tensor import FitTensor
 
 
-def init_tensor_wf(config: Config, *, mem_gb: float = 1.0, name: str = "tensor_wf"):
+def init_tensor_wf(config: Config, *, mem_gb: float = 1.0, dti_max_bval: float | None = None,
+                   name: str = "tensor_wf"):
     """Build the tensor-fitting workflow.
+
+    ``dti_max_bval``: the series' highest fitted b-value as decided by the preflight
+    (default ``config.dti_max_bval``).
 
     Inputs
     ------
@@ -28,7 +32,8 @@ def init_tensor_wf(config: Config, *, mem_gb: float = 1.0, name: str = "tensor_w
                                                       "mask_file", "noise_file"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["fa_file", "md_file", "ad_file", "rd_file",
                                                        "metadata"]), name="outputnode")
-    fit = pe.Node(FitTensor(fit_method=config.fit_method, dti_max_bval=config.dti_max_bval,
+    fit = pe.Node(FitTensor(fit_method=config.fit_method,
+                            dti_max_bval=dti_max_bval or config.dti_max_bval,
                             b0_threshold=config.b0_threshold, n_threads=config.omp_nthreads),
                   name="fit_tensor", n_procs=config.omp_nthreads, mem_gb=mem_gb * 2)
     workflow.connect([
