@@ -465,3 +465,43 @@ def test_participant_progress_in_a_log_and_on_a_terminal(small_dataset, tmp_path
     assert re.search(r"INFO: sub-01 dwi_preproc_\w+ done; participant level: \d+/", verbose)
     quiet = _run_on_terminal([*command, "-q"])
     assert "nodes" not in quiet and "participant level" not in quiet
+
+
+def _add_one(value):
+    return value + 1
+
+
+def _total(values):
+    return sum(values)
+
+
+def test_mapnode_workflow_runs_with_the_reporter_under_multiproc(tmp_path):
+    """nipype keeps the callback in every MapNode and pickles the node to a worker: the run
+    must not fail on the reporter (it did: 'cannot pickle _thread.RLock'), and the events of the
+    main process still count every node once."""
+    import copy
+    import pickle
+
+    from nipype.interfaces import utility as niu
+    from nipype.pipeline import engine as pe
+
+    from bids_ketamine.utils.progress import expected_nodes
+
+    participant = pe.Workflow(name="sub_01_wf")
+    mapped = pe.MapNode(niu.Function(function=_add_one, input_names=["value"], output_names=["value"]),
+                        iterfield=["value"], name="runs")
+    mapped.inputs.value = [1, 2, 3]
+    total = pe.Node(niu.Function(function=_total, input_names=["values"], output_names=["out"]),
+                    name="total")
+    participant.connect(mapped, "value", total, "values")
+    workflow = pe.Workflow(name="top", base_dir=str(tmp_path))
+    workflow.add_nodes([participant])
+    reporter = WorkflowProgress(expected_nodes(workflow), mode="off")
+    assert copy.deepcopy(reporter) is reporter
+    inert = pickle.loads(pickle.dumps(reporter))
+    inert(mapped, "end")  # a worker's copy records nothing and raises nothing
+    graph = workflow.run(plugin="MultiProc", plugin_args={"n_procs": 2, "status_callback": reporter})
+    (result,) = [node.result.outputs.out for node in graph.nodes() if node.name == "total"]
+    assert result == 2 + 3 + 4
+    assert reporter.finished_participants == ["01"]
+    assert reporter.left == {"01": 0}

@@ -461,6 +461,19 @@ class WorkflowProgress:
             self.progress.log(f"{self.progress.description}: {self.participants} "
                                f"participant(s), {len(self.nodes)} nodes to run or reuse")
 
+    # nipype keeps the plugin arguments, this callback included, in every MapNode
+    # (``node.use_plugin``), deep-copies the node and pickles it to a worker.  The copy in the
+    # main process is this reporter; the one a worker receives is inert (it shows nothing:
+    # the main process reports the events).
+    def __deepcopy__(self, memo):
+        return self
+
+    def __getstate__(self):
+        return {"_inert": True}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
     @staticmethod
     def _group(name: str) -> tuple:
         """A node's group: its sub-workflow under the participant, or the node itself."""
@@ -488,6 +501,8 @@ class WorkflowProgress:
 
     def __call__(self, node, status: str) -> None:
         """Record one nipype event (``node``: the executed node, ``status``: its event)."""
+        if self.__dict__.get("_inert"):
+            return
         name = node.fullname
         if status == "start":
             self._running[name] = self.progress.clock()
