@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", metavar="OUTPUT_BIDS_DIR", type=Path)
     parser.add_argument("--n-subjects", type=positive_int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", choices=("small", "realistic"), default="small",
-                        help="small: 3 mm, 6 b=0 + 30 directions; realistic: 2 mm, 6 b=0 + 64 "
-                             "directions (b=1000)")
+    parser.add_argument("--preset", choices=("demo", "small", "realistic"), default="small",
+                        help="demo: 4 mm, 3 b=0 + 12 directions; small: 3 mm, 6 b=0 + 30 "
+                             "directions; realistic: 2 mm, 6 b=0 + 64 directions (b=1000)")
     parser.add_argument("--design", choices=("two-arm", "repeated-infusion"), default="two-arm",
                         help="two-arm: the DWI trial (default); repeated-infusion: an open-label "
                              "study of 4 infusions with a plasma biomarker before and 1.75 h "

@@ -71,6 +71,7 @@ class Preset:
 
 
 PRESETS = {
+    "demo": Preset("demo", 4.0, 3, 12, 1000.0, (216.0, 252.0, 186.0), 50.0, 0.3),
     "small": Preset("small", 3.0, 6, 30, 1000.0, (216.0, 252.0, 186.0), 50.0, 0.3),
     "realistic": Preset("realistic", 2.0, 6, 64, 1000.0, (216.0, 252.0, 186.0), 30.0, 0.3),
 }
@@ -120,7 +121,7 @@ def make_acquisition(preset: str | Preset = "small", orientation: str = "LAS",
 
     Parameters
     ----------
-    preset : {"small", "realistic"} or Preset
+    preset : {"demo", "small", "realistic"} or Preset
     orientation : {"LAS", "RAS"}
         Voxel axis order of the written images (see
         :func:`bids_ketamine.simulate.geometry.acquisition_affine`).

@@ -108,7 +108,7 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
     n_subjects : int
     seed : int
         Everything drawn depends on it; the same seed writes byte-identical files.
-    preset : {"small", "realistic"}
+    preset : {"demo", "small", "realistic"}
         3 mm, 6 b=0 + 30 directions; or 2 mm, 6 b=0 + 64 directions (b=1000).
     overwrite : bool
         Replace a previous simulation in ``output_dir``.

@@ -70,7 +70,7 @@ class TrialDesign:
     n_subjects : int
     seed : int
     preset : str
-        ``"small"`` or ``"realistic"``.
+        ``"demo"``, ``"small"`` or ``"realistic"``.
     snr : float or None
         b=0 grey-matter SNR (None: the preset's).
     motion : float or None

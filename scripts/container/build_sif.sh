@@ -1,12 +1,13 @@
 #!/bin/bash
 # Build an Apptainer/Singularity image (SIF) of bids_ketamine from its Docker image.
 #
-#   scripts/singularity/build_sif.sh SOURCE [OUT.sif]
+#   scripts/container/build_sif.sh SOURCE [OUT.sif]
 #
 # SOURCE is one of
 #   docker://bidsketamine/bids_ketamine:0.1.0          a registry
 #   docker-daemon://bidsketamine/bids_ketamine:0.1.0   the local Docker daemon
-#   bids_ketamine-0.1.0.tar                            an archive from `docker save`
+#   bids_ketamine-0.1.0.tar                            an archive from `docker save` or
+#                                                      `buildah push IMAGE docker-archive:FILE`
 # OUT defaults to bids_ketamine.sif. See docs/hpc.md for running it.
 set -euo pipefail
 
