@@ -148,13 +148,18 @@ def _unreadable(path: Path, err: Exception) -> DwiInputError:
     )
 
 
+def _decoded_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
+    """The image's data as float32; corrupt compressed data become one clear error."""
+    try:
+        return img.get_fdata(dtype=np.float32)
+    except (EOFError, OSError, gzip.BadGzipFile, zlib.error, ValueError) as err:
+        raise _unreadable(Path(path), err) from None
+
+
 def load_image(path: Path) -> nib.Nifti1Image:
     """Load a NIfTI image and its data, turning unreadable files into one clear error."""
     img = open_image(path)
-    try:
-        img.get_fdata(dtype=np.float32)  # decode now: catches corrupt compressed data
-    except (EOFError, OSError, gzip.BadGzipFile, zlib.error, ValueError) as err:
-        raise _unreadable(Path(path), err) from None
+    _decoded_data(img, path)  # decode now: catches corrupt compressed data
     return img
 
 
@@ -270,10 +275,7 @@ def load_dwi_series(
     dwi_path = Path(dwi_path)
     checked = check_series_files(dwi_path, bval_path, bvec_path, b0_threshold=b0_threshold)
     img, bvals, bvecs = checked.img, checked.bvals, checked.bvecs
-    try:
-        data = img.get_fdata(dtype=np.float32)
-    except (EOFError, OSError, gzip.BadGzipFile, zlib.error, ValueError) as err:
-        raise _unreadable(dwi_path, err) from None
+    data = _decoded_data(img, dwi_path)
     warnings: list[str] = []
     finite = np.isfinite(data)
     if not finite.all():
