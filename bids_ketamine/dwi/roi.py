@@ -10,7 +10,15 @@ inside the brain mask and, unless disabled,
   ``gm_threshold``: atlas labels drawn on a population (Brodmann areas) also cover white
   matter and sulcal CSF, and the quantity of interest is grey-matter MD.
 
-The same rules are applied to every session.
+The same rules are applied to every session.  With ``md`` (the CSF exclusion's MD) and the
+brain mask taken from the participant's shared selection
+(:func:`bids_ketamine.dwi.shared_selection.participant_selection_maps`), the decisions are also
+made on the same anatomical points in every session: a voxel never enters one session's value
+and not the other's because of that session's noise.
+
+Beside the mean and median of the kept voxels, :data:`ROISTATS_PV_COLUMNS` hold partial-volume
+aware values (:mod:`bids_ketamine.dwi.partial_volume`) and per-ROI quality measures, when tissue
+fractions are given.
 """
 
 from __future__ import annotations
@@ -18,7 +26,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from bids_ketamine.dwi.partial_volume import gm_weighted_mean, grey_matter_md, tissue_md
+
 ROISTATS_COLUMNS = ["roi", "param", "mean", "median", "std", "n_voxels", "coverage"]
+
+#: Columns added by issue 20, after the contract columns (NaN without tissue fractions):
+#:
+#: - ``gm_weighted_mean``: grey-matter-fraction-weighted mean over the ROI's voxels that pass the
+#:   brain mask and CSF exclusion (no grey-matter threshold: the weights replace it);
+#: - ``pv_gm``: grey-matter MD of the tissue-mixture least squares over the same voxels
+#:   (:func:`bids_ketamine.dwi.partial_volume.grey_matter_md`; MD only, NaN for other maps);
+#: - ``gm_fraction``: mean grey-matter fraction of those voxels;
+#: - ``excluded_fraction``: share of the ROI's voxels inside the brain mask that the CSF and
+#:   grey-matter rules exclude (the rules the ``mean``/``median`` use);
+#: - ``own_excluded_fraction``: the same share had the CSF exclusion used this session's own MD
+#:   (differs from ``excluded_fraction`` by the voxels that noise alone would have moved).
+ROISTATS_PV_COLUMNS = ["gm_weighted_mean", "pv_gm", "gm_fraction", "excluded_fraction",
+                       "own_excluded_fraction"]
 
 
 def roi_coverage(atlas_template: np.ndarray, mask_in_template: np.ndarray,
@@ -63,6 +87,7 @@ def roi_statistics(
     gm_probability: np.ndarray | None = None,
     gm_threshold: float | None = 0.5,
     coverage: dict[str, float] | None = None,
+    tissue_fractions: dict[str, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Mean, median and standard deviation of each map inside each ROI.
 
@@ -86,12 +111,16 @@ def roi_statistics(
         With ``gm_probability``: keep voxels at or above this probability; None keeps all.
     coverage : dict, optional
         ROI name -> coverage, copied into the table (NaN when not given).
+    tissue_fractions : dict, optional
+        ``"gm"``, ``"wm"``, ``"csf"`` -> fraction maps on the native grid (the template's
+        probabilities warped in); enables :data:`ROISTATS_PV_COLUMNS`.
 
     Returns
     -------
     DataFrame
-        One row per ROI and parameter, columns :data:`ROISTATS_COLUMNS`.  A ROI with no
-        voxel left has NaN statistics and ``n_voxels`` 0.
+        One row per ROI and parameter, columns :data:`ROISTATS_COLUMNS` then
+        :data:`ROISTATS_PV_COLUMNS`.  A ROI with no voxel left has NaN statistics and
+        ``n_voxels`` 0.
     """
     if not maps:
         raise ValueError("no parameter maps given")
@@ -101,20 +130,46 @@ def roi_statistics(
             raise ValueError(f"map '{name}' has shape {values.shape}, labels {shape}")
     if mask.shape != shape:
         raise ValueError(f"mask has shape {mask.shape}, labels {shape}")
-    keep = mask.astype(bool)
+    inside = mask.astype(bool)
     md_map = maps.get("md") if md is None else md
+    own_md = maps.get("md")
+    not_csf = np.ones(shape, dtype=bool)
+    own_not_csf = np.ones(shape, dtype=bool)
     if csf_md_threshold is not None:
         if md_map is None:
             raise ValueError("an MD map is needed for the CSF exclusion")
-        keep &= np.isfinite(md_map) & (md_map <= csf_md_threshold)
+        not_csf = np.isfinite(md_map) & (md_map <= csf_md_threshold)
+        if own_md is not None:
+            own_not_csf = np.isfinite(own_md) & (own_md <= csf_md_threshold)
+    is_gm = np.ones(shape, dtype=bool)
     if gm_probability is not None and gm_threshold is not None:
         if gm_probability.shape != shape:
             raise ValueError(f"grey-matter probability has shape {gm_probability.shape}, labels {shape}")
-        keep &= gm_probability >= gm_threshold
+        is_gm = gm_probability >= gm_threshold
+    keep = inside & not_csf & is_gm
+    fractions = None
+    wm_md = np.nan
+    if tissue_fractions is not None:
+        fractions = {name: np.asarray(tissue_fractions[name], dtype=float) for name in ("gm", "wm", "csf")}
+        for name, values in fractions.items():
+            if values.shape != shape:
+                raise ValueError(f"{name} fractions have shape {values.shape}, labels {shape}")
+        if own_md is not None:
+            wm_md = tissue_md(own_md, fractions["wm"], inside)
     rows = []
     for index, name in zip(labels["index"], labels["name"]):
+        in_roi = inside & (labels_native == int(index))
         voxels = keep & (labels_native == int(index))
         n_voxels = int(voxels.sum())
+        n_roi = int(in_roi.sum())
+        pv_voxels = in_roi & not_csf
+        quality = {
+            "gm_fraction": np.nan,
+            "excluded_fraction": float(1 - n_voxels / n_roi) if n_roi else np.nan,
+            "own_excluded_fraction": float(1 - (in_roi & own_not_csf & is_gm).sum() / n_roi) if n_roi else np.nan,
+        }
+        if fractions is not None and pv_voxels.any():
+            quality["gm_fraction"] = float(fractions["gm"][pv_voxels].mean())
         for param, values in maps.items():
             selected = values[voxels]
             selected = selected[np.isfinite(selected)]
@@ -126,5 +181,19 @@ def roi_statistics(
                 "std": float(selected.std(ddof=1)) if selected.size > 1 else np.nan,
                 "n_voxels": n_voxels,
                 "coverage": float((coverage or {}).get(str(name), np.nan)),
+                **_partial_volume_values(param, values, pv_voxels, fractions, wm_md),
+                **quality,
             })
-    return pd.DataFrame(rows, columns=ROISTATS_COLUMNS)
+    return pd.DataFrame(rows, columns=ROISTATS_COLUMNS + ROISTATS_PV_COLUMNS)
+
+
+def _partial_volume_values(param, values, voxels, fractions, wm_md):
+    """``gm_weighted_mean`` and ``pv_gm`` of one ROI and map (NaN without fractions)."""
+    out = {"gm_weighted_mean": np.nan, "pv_gm": np.nan}
+    if fractions is None or not voxels.any():
+        return out
+    selected = values[voxels]
+    out["gm_weighted_mean"] = gm_weighted_mean(selected, fractions["gm"][voxels])
+    if param == "md" and np.isfinite(wm_md):
+        out["pv_gm"] = grey_matter_md(selected, {k: v[voxels] for k, v in fractions.items()}, wm_md=wm_md)
+    return out

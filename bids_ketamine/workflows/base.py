@@ -39,7 +39,7 @@ from bids_ketamine.interfaces.registration import (
     WarpFromTemplate,
     WarpToTemplate,
 )
-from bids_ketamine.interfaces.roi import ROIStats
+from bids_ketamine.interfaces.roi import ROIStats, SharedSelection
 from bids_ketamine.utils.atomic import atomic_write_text
 from bids_ketamine.utils.progress import CALLBACK_PLUGINS, WorkflowProgress, display_options, expected_nodes
 from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb, set_series_inputs
@@ -51,7 +51,8 @@ LOGGER = logging.getLogger(__name__)
 
 def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config, *,
                            template: str, atlas_file: str, labels_file: str, atlas_name: str,
-                           gm_file: str | None = None, provenance: dict | None = None):
+                           gm_file: str | None = None, provenance: dict | None = None,
+                           wm_file: str | None = None, csf_file: str | None = None):
     """Build the workflow of one participant.
 
     Parameters
@@ -69,6 +70,9 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
         Atlas label used in output names.
     gm_file : str, optional
         The template's grey-matter probability map (ROI voxels are restricted to grey matter).
+    wm_file, csf_file : str, optional
+        The template's white-matter and CSF probability maps: with ``gm_file``, the tissue
+        fractions of the partial-volume-aware ROI values (issue 20).
     provenance : dict, optional
         Template and atlas files used, recorded in the atlas sidecar of every series.
     """
@@ -142,11 +146,29 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
             (merge_mask, midpoint, [("out", "mask_files")]),
             (midpoint, register, [("midpoint_file", "moving_file"), ("midpoint_mask", "moving_mask")]),
         ])
+        # Issue 20: the voxel selection (CSF exclusion, brain mask) is decided once per participant
+        # from all series together (mean MD, intersection of masks), then used by every series.
+        merge_md = pe.Node(niu.Merge(len(members)), name=f"merge_md{suffix}", run_without_submitting=True)
+        shared = pe.Node(SharedSelection(), name=f"shared_selection{suffix}", mem_gb=1.0)
+        workflow.connect([
+            (merge_md, shared, [("out", "md_files")]),
+            (merge_mask, shared, [("out", "mask_files")]),
+            (midpoint, shared, [("xfm_files", "xfm_files")]),
+        ])
         for position, index in enumerate(members, start=1):
             item, preproc, tensor, derivatives, mem_gb = series_nodes[index]
             workflow.connect([
                 (preproc, merge_b0, [("outputnode.b0_file", f"in{position}")]),
                 (preproc, merge_mask, [("outputnode.mask_file", f"in{position}")]),
+                (tensor, merge_md, [("outputnode.md_file", f"in{position}")]),
+            ])
+            # issue 20: this series' copy of the participant's shared selection
+            pick_shared = pe.Node(niu.Function(function=_pick_pair, input_names=["first", "second", "index"],
+                                               output_names=["first", "second"]),
+                                  name=f"pick_shared_{item.key}", run_without_submitting=True)
+            pick_shared.inputs.index = position - 1
+            workflow.connect([
+                (shared, pick_shared, [("shared_md_files", "first"), ("shared_mask_files", "second")]),
             ])
             pick_rigid = pe.Node(niu.Select(index=position - 1), name=f"rigid_{item.key}",
                                  run_without_submitting=True)
@@ -173,6 +195,18 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                     (preproc, gm_to_native, [("outputnode.b0_file", "reference_file")]),
                     (gm_to_native, roistats, [("out_file", "gm_file")]),
                 ])
+                # issue 20: WM and CSF fractions of the partial-volume-aware ROI values
+                for tissue, tissue_file in (("wm", wm_file), ("csf", csf_file)):
+                    if not tissue_file:
+                        continue
+                    tissue_to_native = pe.Node(WarpFromTemplate(in_file=tissue_file, order=1),
+                                               name=f"{tissue}_to_native_{item.key}", mem_gb=1.0)
+                    workflow.connect([
+                        (pick_rigid, tissue_to_native, [("out", "rigid_file")]),
+                        (register, tissue_to_native, [("registration_prefix", "registration_prefix")]),
+                        (preproc, tissue_to_native, [("outputnode.b0_file", "reference_file")]),
+                        (tissue_to_native, roistats, [("out_file", f"{tissue}_file")]),
+                    ])
             derivatives.inputs.inputnode.dseg_tsv = labels_file
             derivatives.inputs.inputnode.dseg_metadata = dict(provenance or {}, Space="dwi",
                                                               Interpolation="nearest neighbour")
@@ -195,6 +229,7 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                 (tensor, roistats, [("outputnode.fa_file", "fa_file"), ("outputnode.md_file", "md_file"),
                                     ("outputnode.ad_file", "ad_file"), ("outputnode.rd_file", "rd_file")]),
                 (coverage, roistats, [("coverage", "coverage")]),
+                (pick_shared, roistats, [("first", "shared_md_file"), ("second", "shared_mask_file")]),
                 (split_maps, derivatives, [("out1", "inputnode.tpl_fa_file"),
                                            ("out2", "inputnode.tpl_md_file")]),
                 (pick_rigid, derivatives, [("out", "inputnode.midpoint_xfm")]),
@@ -206,6 +241,11 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
 
 def _first(items):
     return items[0] if isinstance(items, (list, tuple)) else items
+
+
+def _pick_pair(first, second, index):
+    """Item ``index`` of two parallel lists (a nipype Function node body)."""
+    return first[index], second[index]
 
 
 def series_summary(source, bval_file, warnings, protocol_warnings, options):
@@ -247,6 +287,7 @@ def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiS
         workflow.add_nodes([init_single_subject_wf(
             subject, series, config, template=template.name, atlas_file=str(atlas.image),
             labels_file=str(labels_file), atlas_name=atlas.name, gm_file=str(template.gm),
+            wm_file=str(template.wm), csf_file=str(template.csf),
             provenance={"Template": template.provenance(), "Atlas": atlas.provenance,
                         "AtlasFile": str(atlas.image)})])
     return workflow, template, atlas

@@ -1,0 +1,121 @@
+"""Partial-volume-aware grey-matter MD of a region.
+
+A voxel of a few millimetres holds grey matter (GM), white matter (WM) and CSF.  With tissue
+volume fractions ``f`` (summing to 1) the voxel's MD is, to first order, the fraction-weighted
+mixture::
+
+    MD_v = f_gm,v * MD_gm + f_wm,v * MD_wm + f_csf,v * MD_csf
+
+:func:`grey_matter_md` estimates the region's ``MD_gm`` by least squares over its voxels with
+``MD_wm`` and ``MD_csf`` known (the WM value measured over the whole brain of the session, the
+CSF value that of free water), so that a head repositioned by half a voxel, which changes every
+voxel's mixture, changes the estimate only through the fractions, not through the voxel choice.
+:func:`gm_weighted_mean` is the simpler estimate that down-weights mixed voxels without
+modelling them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: MD of free water at body temperature (um^2/ms), the CSF term of the mixture.
+CSF_MD = 3.0
+
+
+def _as_vectors(md, fractions: dict) -> tuple[np.ndarray, dict]:
+    md = np.asarray(md, dtype=float).ravel()
+    out = {}
+    for name in ("gm", "wm", "csf"):
+        if name not in fractions:
+            raise ValueError(f"tissue fractions need 'gm', 'wm' and 'csf'; '{name}' is missing")
+        values = np.asarray(fractions[name], dtype=float).ravel()
+        if values.shape != md.shape:
+            raise ValueError(f"{name} fractions have {values.size} values, MD {md.size}")
+        out[name] = np.clip(values, 0.0, 1.0)
+    total = out["gm"] + out["wm"] + out["csf"]
+    scale = np.where(total > 0, 1.0 / np.maximum(total, 1e-12), 0.0)
+    return md, {name: values * scale for name, values in out.items()}
+
+
+def gm_weighted_mean(md, gm_fraction, *, min_weight: float = 1e-6) -> float:
+    """Grey-matter-fraction-weighted mean MD of a region's voxels.
+
+    Parameters
+    ----------
+    md : array-like
+        MD of the region's voxels.
+    gm_fraction : array-like
+        Their grey-matter fraction (or probability) in [0, 1].
+    min_weight : float
+        The result is NaN when the weights sum to less than this.
+
+    Returns
+    -------
+    float
+    """
+    md = np.asarray(md, dtype=float).ravel()
+    weight = np.clip(np.asarray(gm_fraction, dtype=float).ravel(), 0.0, 1.0)
+    if weight.shape != md.shape:
+        raise ValueError(f"gm_fraction has {weight.size} values, MD {md.size}")
+    usable = np.isfinite(md) & np.isfinite(weight)
+    total = weight[usable].sum()
+    return float(np.dot(weight[usable], md[usable]) / total) if total >= min_weight else float("nan")
+
+
+def grey_matter_md(md, fractions: dict, *, wm_md: float, csf_md: float = CSF_MD,
+                   min_gm_weight: float = 0.5) -> float:
+    """Grey-matter MD of a region from the voxels' tissue mixture (least squares).
+
+    The mixture model of the module docstring with ``MD_wm`` and ``MD_csf`` fixed has one
+    unknown, ``MD_gm``; its least-squares estimate over the region's voxels ``v`` is::
+
+        MD_gm = sum_v f_gm,v (MD_v - f_wm,v MD_wm - f_csf,v MD_csf) / sum_v f_gm,v^2
+
+    Parameters
+    ----------
+    md : array-like
+        MD of the region's voxels (um^2/ms).
+    fractions : dict
+        ``"gm"``, ``"wm"``, ``"csf"`` -> fractions of the same voxels (rescaled to sum to 1
+        where they do not).
+    wm_md : float
+        White-matter MD (um^2/ms), e.g. :func:`tissue_md` of the session's WM.
+    csf_md : float
+        CSF MD (um^2/ms).
+    min_gm_weight : float
+        NaN when ``sum f_gm^2`` is below this (too little grey matter to estimate).
+
+    Returns
+    -------
+    float
+    """
+    if not (np.isfinite(wm_md) and np.isfinite(csf_md)):
+        raise ValueError(f"wm_md and csf_md must be finite, got {wm_md} and {csf_md}")
+    md, f = _as_vectors(md, fractions)
+    usable = np.isfinite(md)
+    gm = f["gm"][usable]
+    residual = md[usable] - f["wm"][usable] * wm_md - f["csf"][usable] * csf_md
+    weight = float(np.dot(gm, gm))
+    return float(np.dot(gm, residual) / weight) if weight >= min_gm_weight else float("nan")
+
+
+def tissue_md(md, fraction, mask, *, min_fraction: float = 0.9) -> float:
+    """Median MD of the nearly pure voxels of one tissue (e.g. the session's white matter).
+
+    Parameters
+    ----------
+    md, fraction, mask : ndarray
+        MD map, the tissue's fraction map and the brain mask, on one grid.
+    min_fraction : float
+        Voxels with at least this fraction count as pure.
+
+    Returns
+    -------
+    float
+        NaN when no voxel qualifies.
+    """
+    md = np.asarray(md, dtype=float)
+    if np.shape(fraction) != md.shape or np.shape(mask) != md.shape:
+        raise ValueError(f"MD {md.shape}, fraction {np.shape(fraction)} and mask {np.shape(mask)} differ")
+    pure = np.asarray(mask, bool) & (np.asarray(fraction) >= min_fraction) & np.isfinite(md)
+    return float(np.median(md[pure])) if pure.any() else float("nan")
