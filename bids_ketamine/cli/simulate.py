@@ -15,6 +15,7 @@ from typing import Sequence
 
 from bids_ketamine import __version__
 from bids_ketamine.cli.parser import _positive_int as positive_int
+from bids_ketamine.simulate.trial import TrialDesign
 
 PROG = "bids-ketamine-simulate"
 
@@ -91,6 +92,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="tilt of the slab about left-right, degrees (default 0)")
     parser.add_argument("--atlas-image", type=Path, default=None,
                         help="ROI labels 1..7 on the template grid (default: the app's ketamine7 atlas)")
+    parser.add_argument("--effect-model", choices=("roi", "blobs"), default="roi",
+                        help="roi: the MD change fills each atlas ROI's grey matter (default); "
+                             "blobs: smooth blobs off the ROI centres plus a gradient, truth = "
+                             "ideal change of any label image (docs/simulation.md)")
+    parser.add_argument("--scanner-drift", type=_finite, default=0.0, metavar="PCT",
+                        help="SD of a global drift of every diffusivity at each follow-up session "
+                             "(percent; default 0)")
+    parser.add_argument("--repositioning", nargs=2, type=_finite,
+                        default=(TrialDesign.session_translation_mm, TrialDesign.session_rotation_deg),
+                        metavar=("MM", "DEG"),
+                        help="SD of the head repositioning between sessions per axis, clipped at "
+                             "2.5 SD (default 3 3; 2 2 gives up to 5 mm / 5 degrees)")
     parser.add_argument("--no-noise", action="store_true", help="write noise-free data")
     parser.add_argument("--no-motion", action="store_true", help="no per-volume motion")
     parser.add_argument("--no-images", action="store_true",
@@ -124,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         visit_interval_hours=args.visit_interval_hours,
         orientation=args.orientation,
         oblique_deg=args.oblique,
+        effect_model=args.effect_model,
+        scanner_drift_pct=args.scanner_drift,
+        session_translation_mm=args.repositioning[0],
+        session_rotation_deg=args.repositioning[1],
     )
     if args.atlas_image is not None and not args.atlas_image.is_file():
         parser.error(f"--atlas-image {args.atlas_image} does not exist")

@@ -314,6 +314,9 @@ class SessionAnatomy:
         Unit WM fibre direction in scanner world axes (zero where there is no WM).
     n_subsamples : int
         Sub-samples per voxel.
+    gm_md : ndarray float32 3D or None
+        Mean GM MD over each voxel's GM sub-samples, when sampled from a template-space field
+        (``--effect-model blobs``); None otherwise.
     """
 
     fractions: dict
@@ -321,10 +324,12 @@ class SessionAnatomy:
     roi_labels: np.ndarray
     wm_direction: np.ndarray
     n_subsamples: int
+    gm_md: np.ndarray | None = None
 
 
 def sample_anatomy(anatomy: TemplateAnatomy, shape, affine: np.ndarray,
-                   to_template: Callable[[np.ndarray], np.ndarray]) -> SessionAnatomy:
+                   to_template: Callable[[np.ndarray], np.ndarray],
+                   gm_md_field: np.ndarray | None = None) -> SessionAnatomy:
     """Tissue fractions, ROI labels and WM directions on an image grid, by supersampling.
 
     Parameters
@@ -336,6 +341,9 @@ def sample_anatomy(anatomy: TemplateAnatomy, shape, affine: np.ndarray,
         The image grid's affine (voxel -> scanner mm).
     to_template : callable
         Maps scanner points (array (..., 3)) to template points.
+    gm_md_field : ndarray, optional
+        GM MD on the template grid (:func:`bids_ketamine.simulate.effects.gm_md_field`): each
+        voxel's ``gm_md`` is its mean over the voxel's GM sub-samples.
 
     Returns
     -------
@@ -369,6 +377,8 @@ def sample_anatomy(anatomy: TemplateAnatomy, shape, affine: np.ndarray,
     centre_index, index_jacobian = centre_index[rows], index_jacobian[rows]
     counts_near = np.zeros((rows.size, n_codes), dtype=np.uint16)
     codes_flat = anatomy.codes.ravel()
+    field_flat = None if gm_md_field is None else np.asarray(gm_md_field, np.float32).ravel()
+    md_sum = np.zeros(rows.size) if field_flat is not None else None
     local = np.arange(rows.size)
     for di in offsets:
         for dj in offsets:
@@ -380,6 +390,9 @@ def sample_anatomy(anatomy: TemplateAnatomy, shape, affine: np.ndarray,
                 flat = np.ravel_multi_index(tuple(np.where(inside[:, None], index, 0).T), dims)
                 code = np.where(inside, codes_flat[flat], 0)
                 counts_near[local, code] += 1
+                if field_flat is not None:
+                    md_sum += np.where(inside & (code % _N_TISSUE_CODES == TISSUES["gm"]),
+                                       field_flat[flat], 0.0)
     counts = np.zeros((n_voxels, n_codes), dtype=np.uint16)
     counts[:, 0] = n_sub**3
     counts[rows] = counts_near
@@ -407,8 +420,14 @@ def sample_anatomy(anatomy: TemplateAnatomy, shape, affine: np.ndarray,
         world_vectors = np.linalg.solve(world_jacobian, template_vectors[..., None])[..., 0]
         world_vectors /= np.maximum(np.linalg.norm(world_vectors, axis=1, keepdims=True), 1e-12)
         wm_direction[has_wm] = world_vectors
+    gm_md = None
+    if md_sum is not None:
+        gm_md = np.zeros(n_voxels, dtype=np.float32)
+        gm_count = counts_near.reshape(rows.size, n_rois + 1, _N_TISSUE_CODES)[:, :, TISSUES["gm"]].sum(axis=1)
+        gm_md[rows] = np.where(gm_count > 0, md_sum / np.maximum(gm_count, 1), 0.0)
+        gm_md = gm_md.reshape(shape)
     return SessionAnatomy(fractions=fractions, gm_groups=gm_groups, roi_labels=roi_labels,
-                          wm_direction=wm_direction, n_subsamples=n_sub**3)
+                          wm_direction=wm_direction, n_subsamples=n_sub**3, gm_md=gm_md)
 
 
 def roi_grey_matter_mask(session: SessionAnatomy, definition: dict | None = None) -> np.ndarray:

@@ -222,6 +222,7 @@ def simulate_session(
     rng: np.random.Generator | int | None = None,
     gain: float = 1.0,
     interpolation_order: int = 3,
+    gm_md_field: np.ndarray | None = None,
 ) -> SimulatedSession:
     """Simulate one DWI series.
 
@@ -249,6 +250,9 @@ def simulate_session(
         Spline order used to move the head for per-volume motion (3: cubic B-spline, which
         keeps partial volume close to what a scanner would sample; 1: trilinear, faster but
         blurs CSF into grey matter by a few percent of MD).
+    gm_md_field : ndarray, optional
+        GM MD on the template grid (``--effect-model blobs``); replaces ``md_groups`` for the
+        grey-matter signal (``md_groups`` still names the truth's per-group values).
 
     Returns
     -------
@@ -283,7 +287,7 @@ def simulate_session(
         return subject_transform(points @ pose_inverse[:3, :3].T + pose_inverse[:3, 3])
 
     session_anatomy = sample_anatomy(anatomy, acquisition.shape, acquisition.affine,
-                                     scanner_to_template)
+                                     scanner_to_template, gm_md_field)
     scaled = TissueParameters(tissue.s0_gm * gain, tissue.s0_wm * gain, tissue.s0_csf * gain,
                               tissue.md_csf, tuple(tissue.wm_eigenvalues))
     model = SignalModel(session_anatomy, md_groups, scaled)
@@ -306,7 +310,8 @@ def simulate_session(
         bvals=np.asarray(acquisition.bvals),
         bvecs=acquisition.bvecs,
         anatomy=session_anatomy,
-        gm_md=grey_matter_md_map(session_anatomy, md_groups),
+        gm_md=(grey_matter_md_map(session_anatomy, md_groups) if session_anatomy.gm_md is None
+               else session_anatomy.gm_md),
         roi_grey_matter=roi_grey_matter_mask(session_anatomy),
         md_groups=md_groups,
         motion=motion,

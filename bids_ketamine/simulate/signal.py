@@ -168,6 +168,9 @@ class SignalModel:
         self._wm = fractions["wm"][brain].astype(float)
         self._direction = anatomy.wm_direction[brain].astype(float)
         self._md_groups = np.asarray(md_groups, dtype=float)
+        # a GM MD field (--effect-model blobs): one MD per voxel instead of one per group
+        self._gm_md = None if anatomy.gm_md is None else anatomy.gm_md[brain].astype(float)
+        self._gm = fractions["gm"][brain].astype(float)
         self.tissue = tissue
         self._isotropic_cache: dict = {}
 
@@ -176,7 +179,10 @@ class SignalModel:
         if key not in self._isotropic_cache:
             b = key / 1000.0
             t = self.tissue
-            gm = self._gm_groups @ np.exp(-b * self._md_groups)
+            if self._gm_md is None:
+                gm = self._gm_groups @ np.exp(-b * self._md_groups)
+            else:
+                gm = self._gm * np.exp(-b * self._gm_md)
             self._isotropic_cache[key] = t.s0_gm * gm + t.s0_csf * self._csf * np.exp(-b * t.md_csf)
         return self._isotropic_cache[key]
 

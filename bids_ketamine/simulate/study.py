@@ -13,6 +13,7 @@ calls it).  Layout of what it writes::
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,13 @@ import numpy as np
 
 from bids_ketamine import __version__
 from bids_ketamine.simulate.anatomy import ROI_GREY_MATTER_DEFINITION, load_template_anatomy
+from bids_ketamine.simulate.effects import (
+    draw_effects,
+    effects_path,
+    gm_md_field,
+    ideal_label_change,
+    roi_centres,
+)
 from bids_ketamine.simulate.geometry import random_subject_transform
 from bids_ketamine.simulate.motion import MOTION_COLUMNS, session_repositioning, volume_motion
 from bids_ketamine.simulate.session import make_acquisition, simulate_session
@@ -158,28 +166,96 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
     truth_rows = []
     iterator = tqdm(participants, desc="simulating", unit="subject",
                     disable=not progress or len(participants) < 2)
+    centres = roi_centres(anatomy.codes, anatomy.affine, anatomy.n_rois)
     for participant in iterator:
         geometry = subject_rng(design.seed, participant.index, "geometry")
         subject_transform = random_subject_transform(geometry, anatomy.brain_centre)
+        effects = _draw_participant_effects(design, participant, centres, anatomy.brain_centre)
         for session_index, session in enumerate(design.sessions if images else ()):
             draws = subject_rng(design.seed, participant.index, "session", session_index)
             pose = session_repositioning(draws, design.session_translation_mm,
                                          design.session_rotation_deg)
             gain = float(np.clip(1.0 + 0.05 * draws.normal(), 0.85, 1.15))
             motion = volume_motion(draws, len(acquisition.bvals), design.effective_motion)
+            tissue, field = participant.tissue, None
+            if effects is not None:
+                # issue 20: the change as a template-space field, and the session's scanner drift
+                drift = effects["sessions"][session_index]["drift_pct"]
+                tissue = _drifted(tissue, drift)
+                field = gm_md_field(anatomy.codes, anatomy.affine, participant.md_groups(0),
+                                    effects["visits"][:session_index], drift)
             result = simulate_session(
                 anatomy, acquisition, md_groups=participant.md_groups(session_index),
-                tissue=participant.tissue, subject_transform=subject_transform,
+                tissue=tissue, subject_transform=subject_transform,
                 session_pose=pose, motion=motion, snr=design.effective_snr, rng=draws, gain=gain,
+                gm_md_field=field,
             )
             _write_session(root, participant, session, result, sidecar, acquisition,
                            subject_transform, pose, gain, atlas_name, anatomy.roi_names)
         _write_sessions_table(root, participant, design, outcomes)
+        if effects is not None:
+            write_json(effects_path(root / TRUTH_DIR, participant.label), effects)
         truth_rows.extend(_truth_rows(participant, design, anatomy.roi_names, outcomes))
 
     _write_top_level(root, design, participants, outcomes)
     _write_truth(root, design, anatomy, acquisition, outcomes, truth_rows, atlas_name, images)
+    if design.effect_model == "blobs":
+        _write_ideal_truth(root, design, anatomy, outcomes, truth_rows)
     return root
+
+
+def _write_ideal_truth(root, design, anatomy, outcomes, rows):
+    """``--effect-model blobs``: truth.tsv's ROI MD columns become the ideal values of the atlas'
+    ROIs (:func:`~bids_ketamine.simulate.effects.ideal_label_change` of the simulator's atlas)."""
+    import nibabel as nib
+
+    atlas = nib.Nifti1Image((anatomy.codes // 4).astype(np.int16), anatomy.affine)
+    by_key = {}
+    for visit in range(1, len(design.sessions)):
+        ideal = ideal_label_change(root / TRUTH_DIR, atlas, session_index=visit)
+        for item in ideal.itertuples():
+            by_key[(item.participant_id, anatomy.roi_names[item.label - 1],
+                    f"ses-{design.sessions[visit]}")] = item
+    for row in rows:
+        item = by_key[(row["participant_id"], row["roi"], row["session_id"])]
+        row.update(md_baseline=item.md_baseline, md_followup=item.md_followup,
+                   md_change=item.md_change, md_change_pct=item.md_change_pct)
+    columns = list(rows[0]) if rows else []
+    write_tsv(root / TRUTH_DIR / "truth.tsv", columns, rows)
+
+
+def _draw_participant_effects(design, participant, centres, brain_centre):
+    """``--effect-model blobs``: the change field of every follow-up visit and each session's
+    scanner drift (None for the ``roi`` model).  The subject's drawn changes are reused: the
+    global GM change, and per ROI the ROI-level part (times ``blob_amplitude``) as the blob's
+    peak."""
+    if design.effect_model != "blobs":
+        return None
+    rng = subject_rng(design.seed, participant.index, "effects")
+    visits = []
+    for visit in range(1, len(design.sessions)):
+        global_pct = 100.0 * (participant.gm_md[visit] / participant.gm_md[visit - 1] - 1.0)
+        local = participant.md_change_pct[visit - 1] - global_pct
+        visits.append(draw_effects(rng, centres, brain_centre, global_pct,
+                                   design.blob_amplitude * local, null=design.null))
+    drift = [0.0] + [float(design.scanner_drift_pct * rng.normal()) for _ in design.sessions[1:]]
+    return {
+        "label": participant.label,
+        "model": "change(x) = global_pct + sum_r a_r exp(-|x - c_r|^2 / (2 sigma^2)) + "
+                 "(x - gradient_origin) . gradient, percent per follow-up visit, template mm; "
+                 "GM MD(x) = md_groups[roi(x)] * prod_visits (1 + change / 100) * (1 + drift_pct / 100)",
+        "visits": visits,
+        "sessions": [{"session_id": session, "drift_pct": d,
+                      "md_groups": np.round(participant.md_groups(0), 8).tolist()}
+                     for session, d in zip(design.sessions, drift)],
+    }
+
+
+def _drifted(tissue: TissueParameters, drift_pct: float) -> TissueParameters:
+    """Every diffusivity of the tissue scaled by the scanner drift."""
+    factor = 1.0 + drift_pct / 100.0
+    return dataclasses.replace(tissue, md_csf=tissue.md_csf * factor,
+                               wm_eigenvalues=tuple(float(v) * factor for v in tissue.wm_eigenvalues))
 
 
 def _write_session(root, participant, session, result, sidecar, acquisition, subject_transform,
@@ -356,6 +432,13 @@ def _write_truth(root, design, anatomy, acquisition, outcomes, rows, atlas_name,
             "saline": {"mean_pct": design.md_change_saline[0], "sd_pct": design.md_change_saline[1]},
             "roi_correlation": design.roi_correlation,
             "null": design.null,
+            "effect_model": design.effect_model,
+            "blobs": ("smooth change field in template space (bids_ketamine.simulate.effects); "
+                      "parameters per participant in sub-*/sub-*_effects.json; truth.tsv holds "
+                      "the ideal change of each atlas ROI (mean over its grey matter)"
+                      if design.effect_model == "blobs" else None),
+            "blob_amplitude": design.blob_amplitude,
+            "scanner_drift_pct_sd": design.scanner_drift_pct,
         },
         "outcome_model": {
             "formula": "change = intercept + treatment * T + sum_r (md_r + interaction_r * T) * "

@@ -49,7 +49,10 @@ __all__ = [
 ]
 
 #: Stream identifiers of the per-subject random generators (never reorder).
-STREAMS = {"arms": 0, "biology": 1, "clinical": 2, "geometry": 3, "session": 4}
+STREAMS = {"arms": 0, "biology": 1, "clinical": 2, "geometry": 3, "session": 4, "effects": 5}
+
+#: MD effect models (``--effect-model``; :mod:`bids_ketamine.simulate.effects`).
+EFFECT_MODELS = ("roi", "blobs")
 
 
 def subject_rng(seed: int, subject_index: int, stream: str, *extra: int) -> np.random.Generator:
@@ -94,6 +97,14 @@ class TrialDesign:
         ``"LAS"`` or ``"RAS"`` image axes.
     oblique_deg : float
         Slab tilt about left-right.
+    effect_model : str
+        ``"roi"``: the change fills the atlas ROIs' grey matter; ``"blobs"``: smooth blobs off
+        the ROI centres plus a gradient (:mod:`bids_ketamine.simulate.effects`).
+    blob_amplitude : float
+        ``blobs``: a blob's peak change is this times the ROI-level part of the drawn change.
+    scanner_drift_pct : float
+        SD (percent) of a global multiplicative drift of every diffusivity at each follow-up
+        session (0: none).
     """
 
     n_subjects: int = 6
@@ -114,6 +125,9 @@ class TrialDesign:
     session_rotation_deg: float = 3.0
     orientation: str = "LAS"
     oblique_deg: float = 0.0
+    effect_model: str = "roi"
+    blob_amplitude: float = 2.0
+    scanner_drift_pct: float = 0.0
 
     def __post_init__(self):
         from bids_ketamine.simulate.session import PRESETS
@@ -145,6 +159,12 @@ class TrialDesign:
             )
         if not 0 <= self.roi_correlation <= 1:
             raise ValueError(f"roi_correlation must lie in [0, 1], got {self.roi_correlation}")
+        if self.effect_model not in EFFECT_MODELS:
+            raise ValueError(f"--effect-model must be one of {', '.join(EFFECT_MODELS)}, got {self.effect_model!r}")
+        if not (np.isfinite(self.scanner_drift_pct) and self.scanner_drift_pct >= 0):
+            raise ValueError(f"--scanner-drift must be >= 0 (percent SD), got {self.scanner_drift_pct}")
+        if not (np.isfinite(self.blob_amplitude) and self.blob_amplitude >= 0):
+            raise ValueError(f"blob_amplitude must be >= 0, got {self.blob_amplitude}")
         if self.visit_interval_hours <= 0:
             raise ValueError(f"visit_interval_hours must be positive, got {self.visit_interval_hours}")
 
