@@ -20,6 +20,7 @@ from bids_ketamine.config import (
     DEFAULT_TEMPLATE,
     DENOISE_METHODS,
     FIT_METHODS,
+    ROI_STATISTICS,
     Config,
 )
 
@@ -457,10 +458,11 @@ def build_parser() -> argparse.ArgumentParser:
     grp = parser.add_argument_group("Group level")
     grp.add_argument(
         "--roi-statistic",
-        choices=["median", "mean"],
-        default="median",
-        help="ROI summary of each session entering the models: the median of the ROI's voxels "
-        "(robust to residual CSF partial volume; default) or their mean",
+        choices=list(ROI_STATISTICS),
+        default=Config.roi_statistic,
+        help="ROI summary of each session entering the models: the median or mean of the ROI's "
+        "voxels, their grey-matter-fraction-weighted mean (gm_weighted_mean) or the grey-matter "
+        "MD of the tissue-mixture fit (pv_gm); see docs/participant.md (default: %(default)s)",
     )
     grp.add_argument(
         "--baseline-session",

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bids_ketamine.config import ROI_STATISTICS
 from bids_ketamine.errors import InputError
 
 #: Columns every ROI table must have (docs/interfaces.md).
@@ -143,6 +144,9 @@ def read_roistats(path: Path) -> pd.DataFrame:
         "roi": columns["roi"],
         "param": [p.strip().lower() for p in columns["param"]],
         **{name: _numbers(columns[name], path, name) for name in ROISTATS_COLUMNS[2:]},
+        # issue 20: the optional value columns, when the table has them
+        **{name: _numbers(columns[name], path, name) for name in ROI_STATISTICS if name in columns
+           and name not in ROISTATS_COLUMNS},
     })
     return table
 
@@ -171,16 +175,19 @@ def combine_series(tables: list[pd.DataFrame]) -> pd.DataFrame:
     weights = stacked["n_voxels"].fillna(0).clip(lower=0).astype(float)
     valid = stacked["mean"].notna() & (weights > 0)
     weights = weights.where(valid, 0.0)
+    extra = [name for name in ROI_STATISTICS if name in stacked and name not in ("mean", "median")]
     stacked = stacked.assign(
         _w=weights,
         _wmean=stacked["mean"].fillna(0) * weights,
         _wmedian=stacked["median"].fillna(0) * weights,
+        **{f"_w{name}": stacked[name].fillna(0) * weights for name in extra},
     )
     grouped = stacked.groupby(["roi", "param"], sort=False)
     total = grouped["_w"].sum()
     combined = pd.DataFrame({
         "mean": grouped["_wmean"].sum() / total.replace(0, np.nan),
         "median": grouped["_wmedian"].sum() / total.replace(0, np.nan),
+        **{name: grouped[f"_w{name}"].sum() / total.replace(0, np.nan) for name in extra},
         "n_voxels": grouped["n_voxels"].sum(min_count=1),
         "coverage": grouped["coverage"].min(),
     })
@@ -199,8 +206,8 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
         Atlas name.
     participant_label : tuple of str
         Restrict to these participants; empty = all.
-    statistic : {"median", "mean"}
-        The ROI table column taken as each session's value.
+    statistic : str
+        The ROI table column taken as each session's value (one of :data:`ROI_STATISTICS`).
 
     Returns
     -------
@@ -216,8 +223,8 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
     InputError
         If there is no ROI table at all ("run the participant level first").
     """
-    if statistic not in ("median", "mean"):
-        raise ValueError(f"statistic must be 'median' or 'mean', got {statistic!r}")
+    if statistic not in ROI_STATISTICS:
+        raise ValueError(f"statistic must be one of {', '.join(ROI_STATISTICS)}, got {statistic!r}")
     found = find_roistats(output_dir, atlas, participant_label)
     if found.empty:
         raise InputError(
@@ -234,6 +241,7 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
         series = files.loc[files["entities"] != ""]
         if not session_table.empty:
             table = read_roistats(session_table["path"].iloc[0])
+            _require_column(table.columns, statistic, session_table["path"].iloc[0])
             if len(series):
                 notes.append({
                     "participant_id": f"sub-{subject}", "session_id": f"ses-{session}",
@@ -242,7 +250,10 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
                     "not_used": [p.name for p in series["path"]],
                 })
         else:
-            table = combine_series([read_roistats(p) for p in series["path"]])
+            tables = [read_roistats(p) for p in series["path"]]
+            for path, item in zip(series["path"], tables):
+                _require_column(item.columns, statistic, path)
+            table = combine_series(tables)
             notes.append({
                 "participant_id": f"sub-{subject}", "session_id": f"ses-{session}",
                 "rule": "series averaged (weights n_voxels; coverage = minimum)",
@@ -263,13 +274,23 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
                               ignore_index=True), notes
 
 
+def _require_column(columns, statistic: str, path: Path) -> None:
+    """A clear error for a table written before its ``--roi-statistic`` column existed."""
+    if statistic not in columns:
+        raise InputError(
+            f"{path} has no '{statistic}' column (written by an older participant level); "
+            f"{_rerun_hint(path)} or use --roi-statistic median"
+        )
+
+
 def _read_single_tables(found: pd.DataFrame, statistic: str) -> pd.DataFrame:
     """Sessions with one ROI table each, read in bulk into one value table."""
     subjects, sessions, rois, params, value, n_voxels, coverage = ([] for _ in range(7))
     for subject, session, path in found[["participant_id", "session_id", "path"]].itertuples(
             index=False):
         header, rows = _read_table_rows(path)
-        at = {name: header.index(name) for name in ROISTATS_COLUMNS}
+        _require_column(header, statistic, path)
+        at = {name: header.index(name) for name in (*ROISTATS_COLUMNS, statistic)}
         subjects.extend([subject] * len(rows))
         sessions.extend([session] * len(rows))
         rois.extend(row[at["roi"]] for row in rows)

@@ -1,0 +1,171 @@
+"""Issue 20: voxel selection shared by a participant's sessions, partial-volume-aware ROI values,
+and the simulator's ideal label change (small arrays, fast)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from bids_ketamine.dwi.partial_volume import gm_weighted_mean, grey_matter_md, tissue_md
+from bids_ketamine.dwi.roi import ROISTATS_COLUMNS, ROISTATS_PV_COLUMNS, roi_statistics
+from bids_ketamine.dwi.shared_selection import participant_selection_maps, sample_sessions_on_grid
+
+
+def _two_sessions(shift_voxels=2, shape=(12, 12, 12), seed=0):
+    """Two sessions of one head: session 1's grid is shifted by whole voxels (2 mm voxels), so
+    that voxel (i, j, k) of session 0 is voxel (i - shift, j, k) of session 1."""
+    rng = np.random.default_rng(seed)
+    head = 1.0 + 0.15 * rng.standard_normal((shape[0] + shift_voxels,) + shape[1:])
+    affine0 = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine1 = affine0.copy()
+    affine1[0, 3] = 2.0 * shift_voxels
+    noise = [0.05 * rng.standard_normal(shape) for _ in range(2)]
+    md0 = head[:shape[0]] + noise[0]
+    md1 = head[shift_voxels:] + noise[1]
+    masks = [np.ones(shape, bool), np.ones(shape, bool)]
+    return [md0, md1], masks, [affine0, affine1], [np.eye(4), np.eye(4)]
+
+
+def test_shared_selection_excludes_a_voxel_in_every_session_or_none():
+    maps, masks, affines, rigids = _two_sessions()
+    threshold = 1.0
+    shared = [participant_selection_maps(maps, masks, affines, rigids, i) for i in range(2)]
+    # the same anatomical point: voxel (i, j, k) of session 1 is (i + 2, j, k) of session 0
+    excluded0 = shared[0][0][2:] > threshold
+    excluded1 = shared[1][0][:-2] > threshold
+    np.testing.assert_array_equal(excluded0, excluded1)
+    # the shared MD is the mean of the two sessions' MD at that point (closed form)
+    np.testing.assert_allclose(shared[0][0][2:], (maps[0][2:] + maps[1][:-2]) / 2, rtol=1e-6)
+    # each session's own MD disagrees on some voxels: the noise-driven selection removed
+    own_disagree = (maps[0][2:] > threshold) != (maps[1][:-2] > threshold)
+    assert own_disagree.any()
+    # outside the other session's field of view there is no shared MD (NaN: never kept)
+    assert np.isnan(shared[0][0][:2]).all()
+
+
+def test_shared_selection_does_not_depend_on_session_order():
+    maps, masks, affines, rigids = _two_sessions(seed=3)
+    rotation = np.eye(4)
+    angle = np.deg2rad(4.0)
+    rotation[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
+    rigids = [rotation, np.linalg.inv(rotation)]
+    forward = participant_selection_maps(maps, masks, affines, rigids, 0)
+    backward = participant_selection_maps(maps[::-1], masks[::-1], affines[::-1], rigids[::-1], 1)
+    np.testing.assert_array_equal(forward[0], backward[0])
+    np.testing.assert_array_equal(forward[1], backward[1])
+
+
+def test_sample_sessions_keeps_own_values_exactly():
+    maps, _, affines, rigids = _two_sessions()
+    stack = sample_sessions_on_grid(maps, affines, rigids, 1)
+    np.testing.assert_array_equal(stack[1], maps[1])
+    with pytest.raises(ValueError, match="one map, affine and transform"):
+        sample_sessions_on_grid(maps, affines[:1], rigids, 0)
+
+
+def test_grey_matter_md_recovers_a_closed_form_mixture():
+    rng = np.random.default_rng(1)
+    fractions = rng.dirichlet([4.0, 2.0, 0.5], size=200)
+    gm_md, wm_md, csf_md = 0.83, 0.71, 3.0
+    md = fractions @ np.array([gm_md, wm_md, csf_md])
+    f = {"gm": fractions[:, 0], "wm": fractions[:, 1], "csf": fractions[:, 2]}
+    assert grey_matter_md(md, f, wm_md=wm_md, csf_md=csf_md) == pytest.approx(gm_md, rel=1e-12)
+    # fractions that do not sum to 1 are rescaled (a probability map scaled by 0.9)
+    scaled = {k: 0.9 * v for k, v in f.items()}
+    assert grey_matter_md(md, scaled, wm_md=wm_md, csf_md=csf_md) == pytest.approx(gm_md, rel=1e-12)
+    # the weighted mean is the closed form sum(f md) / sum(f), biased by the mixture
+    expected = np.sum(f["gm"] * md) / np.sum(f["gm"])
+    assert gm_weighted_mean(md, f["gm"]) == pytest.approx(expected, rel=1e-12)
+    assert abs(gm_weighted_mean(md, f["gm"]) - gm_md) > 0.05
+    with pytest.raises(ValueError, match="'csf' is missing"):
+        grey_matter_md(md, {"gm": f["gm"], "wm": f["wm"]}, wm_md=wm_md)
+
+
+def test_tissue_md_is_the_median_of_pure_voxels():
+    md = np.array([0.7, 0.72, 0.74, 2.0, 0.9])
+    wm = np.array([1.0, 0.95, 0.92, 0.5, 0.1])
+    assert tissue_md(md, wm, np.ones(5, bool)) == pytest.approx(0.72)
+
+
+def test_roi_table_pv_columns_follow_the_contract_columns():
+    rng = np.random.default_rng(2)
+    shape = (10, 10, 10)
+    labels_native = np.zeros(shape, int)
+    labels_native[2:8, 2:8, 2:8] = 1
+    gm = np.clip(rng.uniform(0.3, 1.0, shape), 0, 1)
+    csf = np.where(rng.uniform(size=shape) < 0.1, 0.3, 0.0) * (1 - gm)
+    wm = 1 - gm - csf
+    wm[0] = 1.0
+    gm[0] = csf[0] = 0.0
+    md = gm * 0.8 + wm * 0.7 + csf * 3.0
+    shared_md = md.copy()
+    noisy = md + np.where(rng.uniform(size=shape) < 0.2, 0.5, 0.0)  # own noise pushes some over 1.1
+    table = roi_statistics({"md": noisy}, labels_native, pd.DataFrame({"index": [1], "name": ["a"]}),
+                           np.ones(shape, bool), md=shared_md, gm_probability=gm, gm_threshold=None,
+                           tissue_fractions={"gm": gm, "wm": wm, "csf": csf})
+    assert list(table.columns) == ROISTATS_COLUMNS + ROISTATS_PV_COLUMNS
+    row = table.iloc[0]
+    roi = labels_native == 1
+    kept = roi & (shared_md <= 1.1)
+    assert row["excluded_fraction"] == pytest.approx(1 - kept.sum() / roi.sum())
+    assert row["own_excluded_fraction"] == pytest.approx(1 - (roi & (noisy <= 1.1)).sum() / roi.sum())
+    assert row["gm_fraction"] == pytest.approx(gm[kept].mean())
+    assert row["gm_weighted_mean"] == pytest.approx(np.sum(gm[kept] * noisy[kept]) / gm[kept].sum())
+    # noise-free MD: the mixture fit gives the GM MD (WM MD 0.7 from the pure WM slab)
+    clean = roi_statistics({"md": md}, labels_native, pd.DataFrame({"index": [1], "name": ["a"]}),
+                           np.ones(shape, bool), gm_probability=gm, gm_threshold=None,
+                           tissue_fractions={"gm": gm, "wm": wm, "csf": csf})
+    assert clean.iloc[0]["pv_gm"] == pytest.approx(0.8, rel=1e-9)
+
+
+def _fake_truth(tmp_path, effects_by_label):
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    (truth / "truth.json").write_text(json.dumps({"md_model": {"effect_model": "blobs"}}))
+    for label, effects in effects_by_label.items():
+        (truth / f"sub-{label}").mkdir()
+        (truth / f"sub-{label}" / f"sub-{label}_effects.json").write_text(json.dumps(effects))
+    return truth
+
+
+@pytest.mark.slow
+def test_ideal_label_change_of_a_known_label_image(tmp_path):
+    from bids_ketamine.simulate.anatomy import TISSUES, load_template_anatomy
+    from bids_ketamine.simulate.effects import ideal_label_change
+
+    anatomy = load_template_anatomy()
+    n_groups = anatomy.n_rois + 1
+    centre = np.asarray(anatomy.brain_centre, float)
+    gradient = [0.02, 0.0, 0.0]  # percent per mm along x
+    visit = {"global_pct": -3.0, "blob_centres_mm": [], "blob_amplitudes_pct": [],
+             "blob_sigma_mm": 6.0, "gradient_pct_per_mm": gradient,
+             "gradient_origin_mm": centre.tolist()}
+    sessions = [{"session_id": "pre", "drift_pct": 0.0, "md_groups": [0.8] * n_groups},
+                {"session_id": "post", "drift_pct": 1.0, "md_groups": [0.8] * n_groups}]
+    truth = _fake_truth(tmp_path, {"01": {"label": "01", "visits": [visit], "sessions": sessions}})
+    # a label image on its own 4 mm grid in template space: two boxes left and right of centre
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    affine[:3, 3] = centre - 40.3  # no template voxel centre half-way between label voxels
+    labels = np.zeros((21, 21, 21), np.int16)
+    labels[3:8, 8:13, 8:13] = 1
+    labels[13:18, 8:13, 8:13] = 2
+    ideal = ideal_label_change(truth, nib.Nifti1Image(labels, affine)).set_index("label")
+    # independent expectation: the mean over the template GM voxels whose nearest label voxel is
+    # the label, of 0.8 * (1 + (global + gradient . (x - centre)) / 100) * 1.01 - 0.8
+    gm = np.argwhere(anatomy.codes % 4 == TISSUES["gm"])
+    points = gm @ anatomy.affine[:3, :3].T + anatomy.affine[:3, 3]
+    index = np.rint((points - affine[:3, 3]) / 4.0).astype(int)
+    inside = np.all((index >= 0) & (index < 21), axis=1)
+    point_label = np.zeros(len(points), int)
+    point_label[inside] = labels[tuple(index[inside].T)]
+    for label in (1, 2):
+        x = points[point_label == label]
+        followup = 0.8 * (1 + (-3.0 + (x - centre) @ np.asarray(gradient)) / 100) * 1.01
+        expected = 100 * (followup.mean() - 0.8) / 0.8
+        assert ideal.at[label, "md_change_pct"] == pytest.approx(expected, abs=1e-6)
+    # the gradient makes the right box (larger x) change less negatively than the left one
+    assert ideal.at[2, "md_change_pct"] > ideal.at[1, "md_change_pct"]
