@@ -169,3 +169,32 @@ def test_ideal_label_change_of_a_known_label_image(tmp_path):
         assert ideal.at[label, "md_change_pct"] == pytest.approx(expected, abs=1e-6)
     # the gradient makes the right box (larger x) change less negatively than the left one
     assert ideal.at[2, "md_change_pct"] > ideal.at[1, "md_change_pct"]
+
+
+@pytest.mark.slow
+def test_blobs_baseline_equals_roi_model_and_follow_up_follows_the_field(tmp_path):
+    """At baseline the blobs model's GM MD equals the ROI model's (same seed, no change yet);
+    at follow-up each voxel's GM MD changed by the field averaged over its GM sub-samples, which
+    within a 4 mm voxel is close to the field at the voxel's template position."""
+    from bids_ketamine.simulate import simulate_trial
+    from bids_ketamine.simulate.study import truth_map_paths
+
+    options = dict(n_subjects=1, seed=5, preset="demo", progress=False, noise=False,
+                   motion_enabled=False)
+    roi_root = simulate_trial(tmp_path / "roi", **options)
+    blob_root = simulate_trial(tmp_path / "blobs", effect_model="blobs", **options)
+    paths_roi = truth_map_paths(roi_root, "01", "pre")
+    paths_blob = truth_map_paths(blob_root, "01", "pre")
+    np.testing.assert_allclose(nib.load(paths_blob["gm_md"]).get_fdata(),
+                               nib.load(paths_roi["gm_md"]).get_fdata(), rtol=1e-5, atol=1e-6)
+    effects = json.loads((blob_root / "sourcedata" / "simulation" / "sub-01" / "sub-01_effects.json").read_text())
+    visit = effects["visits"][0]
+    assert any(abs(a) > 0 for a in visit["blob_amplitudes_pct"])
+    truth = pd.read_csv(blob_root / "sourcedata" / "simulation" / "truth.tsv", sep="\t")
+    roi_truth = pd.read_csv(roi_root / "sourcedata" / "simulation" / "truth.tsv", sep="\t")
+    # the ideal change of an ROI is no longer the ROI's drawn change (the field ignores the ROI)
+    assert not np.allclose(truth["md_change_pct"], roi_truth["md_change_pct"], atol=0.05)
+    # the ideal change lies between the global change and the global change plus the blob peak
+    global_pct = visit["global_pct"]
+    assert np.all(np.abs(truth["md_change_pct"] - global_pct)
+                  <= np.max(np.abs(visit["blob_amplitudes_pct"])) + 3.0)
