@@ -198,3 +198,30 @@ def test_blobs_baseline_equals_roi_model_and_follow_up_follows_the_field(tmp_pat
     global_pct = visit["global_pct"]
     assert np.all(np.abs(truth["md_change_pct"] - global_pct)
                   <= np.max(np.abs(visit["blob_amplitudes_pct"])) + 3.0)
+
+
+def test_roi_grey_matter_volume_fractions_of_a_plane_border():
+    from bids_ketamine.dwi.partial_volume import roi_grey_matter_volume_fractions
+
+    atlas = np.zeros((20, 9, 9), int)
+    atlas[:10] = 1
+    atlas[10:] = 2
+    gm = np.full(atlas.shape, 0.5)
+    fractions = roi_grey_matter_volume_fractions(atlas, gm, [1, 2], 3)
+    # a 3-voxel box centred on x = 9 holds x = 8, 9 (label 1) and 10 (label 2)
+    assert fractions[9, 4, 4, 0] == pytest.approx(0.5 * 2 / 3)
+    assert fractions[10, 4, 4, 0] == pytest.approx(0.5 * 1 / 3)
+    np.testing.assert_allclose(fractions[5:15, 4, 4].sum(axis=-1), 0.5, rtol=1e-6)
+
+
+def test_roi_gm_weighted_mean_uses_soft_weights_not_the_labels():
+    rng = np.random.default_rng(4)
+    shape = (6, 6, 6)
+    md = rng.uniform(0.6, 1.0, shape)
+    weights = rng.uniform(0, 1, shape + (1,))
+    labels_native = np.zeros(shape, int)  # no voxel carries the label: the soft weights decide
+    table = roi_statistics({"md": md}, labels_native, pd.DataFrame({"index": [1], "name": ["a"]}),
+                           np.ones(shape, bool), roi_weights=weights)
+    assert table.iloc[0]["n_voxels"] == 0
+    assert table.iloc[0]["roi_gm_weighted_mean"] == pytest.approx(
+        np.sum(weights[..., 0] * md) / weights.sum())

@@ -36,13 +36,16 @@ ROISTATS_COLUMNS = ["roi", "param", "mean", "median", "std", "n_voxels", "covera
 #:   brain mask and CSF exclusion (no grey-matter threshold: the weights replace it);
 #: - ``pv_gm``: grey-matter MD of the tissue-mixture least squares over the same voxels
 #:   (:func:`bids_ketamine.dwi.partial_volume.grey_matter_md`; MD only, NaN for other maps);
+#: - ``roi_gm_weighted_mean``: mean weighted by each voxel's volume fraction of the ROI's grey
+#:   matter (``roi_weights``, soft: no nearest-neighbour label, no grey-matter threshold) over the
+#:   voxels that pass the brain mask and CSF exclusion;
 #: - ``gm_fraction``: mean grey-matter fraction of those voxels;
 #: - ``excluded_fraction``: share of the ROI's voxels inside the brain mask that the CSF and
 #:   grey-matter rules exclude (the rules the ``mean``/``median`` use);
 #: - ``own_excluded_fraction``: the same share had the CSF exclusion used this session's own MD
 #:   (differs from ``excluded_fraction`` by the voxels that noise alone would have moved).
-ROISTATS_PV_COLUMNS = ["gm_weighted_mean", "pv_gm", "gm_fraction", "excluded_fraction",
-                       "own_excluded_fraction"]
+ROISTATS_PV_COLUMNS = ["gm_weighted_mean", "pv_gm", "roi_gm_weighted_mean", "gm_fraction",
+                       "excluded_fraction", "own_excluded_fraction"]
 
 
 def roi_coverage(atlas_template: np.ndarray, mask_in_template: np.ndarray,
@@ -88,6 +91,7 @@ def roi_statistics(
     gm_threshold: float | None = 0.5,
     coverage: dict[str, float] | None = None,
     tissue_fractions: dict[str, np.ndarray] | None = None,
+    roi_weights: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Mean, median and standard deviation of each map inside each ROI.
 
@@ -114,6 +118,10 @@ def roi_statistics(
     tissue_fractions : dict, optional
         ``"gm"``, ``"wm"``, ``"csf"`` -> fraction maps on the native grid (the template's
         probabilities warped in); enables :data:`ROISTATS_PV_COLUMNS`.
+    roi_weights : ndarray (X, Y, Z, n_labels), optional
+        Per ROI (in the order of ``labels``) each voxel's volume fraction of the ROI's grey
+        matter (:func:`bids_ketamine.dwi.partial_volume.roi_grey_matter_volume_fractions`,
+        warped in); enables ``roi_gm_weighted_mean``.
 
     Returns
     -------
@@ -156,8 +164,10 @@ def roi_statistics(
                 raise ValueError(f"{name} fractions have shape {values.shape}, labels {shape}")
         if own_md is not None:
             wm_md = tissue_md(own_md, fractions["wm"], inside)
+    if roi_weights is not None and roi_weights.shape != shape + (len(labels),):
+        raise ValueError(f"ROI weights have shape {roi_weights.shape}, expected {shape + (len(labels),)}")
     rows = []
-    for index, name in zip(labels["index"], labels["name"]):
+    for position, (index, name) in enumerate(zip(labels["index"], labels["name"])):
         in_roi = inside & (labels_native == int(index))
         voxels = keep & (labels_native == int(index))
         n_voxels = int(voxels.sum())
@@ -182,6 +192,8 @@ def roi_statistics(
                 "n_voxels": n_voxels,
                 "coverage": float((coverage or {}).get(str(name), np.nan)),
                 **_partial_volume_values(param, values, pv_voxels, fractions, wm_md),
+                "roi_gm_weighted_mean": (np.nan if roi_weights is None else gm_weighted_mean(
+                    values[inside & not_csf], roi_weights[..., position][inside & not_csf])),
                 **quality,
             })
     return pd.DataFrame(rows, columns=ROISTATS_COLUMNS + ROISTATS_PV_COLUMNS)

@@ -36,6 +36,7 @@ class _ROIStatsInputSpec(BaseInterfaceInputSpec):
     shared_md_file = File(exists=True, desc="participant MD (mean of sessions) for the CSF exclusion")
     shared_mask_file = File(exists=True, desc="participant brain mask (inside every session's)")
     wm_file = File(exists=True, desc="white-matter probability on the native grid")
+    roi_weights_file = File(exists=True, desc="4-D ROI grey-matter volume fractions (ROIWeights)")
     csf_file = File(exists=True, desc="CSF probability on the native grid")
 
 
@@ -65,6 +66,7 @@ class ROIStats(SimpleInterface):
         fractions = None
         if gm is not None and self.inputs.wm_file and self.inputs.csf_file:
             fractions = {"gm": gm, "wm": _load(self.inputs.wm_file), "csf": _load(self.inputs.csf_file)}
+        roi_weights = _load(self.inputs.roi_weights_file) if self.inputs.roi_weights_file else None
         table = roi_statistics(
             maps,
             np.asarray(nib.load(self.inputs.dseg_file).dataobj).astype(int),
@@ -73,6 +75,7 @@ class ROIStats(SimpleInterface):
             md=_load(self.inputs.shared_md_file) if self.inputs.shared_md_file else None,
             csf_md_threshold=self.inputs.csf_md_threshold,
             tissue_fractions=fractions,
+            roi_weights=roi_weights,
             gm_probability=gm,
             gm_threshold=self.inputs.gm_threshold,
             coverage=dict(self.inputs.coverage) if self.inputs.coverage else None,
@@ -118,4 +121,55 @@ class SharedSelection(SimpleInterface):
             nib.Nifti1Image(shared_mask.astype(np.uint8), img.affine).to_filename(mask_path)
             self._results["shared_md_files"].append(str(md_path))
             self._results["shared_mask_files"].append(str(mask_path))
+        return runtime
+
+
+class _ROIWeightsInputSpec(BaseInterfaceInputSpec):
+    atlas_file = File(exists=True, mandatory=True, desc="atlas labels in template space")
+    gm_file = File(exists=True, mandatory=True, desc="template grey-matter probability (atlas grid)")
+    labels_file = File(exists=True, mandatory=True, desc="TSV of the atlas labels (index, name)")
+    reference_file = File(exists=True, mandatory=True, desc="an image on the native DWI grid")
+    rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
+    registration_prefix = traits.Str(mandatory=True, desc="midpoint -> template registration files")
+
+
+class _ROIWeightsOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="4-D: per label, the voxel's volume fraction of the label's grey matter")
+
+
+class ROIWeights(SimpleInterface):
+    """Each ROI's grey-matter volume fraction of every native voxel (issue 20): the template's
+    ``(atlas == k) * GM`` box-averaged to the DWI voxel size
+    (:func:`bids_ketamine.dwi.partial_volume.roi_grey_matter_volume_fractions`), then warped in
+    (trilinear) through the template warp and the midpoint."""
+
+    input_spec = _ROIWeightsInputSpec
+    output_spec = _ROIWeightsOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.partial_volume import roi_grey_matter_volume_fractions
+        from bids_ketamine.dwi.registration import TemplateRegistration as Registration
+
+        atlas_img = nib.load(self.inputs.atlas_file)
+        gm_img = nib.load(self.inputs.gm_file)
+        reference = nib.load(self.inputs.reference_file)
+        labels = pd.read_csv(self.inputs.labels_file, sep="\t")
+        atlas_voxel = float(np.mean(np.linalg.norm(atlas_img.affine[:3, :3], axis=0)))
+        native_voxel = float(np.mean(np.linalg.norm(reference.affine[:3, :3], axis=0)))
+        gm = np.asarray(gm_img.dataobj, dtype=np.float32)
+        if gm.shape != atlas_img.shape[:3] or not np.allclose(gm_img.affine, atlas_img.affine, atol=1e-3):
+            from nilearn.image import resample_to_img
+
+            gm = np.asarray(resample_to_img(gm_img, atlas_img, interpolation="continuous").dataobj, np.float32)
+        fractions = roi_grey_matter_volume_fractions(
+            np.asarray(atlas_img.dataobj).astype(int), gm, labels["index"].tolist(),
+            max(1, int(round(native_voxel / atlas_voxel))))
+        registration = Registration.load(self.inputs.registration_prefix)
+        rigid = np.loadtxt(self.inputs.rigid_file)
+        grid = nib.Nifti1Image(np.zeros(reference.shape[:3], dtype=np.uint8), rigid @ reference.affine)
+        warped = [np.asarray(registration.from_template(nib.Nifti1Image(fractions[..., k], atlas_img.affine),
+                                                        grid, order=1).dataobj, dtype=np.float32)
+                  for k in range(fractions.shape[-1])]
+        self._results["out_file"] = str(Path(runtime.cwd) / "roi_gm_fractions.nii.gz")
+        nib.Nifti1Image(np.stack(warped, axis=-1), reference.affine).to_filename(self._results["out_file"])
         return runtime

@@ -39,7 +39,7 @@ from bids_ketamine.interfaces.registration import (
     WarpFromTemplate,
     WarpToTemplate,
 )
-from bids_ketamine.interfaces.roi import ROIStats, SharedSelection
+from bids_ketamine.interfaces.roi import ROIStats, ROIWeights, SharedSelection
 from bids_ketamine.utils.atomic import atomic_write_text
 from bids_ketamine.utils.progress import CALLBACK_PLUGINS, WorkflowProgress, display_options, expected_nodes
 from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb, set_series_inputs
@@ -194,6 +194,15 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                     (register, gm_to_native, [("registration_prefix", "registration_prefix")]),
                     (preproc, gm_to_native, [("outputnode.b0_file", "reference_file")]),
                     (gm_to_native, roistats, [("out_file", "gm_file")]),
+                ])
+                # issue 20: each ROI's grey-matter volume fraction per voxel (roi_gm_weighted_mean)
+                roi_weights = pe.Node(ROIWeights(atlas_file=atlas_file, gm_file=gm_file, labels_file=labels_file),
+                                      name=f"roi_weights_{item.key}", mem_gb=2.0)
+                workflow.connect([
+                    (pick_rigid, roi_weights, [("out", "rigid_file")]),
+                    (register, roi_weights, [("registration_prefix", "registration_prefix")]),
+                    (preproc, roi_weights, [("outputnode.b0_file", "reference_file")]),
+                    (roi_weights, roistats, [("out_file", "roi_weights_file")]),
                 ])
                 # issue 20: WM and CSF fractions of the partial-volume-aware ROI values
                 for tissue, tissue_file in (("wm", wm_file), ("csf", csf_file)):
