@@ -225,3 +225,29 @@ def test_roi_gm_weighted_mean_uses_soft_weights_not_the_labels():
     assert table.iloc[0]["n_voxels"] == 0
     assert table.iloc[0]["roi_gm_weighted_mean"] == pytest.approx(
         np.sum(weights[..., 0] * md) / weights.sum())
+
+
+def _write_table(out_dir, subject, session, columns, value):
+    folder = out_dir / f"sub-{subject}" / f"ses-{session}" / "dwi"
+    folder.mkdir(parents=True, exist_ok=True)
+    row = {"roi": "vACC", "param": "md", "mean": 0.8, "median": 0.79, "std": 0.1, "n_voxels": 40,
+           "coverage": 1.0, "roi_gm_weighted_mean": value, "gm_weighted_mean": value + 0.01}
+    pd.DataFrame([{c: row[c] for c in columns}]).to_csv(
+        folder / f"sub-{subject}_ses-{session}_atlas-ketamine7_model-tensor_roistats.tsv", sep="\t",
+        index=False)
+
+
+def test_group_reads_the_new_roi_statistic_and_rejects_old_tables(tmp_path):
+    from bids_ketamine.errors import InputError
+    from bids_ketamine.group.roistats import load_roi_values
+
+    new = ROISTATS_COLUMNS + ["gm_weighted_mean", "roi_gm_weighted_mean"]
+    _write_table(tmp_path, "01", "pre", new, 0.81)
+    _write_table(tmp_path, "01", "post", new, 0.77)
+    values, _ = load_roi_values(tmp_path, "ketamine7", (), "roi_gm_weighted_mean")
+    assert sorted(values["value"].round(6)) == [0.77, 0.81]
+    _write_table(tmp_path, "02", "pre", ROISTATS_COLUMNS, 0.8)
+    with pytest.raises(InputError, match="no 'roi_gm_weighted_mean' column"):
+        load_roi_values(tmp_path, "ketamine7", (), "roi_gm_weighted_mean")
+    with pytest.raises(ValueError, match="statistic must be one of"):
+        load_roi_values(tmp_path, "ketamine7", (), "mode")
