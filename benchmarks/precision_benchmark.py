@@ -9,7 +9,7 @@ written to truth.tsv by the simulator).
 
 Statistics compared:
 
-- ``mean``, ``median``, ``gm_weighted_mean``, ``pv_gm``, ``roi_gm_weighted_mean``: the ROI table's columns (voxel
+- ``mean``, ``median``, ``gm_weighted_mean``, ``pv_gm``, ``roi_gm_weighted_mean``, ``roi_gm_weighted_median``: the ROI table's columns (voxel
   selection shared by the sessions);
 - ``session_mean``, ``session_median``: the previous rule (each session excludes CSF by its own
   MD inside its own mask), recomputed from the same outputs.
@@ -41,8 +41,8 @@ RESULTS = Path(__file__).parent / "results"
 #: Per-volume motion scale (simulator ``--motion``) of each level; mean FD of the pipeline's
 #: motion estimates is reported with the results (moderate about 0.9 mm, heavy about 3.5 mm).
 MOTION_LEVELS = {"moderate": 0.32, "heavy": 1.25}
-STATISTICS = ("mean", "median", "gm_weighted_mean", "pv_gm", "roi_gm_weighted_mean", "session_mean",
-              "session_median")
+STATISTICS = ("mean", "median", "gm_weighted_mean", "pv_gm", "roi_gm_weighted_mean",
+              "roi_gm_weighted_median", "session_mean", "session_median")
 
 
 def _run(command: list[str]) -> None:

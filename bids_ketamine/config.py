@@ -33,7 +33,8 @@ DENOISE_METHODS = ("mppca", "patch2self", "none")
 FIT_METHODS = ("wls", "ols", "nlls", "restore")
 #: ROI table columns accepted by ``--roi-statistic`` (after median and mean: issue 20's
 #: partial-volume-aware values, bids_ketamine.dwi.roi.ROISTATS_PV_COLUMNS).
-ROI_STATISTICS = ("median", "mean", "gm_weighted_mean", "pv_gm", "roi_gm_weighted_mean")
+ROI_STATISTICS = ("median", "mean", "gm_weighted_mean", "pv_gm", "roi_gm_weighted_mean",
+                  "roi_gm_weighted_median")
 DEFAULT_OUTCOMES = ("madrs", "qids_sr")
 #: Remission thresholds per scale (score <= threshold), see docs/science.
 DEFAULT_REMISSION = {"madrs": 10.0, "qids_sr": 5.0}

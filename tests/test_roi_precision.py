@@ -251,3 +251,14 @@ def test_group_reads_the_new_roi_statistic_and_rejects_old_tables(tmp_path):
         load_roi_values(tmp_path, "ketamine7", (), "roi_gm_weighted_mean")
     with pytest.raises(ValueError, match="statistic must be one of"):
         load_roi_values(tmp_path, "ketamine7", (), "mode")
+
+
+def test_weighted_median_closed_forms():
+    from bids_ketamine.dwi.partial_volume import weighted_median
+
+    values = np.array([3.0, 1.0, 2.0, 10.0, 0.5])
+    assert weighted_median(values, np.ones(5)) == pytest.approx(np.median(values))
+    # a value with zero weight does not count; weights 1, 1, 2 on 1, 2, 3: half of 4 is 2, which
+    # lies half-way between the centres of 2 (1.5) and 3 (3.0) on the cumulative scale
+    assert weighted_median([1.0, 2.0, 3.0, 100.0], [1, 1, 2, 0]) == pytest.approx(2 + (2 - 1.5) / 1.5)
+    assert np.isnan(weighted_median([1.0], [0.0]))

@@ -62,6 +62,36 @@ def gm_weighted_mean(md, gm_fraction, *, min_weight: float = 1e-6) -> float:
     return float(np.dot(weight[usable], md[usable]) / total) if total >= min_weight else float("nan")
 
 
+def weighted_median(values, weights) -> float:
+    """Weighted median, interpolated between the sorted values (continuous in the weights).
+
+    Each value ``x_i`` (sorted) sits at the middle of its weight on the cumulative scale,
+    ``c_i - w_i / 2``; the median is the value at half the total weight, linearly interpolated.
+    With equal weights it is the ordinary median.
+
+    Parameters
+    ----------
+    values, weights : array-like
+        Same length; weights >= 0 (non-finite values and zero weights are ignored).
+
+    Returns
+    -------
+    float
+        NaN when no positive weight is left.
+    """
+    values = np.asarray(values, dtype=float).ravel()
+    weights = np.asarray(weights, dtype=float).ravel()
+    if values.shape != weights.shape:
+        raise ValueError(f"{values.size} values but {weights.size} weights")
+    usable = np.isfinite(values) & np.isfinite(weights) & (weights > 0)
+    if not usable.any():
+        return float("nan")
+    order = np.argsort(values[usable], kind="stable")
+    sorted_values, sorted_weights = values[usable][order], weights[usable][order]
+    cumulative = np.cumsum(sorted_weights)
+    return float(np.interp(0.5 * cumulative[-1], cumulative - 0.5 * sorted_weights, sorted_values))
+
+
 def grey_matter_md(md, fractions: dict, *, wm_md: float, csf_md: float = CSF_MD,
                    min_gm_weight: float = 0.5) -> float:
     """Grey-matter MD of a region from the voxels' tissue mixture (least squares).

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bids_ketamine.dwi.partial_volume import gm_weighted_mean, grey_matter_md, tissue_md
+from bids_ketamine.dwi.partial_volume import gm_weighted_mean, grey_matter_md, tissue_md, weighted_median
 
 ROISTATS_COLUMNS = ["roi", "param", "mean", "median", "std", "n_voxels", "coverage"]
 
@@ -39,13 +39,16 @@ ROISTATS_COLUMNS = ["roi", "param", "mean", "median", "std", "n_voxels", "covera
 #: - ``roi_gm_weighted_mean``: mean weighted by each voxel's volume fraction of the ROI's grey
 #:   matter (``roi_weights``, soft: no nearest-neighbour label, no grey-matter threshold) over the
 #:   voxels that pass the brain mask and CSF exclusion;
+#: - ``roi_gm_weighted_median``: the weighted median with the same weights and voxels
+#:   (:func:`bids_ketamine.dwi.partial_volume.weighted_median`): soft like the weighted mean,
+#:   robust like the median to the few voxels that noise or CSF push far off;
 #: - ``gm_fraction``: mean grey-matter fraction of those voxels;
 #: - ``excluded_fraction``: share of the ROI's voxels inside the brain mask that the CSF and
 #:   grey-matter rules exclude (the rules the ``mean``/``median`` use);
 #: - ``own_excluded_fraction``: the same share had the CSF exclusion used this session's own MD
 #:   (differs from ``excluded_fraction`` by the voxels that noise alone would have moved).
-ROISTATS_PV_COLUMNS = ["gm_weighted_mean", "pv_gm", "roi_gm_weighted_mean", "gm_fraction",
-                       "excluded_fraction", "own_excluded_fraction"]
+ROISTATS_PV_COLUMNS = ["gm_weighted_mean", "pv_gm", "roi_gm_weighted_mean", "roi_gm_weighted_median",
+                       "gm_fraction", "excluded_fraction", "own_excluded_fraction"]
 
 
 def roi_coverage(atlas_template: np.ndarray, mask_in_template: np.ndarray,
@@ -192,8 +195,7 @@ def roi_statistics(
                 "n_voxels": n_voxels,
                 "coverage": float((coverage or {}).get(str(name), np.nan)),
                 **_partial_volume_values(param, values, pv_voxels, fractions, wm_md),
-                "roi_gm_weighted_mean": (np.nan if roi_weights is None else gm_weighted_mean(
-                    values[inside & not_csf], roi_weights[..., position][inside & not_csf])),
+                **_soft_roi_values(values, inside & not_csf, roi_weights, position),
                 **quality,
             })
     return pd.DataFrame(rows, columns=ROISTATS_COLUMNS + ROISTATS_PV_COLUMNS)
@@ -209,3 +211,12 @@ def _partial_volume_values(param, values, voxels, fractions, wm_md):
     if param == "md" and np.isfinite(wm_md):
         out["pv_gm"] = grey_matter_md(selected, {k: v[voxels] for k, v in fractions.items()}, wm_md=wm_md)
     return out
+
+
+def _soft_roi_values(values, voxels, roi_weights, position):
+    """``roi_gm_weighted_mean`` and ``roi_gm_weighted_median`` of one ROI (NaN without weights)."""
+    if roi_weights is None:
+        return {"roi_gm_weighted_mean": np.nan, "roi_gm_weighted_median": np.nan}
+    selected, weights = values[voxels], roi_weights[..., position][voxels]
+    return {"roi_gm_weighted_mean": gm_weighted_mean(selected, weights),
+            "roi_gm_weighted_median": weighted_median(selected, weights)}
