@@ -195,7 +195,7 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                     (preproc, gm_to_native, [("outputnode.b0_file", "reference_file")]),
                     (gm_to_native, roistats, [("out_file", "gm_file")]),
                 ])
-                # issue 20: each ROI's grey-matter volume fraction per voxel (roi_gm_weighted_mean)
+                # issue 20: each ROI's grey-matter volume fraction per voxel (roi_gm_weighted_mean/median)
                 roi_weights = pe.Node(ROIWeights(atlas_file=atlas_file, gm_file=gm_file, labels_file=labels_file),
                                       name=f"roi_weights_{item.key}", mem_gb=2.0)
                 workflow.connect([
