@@ -16,19 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_ketamine.errors import InputError
-
-#: Columns every ROI table must have (docs/interfaces.md).
-ROISTATS_COLUMNS = ("roi", "param", "mean", "median", "std", "n_voxels", "coverage")
-#: Tensor parameters found in ROI tables.
-TENSOR_PARAMS = ("fa", "md", "ad", "rd")
-
-_NAME = re.compile(
-    r"^sub-(?P<sub>[A-Za-z0-9]+)_ses-(?P<ses>[A-Za-z0-9]+)"
-    r"(?P<entities>(?:_[A-Za-z]+-[A-Za-z0-9]+)*?)"
-    r"_atlas-(?P<atlas>[A-Za-z0-9]+)_model-tensor_roistats\.tsv$"
+from bids_ketamine.derivatives import (
+    ROISTATS_COLUMNS,
+    TENSOR_PARAMS,
+    classify,
+    parse_entities,
+    series_suffix,
 )
-
+from bids_ketamine.errors import InputError
 
 def find_roistats(output_dir: Path, atlas: str,
                   participant_label: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -51,12 +46,13 @@ def find_roistats(output_dir: Path, atlas: str,
     """
     rows = []
     for path in sorted(Path(output_dir).glob("sub-*/ses-*/dwi/*_roistats.tsv")):
-        match = _NAME.match(path.name)
-        if match is None or match["atlas"] != atlas:
+        found = parse_entities(output_dir, path)
+        known = classify(found)
+        if known is None or known[0] != "roistats_file" or known[1]["atlas"] != atlas:
             continue
-        if participant_label and match["sub"] not in participant_label:
+        if "session" not in found or (participant_label and found["subject"] not in participant_label):
             continue
-        rows.append((match["sub"], match["ses"], match["entities"], path))
+        rows.append((found["subject"], found["session"], series_suffix(found), path))
     return pd.DataFrame(rows, columns=["participant_id", "session_id", "entities", "path"])
 
 
@@ -65,8 +61,8 @@ MISSING_CELLS = ("n/a", "N/A", "NA", "", "nan", "NaN")
 
 
 def _rerun_hint(path: Path) -> str:
-    match = _NAME.match(Path(path).name)
-    who = f" --participant-label {match['sub']}" if match else ""
+    match = re.match(r"sub-([A-Za-z0-9]+)_", Path(path).name)
+    who = f" --participant-label {match[1]}" if match else ""
     return f"rerun the participant level{who} to rewrite it"
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bids_ketamine import __version__
+from bids_ketamine.derivatives import SeriesSummary
 from bids_ketamine.reports import figures, qc
 from bids_ketamine.reports.collect import (
     ParticipantOutputs,
@@ -185,11 +186,9 @@ class _ParticipantReport:
         tensor = read_json(series.files.get("tensor_json")) or {}
         row: dict[str, Any] = {"series": series.label, "source": "n/a", "matrix": "n/a",
                                "voxel": "n/a", "volumes": None, "shells": "n/a", "dti": "n/a"}
-        source = _lookup(sidecar, ("SourceFile", "Source", "Sources", "source_file", "source",
-                                   "RawSources", "InputFile"))
-        if source is not None:  # file names only: the full paths are in the sidecar
-            sources = source if isinstance(source, list) else [source]
-            row["source"] = ", ".join(Path(str(s)).name for s in sources)
+        summary = SeriesSummary.from_dict(sidecar)
+        if summary.Sources:  # file names only: the full paths are in the sidecar
+            row["source"] = ", ".join(Path(str(s)).name for s in summary.Sources)
         image_path = series.files.get("preproc") or series.maps.get("md")
         if image_path is not None:
             header = nib.load(str(image_path)).header
@@ -203,9 +202,9 @@ class _ParticipantReport:
             row["shells"] = _shell_text(np.loadtxt(bval, ndmin=1),
                                         float(self.config.get("b0_threshold") or 50.0))
             row["volumes"] = row["volumes"] or int(np.loadtxt(bval, ndmin=1).size)
-        used = _lookup_volumes(sidecar) or _lookup_volumes(tensor)
-        if used is not None:
-            row["dti"] = used
+        used = tensor.get("VolumesUsed")
+        if isinstance(used, list):
+            row["dti"] = f"{len(used)} volumes"
         return row
 
     # ------------------------------------------------------------------ warnings
@@ -235,7 +234,7 @@ class _ParticipantReport:
 
     # ------------------------------------------------------------------ one series
     def _series_section(self, series: SeriesOutputs) -> Section:
-        self._warn(series, qc.sidecar_warnings(series.sidecar()))
+        self._warn(series, [str(w) for w in SeriesSummary.from_dict(series.sidecar()).Warnings if str(w).strip()])
         parts = [
             self._noise_part(series),
             self._motion_part(series),
@@ -600,26 +599,6 @@ class _ParticipantReport:
 
 
 # ---------------------------------------------------------------------- module helpers
-def _lookup(data: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    """The first of ``keys`` present in ``data`` (case-insensitive), or None."""
-    lowered = {str(k).lower(): v for k, v in data.items()}
-    for key in keys:
-        if key.lower() in lowered:
-            return lowered[key.lower()]
-    return None
-
-
-def _lookup_volumes(data: dict[str, Any]) -> str | None:
-    """Describe the volumes used for DTI, from any key naming them."""
-    for key, value in data.items():
-        name = str(key).lower()
-        if "volume" in name and ("dti" in name or "used" in name or "tensor" in name):
-            if isinstance(value, (list, tuple)):
-                return f"{len(value)} volumes"
-            return str(value)
-    return None
-
-
 def _shell_text(bvals: np.ndarray, b0_threshold: float) -> str:
     """``b=0: 2, b=1000: 30`` from a list of b-values."""
     from bids_ketamine.dwi.gradients import shells

@@ -30,6 +30,7 @@ from nipype.pipeline import engine as pe
 from bids_ketamine import __version__
 from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
+from bids_ketamine.derivatives import subject_path
 from bids_ketamine.dwi.acquisition import longitudinal_acquisition_warnings
 from bids_ketamine.errors import InputError
 from bids_ketamine.interfaces.registration import (
@@ -39,6 +40,7 @@ from bids_ketamine.interfaces.registration import (
     WarpFromTemplate,
     WarpToTemplate,
 )
+from bids_ketamine.interfaces.io import DerivativesSink
 from bids_ketamine.interfaces.roi import ROIStats
 from bids_ketamine.utils.atomic import atomic_write_text
 from bids_ketamine.utils.progress import CALLBACK_PLUGINS, WorkflowProgress, display_options, expected_nodes
@@ -142,6 +144,11 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
             (merge_mask, midpoint, [("out", "mask_files")]),
             (midpoint, register, [("midpoint_file", "moving_file"), ("midpoint_mask", "moving_mask")]),
         ])
+        if len(groups) == 1 and len(members) >= 2:  # the subject's midpoint (docs/outputs.md)
+            ds_midpoint = pe.Node(DerivativesSink(out_path=str(subject_path(
+                config.output_dir, subject, "midpoint_b0"))), name="ds_midpoint_b0",
+                run_without_submitting=True)
+            workflow.connect([(midpoint, ds_midpoint, [("midpoint_file", "in_file")])])
         for position, index in enumerate(members, start=1):
             item, preproc, tensor, derivatives, mem_gb = series_nodes[index]
             workflow.connect([
