@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bids_ketamine import __version__
+from bids_ketamine.config import Config
 from bids_ketamine.derivatives import SeriesSummary
 from bids_ketamine.reports import figures, qc
 from bids_ketamine.reports.collect import (
@@ -97,7 +98,9 @@ class _ParticipantReport:
         self.out = outputs
         self.page_dir = outputs.output_dir
         self.fig_dir = outputs.output_dir / f"sub-{outputs.subject}" / "figures"
-        self.config = outputs.config or {}
+        # the recorded options read through Config: an option the record lacks takes the
+        # run's default, never a default of the report's own
+        self.config = Config.from_dict(outputs.config).to_dict() if outputs.config else {}
         self.min_coverage = float(self.config.get("min_coverage") or qc.MIN_COVERAGE)
         self.warnings: dict[str, list[str]] = {}
         self._templates: dict[str, dict[str, nib.Nifti1Image] | None] = {}
@@ -200,7 +203,7 @@ class _ParticipantReport:
         bval = series.files.get("bval")
         if bval is not None:
             row["shells"] = _shell_text(np.loadtxt(bval, ndmin=1),
-                                        float(self.config.get("b0_threshold") or 50.0))
+                                        float(self.config.get("b0_threshold") or Config.default("b0_threshold")))
             row["volumes"] = row["volumes"] or int(np.loadtxt(bval, ndmin=1).size)
         used = tensor.get("VolumesUsed")
         if isinstance(used, list):
@@ -570,10 +573,13 @@ class _ParticipantReport:
                       + ")") if provenance and provenance.get("ROIs") else ""
             text.append(f"Regions of interest of the {escape(atlas)} atlas{escape(source)} "
                         f"{' '.join(marks)} were mapped into each session's DWI space.")
-        threshold = cfg.get("csf_md_threshold", 1.5)
+        threshold, gm_threshold = cfg.get("csf_md_threshold"), cfg.get("gm_threshold")
         text.append(
             (f"Voxels with MD above {float(threshold):g} um&sup2;/ms were excluded as "
              "CSF-contaminated; " if threshold else "")
+            + (f"voxels whose grey-matter probability (the template's, warped into the session) "
+               f"was below {float(gm_threshold):g} were excluded as not grey matter; "
+               if gm_threshold is not None and cfg else "")
             + "the mean, median and standard deviation of each tensor parameter were computed "
             f"per ROI. Group-level models use statsmodels {cite('statsmodels')}."
         )

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bids_ketamine.config import Config
 from bids_ketamine.derivatives import ROISTATS_COLUMNS
 
 #: Largest acceptable framewise displacement of any volume (mm).
@@ -18,7 +19,7 @@ MAX_FD_MM = 2.0
 #: Largest acceptable mean framewise displacement of a series (mm).
 MEAN_FD_MM = 0.5
 #: Lowest acceptable ROI coverage (fraction of template voxels inside the brain mask).
-MIN_COVERAGE = 0.8
+MIN_COVERAGE = Config.default("min_coverage")
 #: Plausible range of grey-matter ROI mean MD (um^2/ms); healthy adult GM is ~0.7-0.9.
 MD_PLAUSIBLE = (0.5, 1.5)
 
