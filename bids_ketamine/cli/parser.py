@@ -22,6 +22,8 @@ from bids_ketamine.config import (
     FIT_METHODS,
     Config,
 )
+from bids_ketamine.derivatives import TENSOR_PARAMS
+from bids_ketamine.utils.labels import bare_label, strip_label  # noqa: F401 (strip_label: API)
 
 #: nipype execution plugins accepted by ``--plugin`` (nipype.pipeline.plugins).
 NIPYPE_PLUGINS = (
@@ -47,37 +49,6 @@ def _config_default(name: str) -> Any:
     return Config.default(name)
 
 
-def strip_label(label: str, prefix: str) -> str:
-    """Return a BIDS label without its entity prefix (``sub-01`` -> ``01``).
-
-    Parameters
-    ----------
-    label : str
-        A label as a user typed it, with or without the prefix.
-    prefix : str
-        The entity prefix without its dash (``"sub"`` or ``"ses"``).
-
-    Returns
-    -------
-    str
-        The bare label.
-
-    Raises
-    ------
-    ValueError
-        If the bare label is empty or holds characters BIDS labels cannot hold.
-    """
-    text = str(label).strip()
-    if text.startswith(f"{prefix}-"):
-        text = text[len(prefix) + 1 :]
-    if not text or not (text.isascii() and text.isalnum()):
-        raise ValueError(
-            f"'{label}' is not a valid {prefix} label: BIDS labels are letters and digits "
-            f"only, given with or without the '{prefix}-' prefix"
-        )
-    return text
-
-
 def _label_type(prefix: str):
     def _parse(value: str) -> str:
         try:
@@ -92,8 +63,7 @@ def _label_type(prefix: str):
 def _session_name(value: str) -> str:
     """A session label as given, without its ``ses-`` prefix (checked against the dataset
     by the group level, which names the sessions found)."""
-    text = value.strip()
-    return text[len("ses-"):] if text.startswith("ses-") else text
+    return bare_label(value, "ses")
 
 
 def _existing_file(value: str) -> Path:
@@ -638,7 +608,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         control_label=args.control_label,
         outcomes=tuple(args.outcomes) if args.outcomes else None,
         covariates=tuple(args.covariates) if args.covariates is not None else None,
-        params=tuple(dict.fromkeys(p.lower() if p.lower() in ("md", "fa", "ad", "rd") else p
+        params=tuple(dict.fromkeys(p.lower() if p.lower() in TENSOR_PARAMS else p
                                    for p in args.params)),
         min_coverage=args.min_coverage,
         roi_statistic=args.roi_statistic,

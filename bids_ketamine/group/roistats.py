@@ -9,7 +9,6 @@ records it: a series is never silently dropped.
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from bids_ketamine.derivatives import (
     series_suffix,
 )
 from bids_ketamine.errors import InputError
+from bids_ketamine.utils.tsv import is_missing, read_tsv_rows
 
 def find_roistats(output_dir: Path, atlas: str,
                   participant_label: tuple[str, ...] = ()) -> pd.DataFrame:
@@ -56,10 +56,6 @@ def find_roistats(output_dir: Path, atlas: str,
     return pd.DataFrame(rows, columns=["participant_id", "session_id", "entities", "path"])
 
 
-#: Cells of a ROI table that mean "no value" (BIDS writes ``n/a``).
-MISSING_CELLS = ("n/a", "N/A", "NA", "", "nan", "NaN")
-
-
 def _rerun_hint(path: Path) -> str:
     match = re.match(r"sub-([A-Za-z0-9]+)_", Path(path).name)
     who = f" --participant-label {match[1]}" if match else ""
@@ -67,7 +63,7 @@ def _rerun_hint(path: Path) -> str:
 
 
 def _read_table_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a small TSV (the csv module: far cheaper than pandas per file).
+    """Header and rows of a ROI table (:func:`~bids_ketamine.utils.tsv.read_tsv_rows`).
 
     Raises
     ------
@@ -75,25 +71,11 @@ def _read_table_rows(path: Path) -> tuple[list[str], list[list[str]]]:
         If the file is empty, not UTF-8 text, lacks a contract column, or has a row whose
         number of cells differs from the header's (a damaged file).
     """
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle, delimiter="\t")
-            rows = [(reader.line_num, row) for row in reader if row]
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text; {_rerun_hint(path)}") from None
-    if not rows:
-        raise InputError(f"{path} is empty; {_rerun_hint(path)}")
-    header = [name.strip() for name in rows[0][1]]
+    header, rows = read_tsv_rows(path, error=InputError, hint=_rerun_hint(path))
     missing = [c for c in ROISTATS_COLUMNS if c not in header]
     if missing:
         raise InputError(f"{path} lacks column(s) {', '.join(missing)}; {_rerun_hint(path)}")
-    for line, row in rows[1:]:
-        if len(row) != len(header):
-            raise InputError(
-                f"{path} line {line} has {len(row)} cells, the header {len(header)} (a damaged "
-                f"file); {_rerun_hint(path)}"
-            )
-    return header, [row for _, row in rows[1:]]
+    return header, [row for _, row in rows]
 
 
 def _number(text: str) -> float:
@@ -104,10 +86,7 @@ def _number(text: str) -> float:
     ValueError
         If the cell is neither a number nor a missing value.
     """
-    text = text.strip()
-    if text in MISSING_CELLS:
-        return float("nan")
-    return float(text)
+    return float("nan") if is_missing(text) else float(text.strip())
 
 
 def _numbers(cells: list[str], path: Path, column: str) -> np.ndarray:

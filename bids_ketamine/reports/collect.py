@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bids_ketamine.utils.labels import bare_label
 from bids_ketamine.derivatives import (
     SUBJECT_OUTPUTS,
     TENSOR_PARAMS,
@@ -149,7 +150,7 @@ def collect_participant_outputs(output_dir: Path, subject: str) -> ParticipantOu
         If OUTPUT_DIR holds no folder for the subject.
     """
     output_dir = Path(output_dir)
-    label = subject[4:] if subject.startswith("sub-") else subject
+    label = bare_label(subject, "sub")
     if not label or not label.isalnum():
         raise ValueError(
             f"'{subject}' is not a participant label: give letters and digits, with or "

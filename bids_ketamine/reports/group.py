@@ -39,6 +39,7 @@ from bids_ketamine.reports.html import (
     relative_url,
 )
 from bids_ketamine.reports.references import Citations
+from bids_ketamine.utils.tsv import read_tsv
 
 #: Significance level used to highlight p-values (raw and FDR-corrected).
 ALPHA = 0.05
@@ -77,8 +78,8 @@ def _read_tsv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path, sep="\t")
-    except pd.errors.EmptyDataError:
+        return read_tsv(path)
+    except ValueError:  # empty or damaged: the section says the table is missing
         return pd.DataFrame()
 
 

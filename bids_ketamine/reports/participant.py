@@ -50,6 +50,7 @@ from bids_ketamine.reports.references import (
     atlas_reference_keys,
     template_reference_keys,
 )
+from bids_ketamine.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger(__name__)
 
@@ -276,7 +277,7 @@ class _ParticipantReport:
         path = series.files.get("motion")
         if path is None:
             return head + not_available("Motion table", f"{series.prefix}_desc-motion_timeseries.tsv")
-        motion = pd.read_csv(path, sep="\t")
+        motion = read_tsv(path)
         summary = qc.motion_summary(motion)
         warnings = qc.motion_warnings(motion)
         self._warn(series, warnings)
@@ -413,7 +414,7 @@ class _ParticipantReport:
         if path is None:
             return not_available(f"ROI table of atlas {atlas}",
                                  f"{series.prefix}_atlas-{atlas}_model-tensor_roistats.tsv")
-        table = qc.check_roistats(pd.read_csv(path, sep="\t"), str(path))
+        table = qc.check_roistats(read_tsv(path), str(path))
         self._warn(series, qc.roi_warnings(table, min_coverage=self.min_coverage))
         rows = _wide_roi_rows(table)
 
@@ -616,7 +617,7 @@ def _shell_text(bvals: np.ndarray, b0_threshold: float) -> str:
 def _read_labels(tsv: Path | None, dseg: Path | None) -> dict[int, str]:
     """Label index -> name from a ``dseg.tsv`` (columns index and name), else from the image."""
     if tsv is not None and Path(tsv).is_file():
-        table = pd.read_csv(tsv, sep="\t")
+        table = read_tsv(tsv)
         index_col = next((c for c in ("index", "label", "value") if c in table), None)
         name_col = next((c for c in ("name", "roi", "label_name") if c in table), None)
         if index_col is not None and name_col is not None:
