@@ -17,7 +17,6 @@ from typing import Any, Sequence
 from bids_ketamine import __version__
 from bids_ketamine.config import (
     DEFAULT_REMISSION,
-    DEFAULT_TEMPLATE,
     DENOISE_METHODS,
     FIT_METHODS,
     Config,

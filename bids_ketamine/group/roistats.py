@@ -17,7 +17,6 @@ import pandas as pd
 
 from bids_ketamine.derivatives import (
     ROISTATS_COLUMNS,
-    TENSOR_PARAMS,
     classify,
     parse_entities,
     series_suffix,

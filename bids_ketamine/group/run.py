@@ -26,6 +26,7 @@ import pandas as pd
 
 from bids_ketamine import __version__
 from bids_ketamine.config import DEFAULT_OUTCOMES, KETAMINE7_ROIS, Config
+from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.errors import ClinicalDataError, InputError
 from bids_ketamine.group import clinical, figures, models, prediction, response, roistats, tables
 from bids_ketamine.utils.atomic import atomic_write_text, atomic_write_tsv
@@ -93,13 +94,13 @@ def _classify_params(params, scores: pd.DataFrame, bids_dir: Path) -> tuple[list
     measures = clinical.numeric_measures(scores)
     imaging, per_session = [], []
     for param in params:
-        if param.lower() in roistats.TENSOR_PARAMS:
+        if param.lower() in TENSOR_PARAMS:
             imaging.append(param.lower())
         elif param in measures:
             per_session.append(param)
         else:
             raise ClinicalDataError(
-                f"--params {param}: neither a tensor parameter ({', '.join(roistats.TENSOR_PARAMS)}) "
+                f"--params {param}: neither a tensor parameter ({', '.join(TENSOR_PARAMS)}) "
                 f"nor a numeric per-session column of {bids_dir}/sub-*/sub-*_sessions.tsv or "
                 f"phenotype/*.tsv (numeric columns: {', '.join(measures) or 'none'}); fix --params"
             )
