@@ -2,6 +2,9 @@
 
 Every check a user meets first lives here and raises :class:`~bids_ketamine.errors.DatasetError`
 with one line that names the file or folder and what to do.
+
+Kept as one module (~440 lines): every check of the input dataset a user meets first, with one
+error style.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 command line into a frozen :class:`bids_ketamine.config.Config`, checking what can be
 checked without opening the dataset.  Errors found here end the program through
 ``parser.error`` (one line, exit status 2), as every argparse program does.
+
+Kept as one module (~640 lines): the whole command line in one place, in the order the public
+contract lists it.
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def run_participant(config: Config) -> int:
         return build_participant_reports(config, sorted(series_by_subject))
 
     write_dataset_description(config.output_dir, dataset_description())
-    from bids_ketamine.workflows.base import run_participant_workflows
+    from bids_ketamine.cli.workflow import run_participant_workflows
 
     failed = run_participant_workflows(config, series_by_subject)
     status = build_participant_reports(config, sorted(series_by_subject))

@@ -10,6 +10,9 @@ Where the app reads them (docs/interfaces.md):
 Labels are stored without their ``sub-``/``ses-`` prefixes.  Every problem a user must fix
 raises :class:`bids_ketamine.errors.ClinicalDataError` with a one-line message naming the
 file and the fix.
+
+Kept as one module (~630 lines): every clinical table the app reads, with the checks they share
+and one error style.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ It reads only what the group level wrote (docs/interfaces.md, docs/group.md):
 ``change.tsv``, ``models.tsv``, ``models.json``, ``response.tsv``, ``prediction.tsv`` and
 ``figures/*.png`` (with the ``.tsv`` behind each).  Any of them may be absent: the
 section then says "not available".
+
+Kept as one module (~590 lines): one page whose sections share the loaded group tables and
+citations.
 """
 
 from __future__ import annotations
