@@ -222,18 +222,17 @@ def series_summary(source, bval_file, warnings, protocol_warnings, options):
     """
     import numpy as np
 
+    from bids_ketamine.derivatives import SeriesSummary
     from bids_ketamine.dwi.gradients import shells
 
     bvals = np.loadtxt(bval_file, ndmin=1)
-    return {
-        "Sources": [str(path) for path in (source if isinstance(source, (list, tuple)) else [source])],
-        "NumberOfVolumes": int(len(bvals)),
-        "Shells": {f"{b:g}": n for b, n in shells(bvals).items()},
-        "Options": dict(options),
-        "Warnings": list(warnings or []) + list(protocol_warnings or []),
-        "SkullStripped": False,
-        "Description": "Denoised, motion-corrected DWI in RAS+ orientation with rotated b-vectors",
-    }
+    return SeriesSummary(
+        Sources=[str(path) for path in (source if isinstance(source, (list, tuple)) else [source])],
+        NumberOfVolumes=int(len(bvals)),
+        Shells={f"{b:g}": n for b, n in shells(bvals).items()},
+        Options=dict(options),
+        Warnings=list(warnings or []) + list(protocol_warnings or []),
+    ).to_dict()
 
 
 def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
