@@ -18,6 +18,7 @@ from typing import Sequence
 from bids_ketamine import __version__
 from bids_ketamine.cli.parser import parse_args
 from bids_ketamine.config import Config
+from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.errors import InputError
 
 LOGGER = logging.getLogger("bids_ketamine")
@@ -73,7 +74,7 @@ def run_participant(config: Config) -> int:
         return build_participant_reports(config, sorted(series_by_subject))
 
     write_dataset_description(config.output_dir, dataset_description())
-    from bids_ketamine.workflows.base import run_participant_workflows
+    from bids_ketamine.cli.workflow import run_participant_workflows
 
     failed = run_participant_workflows(config, series_by_subject)
     status = build_participant_reports(config, sorted(series_by_subject))
@@ -131,7 +132,7 @@ def run_group(config: Config) -> int:
     check_bids_dir(config.bids_dir)
     check_output_dir(config.bids_dir, config.output_dir)
     check_output_dir(config.bids_dir, config.output_dir / "group")
-    if {param.lower() for param in config.params} & {"fa", "md", "ad", "rd"}:
+    if {param.lower() for param in config.params} & set(TENSOR_PARAMS):
         check_group_inputs(config.output_dir, config.atlas_name)
     from bids_ketamine.reports.group import build_group_report
 
