@@ -2,16 +2,17 @@
 #   make demo   install the app and run it on the built-in simulated trial
 #   make test   install system tools + the app with its test extra, then run every test
 PYTHON ?= python3
-SYSTEM_PACKAGES = mrtrix3 chromium chromium-driver slurm-wlm munge
+SYSTEM_PACKAGES = mrtrix3 chromium chromium-driver slurm-wlm munge buildah mmdebstrap
 
 .PHONY: demo test test-fast test-container system-deps
 
 demo:
-	$(PYTHON) -m pip install . && bids-ketamine-demo demo_output
+	$(PYTHON) -m pip install --no-compile . && bids-ketamine-demo demo_output
 
 # Reference tools used by the tests (MRtrix3 for denoising/tensor agreement, Chromium for
-# the reports, Slurm for the HPC test). Installed only where we are root with apt-get;
-# elsewhere the tests that need them skip with a message.
+# the reports, Slurm for the HPC test, buildah and mmdebstrap to build and run the container
+# image). Installed only where we are root with apt-get; elsewhere the tests that need them
+# skip with a message.
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	  missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -23,15 +24,13 @@ system-deps:
 
 test: system-deps
 	$(PYTHON) -m pip install -q -e '.[test]'
-	$(PYTHON) -m pytest -m "(slow or not slow) and not container" -p no:cacheprovider -n 2 --dist loadfile --durations=25
+	$(PYTHON) -m pytest -m "slow or not slow" -p no:cacheprovider -n 2 --dist loadfile --durations=25
 
 test-fast:
 	$(PYTHON) -m pytest
 
-# Builds the Docker image with buildah (base from mmdebstrap) and runs it; needs root, Debian's
-# mirror and PyPI (docs/hpc.md, "The container test"). Not part of `make test` yet.
-test-container:
-	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  for p in buildah mmdebstrap; do dpkg -s $$p >/dev/null 2>&1 || { apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$p >/dev/null; }; done; fi
+# The container test alone (it is also part of `make test`): builds the Docker image with
+# buildah (base from mmdebstrap) and runs it; needs root, Debian's mirror and PyPI
+# (docs/hpc.md, "The container test").
+test-container: system-deps
 	$(PYTHON) -m pytest -m container -p no:cacheprovider -s tests/test_container.py

@@ -2,12 +2,14 @@
 
 Every check a user meets first lives here and raises :class:`~bids_ketamine.errors.DatasetError`
 with one line that names the file or folder and what to do.
+
+Kept as one module (~440 lines): every check of the input dataset a user meets first, with one
+error style.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
@@ -15,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bids_ketamine.derivatives import parse_entities, roistats_glob, series_prefix
 from bids_ketamine.errors import DatasetError, InputError
 
 LOGGER = logging.getLogger(__name__)
 
 #: Entities kept in output names, in BIDS order.
 SERIES_ENTITIES = ("acquisition", "direction", "run")
-_SHORT = {"acquisition": "acq", "direction": "dir", "run": "run"}
 
 
 @dataclass(frozen=True)
@@ -71,13 +73,7 @@ class DwiSeries:
     @property
     def prefix(self) -> str:
         """The output file-name prefix, e.g. ``sub-01_ses-pre_acq-ortho``."""
-        parts = [f"sub-{self.subject}"]
-        if self.session:
-            parts.append(f"ses-{self.session}")
-        for entity in SERIES_ENTITIES:
-            if entity in self.entities:
-                parts.append(f"{_SHORT[entity]}-{self.entities[entity]}")
-        return "_".join(parts)
+        return series_prefix({"subject": self.subject, "session": self.session, **self.entities})
 
     @property
     def key(self) -> str:
@@ -188,19 +184,7 @@ def relative_entities(root: Path, path: Path) -> dict[str, str]:
         Entity name -> value as text (``run`` keeps its zero padding), with ``datatype``,
         ``suffix`` and ``extension`` when present.
     """
-    from bids.layout import parse_file_entities
-
-    relative = Path(path).relative_to(root).as_posix()
-    return {key: str(value) for key, value in
-            parse_file_entities("/" + relative, entities=_bids_entities()).items()}
-
-
-@functools.lru_cache(maxsize=1)
-def _bids_entities():
-    """The entities of pybids' ``bids`` configuration (loaded once: loading is slow)."""
-    from bids.layout.models import Config as BidsConfig
-
-    return list(BidsConfig.load("bids").entities.values())
+    return parse_entities(root, path, raw=True)
 
 
 def dataset_files(layout, **query: Any) -> list[tuple[Path, dict[str, str]]]:
@@ -443,7 +427,7 @@ def participant_outputs(output_dir: Path, atlas: str) -> list[Path]:
     """ROI tables written by the participant level (used to check before the group level)."""
     if not output_dir.is_dir():
         return []
-    return sorted(output_dir.glob(f"sub-*/**/dwi/*_atlas-{atlas}_model-tensor_roistats.tsv"))
+    return sorted(output_dir.glob(roistats_glob(atlas)))
 
 
 def check_group_inputs(output_dir: Path, atlas: str) -> None:

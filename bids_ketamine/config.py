@@ -40,6 +40,10 @@ DEFAULT_OUTCOMES = ("madrs", "qids_sr")
 DEFAULT_REMISSION = {"madrs": 10.0, "qids_sr": 5.0}
 
 
+#: Options that are paths.
+_PATH_FIELDS = ("bids_dir", "output_dir", "bids_database_dir", "work_dir", "atlas_labels")
+
+
 @dataclass(frozen=True)
 class Config:
     """All options of one run of ``bids-ketamine``.
@@ -125,6 +129,34 @@ class Config:
             return value
 
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        """The Config of a recorded run (``config.json``, :meth:`to_dict`).
+
+        Options missing from ``data`` take their defaults here (the one source of defaults);
+        keys that are not options (from another version) are ignored.
+        """
+        values: dict[str, Any] = {}
+        for item in dataclasses.fields(cls):
+            if item.name not in data:
+                continue
+            value = data[item.name]
+            if isinstance(value, list):
+                value = tuple(value)
+            if value is not None and item.name in _PATH_FIELDS:
+                value = Path(value)
+            values[item.name] = value
+        values.setdefault("bids_dir", Path("."))
+        values.setdefault("output_dir", Path("."))
+        values.setdefault("analysis_level", "participant")
+        return cls(**values)
+
+    @classmethod
+    def default(cls, name: str) -> Any:
+        """The default of one option."""
+        item = cls.__dataclass_fields__[name]
+        return item.default if item.default is not dataclasses.MISSING else item.default_factory()
 
     def to_json(self) -> str:
         """Options as a JSON document."""

@@ -6,7 +6,7 @@ run the command line as a subprocess (as a scheduler would)::
     python -m bids_ketamine BIDS OUT participant -w WORK --nprocs N --omp-nthreads 1
 
 on the smallest simulated dataset (``bids-ketamine-simulate --n-subjects 1 --seed 3
---preset small``: one subject, two sessions), shared by the whole module:
+--preset demo``: one subject, two sessions, 4 mm), shared by the whole module:
 
 (a) a run killed with SIGKILL mid-way and started again finishes, reuses the work
     directory (the nodes finished before the kill are not run again) and gives the ROI
@@ -234,7 +234,7 @@ def dataset(tmp_path_factory) -> Path:
     bids = tmp_path_factory.mktemp("faults") / "bids"
     result = subprocess.run(
         [sys.executable, "-m", "bids_ketamine.cli.simulate", str(bids), "--n-subjects", "1",
-         "--seed", "3", "--preset", "small", "--quiet"],
+         "--seed", "3", "--preset", "demo", "--quiet"],
         capture_output=True, text=True, env=_environment(), timeout=600,
     )
     assert result.returncode == 0, result.stderr

@@ -236,7 +236,7 @@ def test_report_methods_name_series_fitted_above_dti_max_bval(tmp_path):
     import json
 
     from bids_ketamine.reports.collect import SeriesOutputs
-    from bids_ketamine.reports.participant import _high_shell_clause
+    from bids_ketamine.reports.methods import _high_shell_clause
 
     series = []
     for label, used in (("ses-a", [0.0, 1000.0]), ("ses-b", [0.0, 2500.0])):

@@ -20,7 +20,6 @@ import sys
 import termios
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -374,22 +373,11 @@ def test_group_level_bar_on_a_terminal_and_quiet(group_study):
 # ----------------------------------------------------------------------------- participant level
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory) -> Path:
-    """One simulated subject (small preset), every other volume kept: a short real run."""
+    """One simulated subject of the demo acquisition (4 mm, 15 volumes): a short real run."""
     from bids_ketamine.simulate import simulate_trial
 
-    bids = simulate_trial(tmp_path_factory.mktemp("progress_participant") / "bids", n_subjects=1,
-                          seed=3, preset="small", progress=False)
-    for image_path in sorted(bids.glob("sub-*/ses-*/dwi/*_dwi.nii.gz")):
-        stem = str(image_path)[: -len(".nii.gz")]
-        image = nib.load(image_path)
-        keep = np.arange(image.shape[3]) % 2 == 0
-        nib.Nifti1Image(np.asanyarray(image.dataobj)[..., keep], image.affine,
-                        image.header).to_filename(image_path)
-        bvals = np.loadtxt(f"{stem}.bval", ndmin=1)[keep]
-        bvecs = np.loadtxt(f"{stem}.bvec", ndmin=2)[:, keep]
-        np.savetxt(f"{stem}.bval", bvals[None], fmt="%g")
-        np.savetxt(f"{stem}.bvec", bvecs, fmt="%.6f")
-    return bids
+    return simulate_trial(tmp_path_factory.mktemp("progress_participant") / "bids", n_subjects=1,
+                          seed=3, preset="demo", progress=False)
 
 
 def _participant_command(bids: Path, root: Path, plugin: str, *extra: str) -> list[str]:

@@ -382,6 +382,22 @@ def test_methods_cite_the_tools(participant_reports):
     assert "Fadnavis" not in methods
 
 
+def test_methods_read_the_recorded_options_through_config(tmp_path):
+    """An option the record lacks takes the run's default (Config), not a report default."""
+    from bids_ketamine.reports import build_participant_report
+
+    root = make_participant_tree(tmp_path / "derivatives", full=True, subject="03")
+    config_file = root / "sub-03" / "log" / "config.json"
+    recorded = json.loads(config_file.read_text())
+    del recorded["csf_md_threshold"]
+    recorded["gm_threshold"] = 0.4
+    config_file.write_text(json.dumps(recorded))
+    text = build_participant_report(root, "03").read_text()
+    methods = text[text.index('id="methods"'):text.index('id="about"')]
+    assert f"MD above {Config.default('csf_md_threshold'):g} um" in methods
+    assert "grey-matter probability" in methods and "below 0.4 " in methods
+
+
 def test_registration_check_without_template_files(tmp_path, monkeypatch):
     """A template with no local files: FA shown alone, never another space's outline."""
     from bids_ketamine.reports import build_participant_report

@@ -269,7 +269,7 @@ def simulated_bids(tmp_path_factory):
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("sim") / "bids"
     result = subprocess.run(_console_script("bids-ketamine-simulate") + [
-        str(root), "--n-subjects", "2", "--seed", "11", "--preset", "small"],
+        str(root), "--n-subjects", "2", "--seed", "11", "--preset", "demo"],
         capture_output=True, text=True, timeout=900)
     if result.returncode != 0:
         pytest.fail(f"bids-ketamine-simulate failed:\n{result.stderr[-3000:]}")

@@ -4,6 +4,9 @@
 command line into a frozen :class:`bids_ketamine.config.Config`, checking what can be
 checked without opening the dataset.  Errors found here end the program through
 ``parser.error`` (one line, exit status 2), as every argparse program does.
+
+Kept as one module (~640 lines): the whole command line in one place, in the order the public
+contract lists it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from typing import Any, Sequence
 from bids_ketamine import __version__
 from bids_ketamine.config import (
     DEFAULT_REMISSION,
-    DEFAULT_TEMPLATE,
     DENOISE_METHODS,
     FIT_METHODS,
     ROI_STATISTICS,
     Config,
 )
+from bids_ketamine.derivatives import TENSOR_PARAMS
+from bids_ketamine.utils.labels import bare_label, strip_label  # noqa: F401 (strip_label: API)
 
 #: nipype execution plugins accepted by ``--plugin`` (nipype.pipeline.plugins).
 NIPYPE_PLUGINS = (
@@ -45,38 +49,7 @@ NIPYPE_PLUGINS = (
 
 def _config_default(name: str) -> Any:
     """The default of a :class:`Config` field (the one source of defaults)."""
-    return Config.__dataclass_fields__[name].default
-
-
-def strip_label(label: str, prefix: str) -> str:
-    """Return a BIDS label without its entity prefix (``sub-01`` -> ``01``).
-
-    Parameters
-    ----------
-    label : str
-        A label as a user typed it, with or without the prefix.
-    prefix : str
-        The entity prefix without its dash (``"sub"`` or ``"ses"``).
-
-    Returns
-    -------
-    str
-        The bare label.
-
-    Raises
-    ------
-    ValueError
-        If the bare label is empty or holds characters BIDS labels cannot hold.
-    """
-    text = str(label).strip()
-    if text.startswith(f"{prefix}-"):
-        text = text[len(prefix) + 1 :]
-    if not text or not (text.isascii() and text.isalnum()):
-        raise ValueError(
-            f"'{label}' is not a valid {prefix} label: BIDS labels are letters and digits "
-            f"only, given with or without the '{prefix}-' prefix"
-        )
-    return text
+    return Config.default(name)
 
 
 def _label_type(prefix: str):
@@ -93,8 +66,7 @@ def _label_type(prefix: str):
 def _session_name(value: str) -> str:
     """A session label as given, without its ``ses-`` prefix (checked against the dataset
     by the group level, which names the sessions found)."""
-    text = value.strip()
-    return text[len("ses-"):] if text.startswith("ses-") else text
+    return bare_label(value, "ses")
 
 
 def _existing_file(value: str) -> Path:
@@ -240,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="participant_label",
         nargs="+",
         type=_label_type("sub"),
-        default=[],
+        default=list(_config_default("participant_label")),
         metavar="LABEL",
         help="participants to process, with or without 'sub-' (default: all)",
     )
@@ -250,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="session_label",
         nargs="+",
         type=_label_type("ses"),
-        default=[],
+        default=list(_config_default("session_label")),
         metavar="LABEL",
         help="sessions to process, with or without 'ses-' (default: all)",
     )
@@ -272,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--bids-database-dir",
         type=Path,
-        default=None,
+        default=_config_default("bids_database_dir"),
         metavar="DIR",
         help="directory for a pybids database, reused by later runs (faster on large datasets)",
     )
@@ -282,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-w",
         "--work-dir",
         type=Path,
-        default=None,
+        default=_config_default("work_dir"),
         metavar="DIR",
         help="nipype working directory; rerunning with the same one resumes "
         "(default: OUTPUT_DIR/../work or ./work)",
@@ -309,14 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem_gb",
         dest="mem_gb",
         type=_positive_float,
-        default=None,
+        default=_config_default("mem_gb"),
         metavar="GB",
         help="upper bound on memory used by the MultiProc plugin (default: all available)",
     )
     run.add_argument(
         "--plugin",
         choices=NIPYPE_PLUGINS,
-        default="MultiProc",
+        default=_config_default("plugin"),
         help="nipype execution plugin; SLURM/SLURMGraph/SGE/PBS hand nodes to a scheduler",
     )
     run.add_argument(
@@ -363,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--denoise",
         choices=DENOISE_METHODS,
-        default="mppca",
+        default=_config_default("denoise"),
         help="denoising before any interpolation: MP-PCA (Veraart 2016), Patch2Self, or none",
     )
     prep.add_argument(
@@ -381,27 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--fit-method",
         choices=FIT_METHODS,
-        default="wls",
+        default=_config_default("fit_method"),
         help="tensor fitting method",
     )
     prep.add_argument(
         "--b0-threshold",
         type=float,
-        default=50.0,
+        default=_config_default("b0_threshold"),
         metavar="B",
         help="b-values at or below this count as b=0 (s/mm^2)",
     )
     prep.add_argument(
         "--dti-max-bval",
         type=_positive_float,
-        default=1500.0,
+        default=_config_default("dti_max_bval"),
         metavar="B",
         help="fit the tensor to b=0 and shells at or below this b-value (s/mm^2)",
     )
     prep.add_argument(
         "--combine-runs",
         choices=["separate", "average"],
-        default="separate",
+        default=_config_default("combine_runs"),
         help="with several DWI runs (run-<n>, same acq-/dir-) in a session: 'separate' "
         "processes each run as its own series (one ROI table per run); 'average' denoises each "
         "run, joins them, motion-corrects every volume to one reference and fits one tensor to "
@@ -411,14 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     reg = parser.add_argument_group("Participant level: templates, atlases and ROIs")
     reg.add_argument(
         "--template",
-        default=DEFAULT_TEMPLATE,
+        default=_config_default("template"),
         metavar="NAME",
         help="template space (TemplateFlow name). Without TemplateFlow files, the "
         "nilearn-shipped MNI152NLin2009aSym is used and recorded",
     )
     reg.add_argument(
         "--atlas",
-        default="ketamine7",
+        default=_config_default("atlas"),
         metavar="NAME|FILE",
         help="ROI set: 'ketamine7' (7 ROIs of the reference study) or a NIfTI label image "
         "in template space with a TSV of labels (see --atlas-labels)",
@@ -426,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--atlas-labels",
         type=_existing_file,
-        default=None,
+        default=_config_default("atlas_labels"),
         metavar="TSV",
         help="labels of a user atlas: columns 'index' and 'name' (default: the atlas "
         "path with .tsv)",
@@ -434,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--csf-md-threshold",
         type=_threshold_or_none,
-        default=1.1,
+        default=_config_default("csf_md_threshold"),
         metavar="MD|none",
         help="exclude ROI voxels whose MD exceeds this (um^2/ms) as CSF-contaminated "
         "(healthy grey matter is 0.7-0.9, CSF 3.0); 'none' keeps every voxel",
@@ -442,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--gm-threshold",
         type=_fraction_or_none,
-        default=0.5,
+        default=_config_default("gm_threshold"),
         metavar="P|none",
         help="keep ROI voxels whose grey-matter probability (the template's, warped into the "
         "session) is at least P; 'none' keeps white matter and CSF inside the atlas labels",
@@ -459,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument(
         "--roi-statistic",
         choices=list(ROI_STATISTICS),
-        default=Config.roi_statistic,
+        default=_config_default("roi_statistic"),
         help="ROI summary of each session entering the models: the median or mean of the ROI's "
         "voxels, their grey-matter-fraction-weighted mean (gm_weighted_mean) or the grey-matter "
         "MD of the tissue-mixture fit (pv_gm); see docs/participant.md (default: %(default)s)",
@@ -467,14 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument(
         "--baseline-session",
         type=_label_type("ses"),
-        default=None,
+        default=_config_default("baseline_session"),
         metavar="LABEL",
         help="baseline session label (default: earliest by acq_time in sessions.tsv, else by label)",
     )
     grp.add_argument(
         "--followup-session",
         type=_label_type("ses"),
-        default=None,
+        default=_config_default("followup_session"),
         metavar="LABEL",
         help="follow-up session label (default: the other/latest session)",
     )
@@ -482,7 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--outcome-sessions",
         nargs="+",
         type=_session_name,
-        default=None,
+        default=_config_default("outcome_sessions"),
         metavar="LABEL",
         help="sessions at which outcome change, percent improvement, response and remission "
         "are computed, one set of models each (default: the follow-up session)",
@@ -490,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument(
         "--outcome-baseline-session",
         type=_session_name,
-        default=None,
+        default=_config_default("outcome_baseline_session"),
         metavar="LABEL",
         help="session the outcomes are compared with (default: the baseline session)",
     )
@@ -498,40 +470,40 @@ def build_parser() -> argparse.ArgumentParser:
         "--sessions",
         nargs="+",
         type=_session_name,
-        default=None,
+        default=_config_default("sessions"),
         metavar="LABEL",
         help="order of more than two sessions, earliest first (default: by acq_time in "
         "sessions.tsv); sessions not listed are ignored",
     )
     grp.add_argument(
         "--group-column",
-        default="group",
+        default=_config_default("group_column"),
         metavar="COLUMN",
         help="participants.tsv column holding the arm",
     )
     grp.add_argument(
         "--treatment-label",
-        default="ketamine",
+        default=_config_default("treatment_label"),
         metavar="VALUE",
         help="value of the group column for the treatment arm (treatment = 1)",
     )
     grp.add_argument(
         "--control-label",
-        default=None,
+        default=_config_default("control_label"),
         metavar="VALUE",
         help="value of the group column for the control arm (default: the other value)",
     )
     grp.add_argument(
         "--outcomes",
         nargs="+",
-        default=None,
+        default=_config_default("outcomes"),
         metavar="COLUMN",
         help="per-session clinical scores (default: those of madrs, qids_sr present)",
     )
     grp.add_argument(
         "--covariates",
         nargs="*",
-        default=None,
+        default=_config_default("covariates"),
         metavar="COLUMN",
         help="model covariates (default: baseline outcome score, age, sex where present): "
         "participants.tsv columns, <outcome>_baseline or <outcome>_change of another "
@@ -540,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument(
         "--params",
         nargs="+",
-        default=["md"],
+        default=list(_config_default("params")),
         metavar="PARAM",
         help="predictors: tensor parameters (md, fa, ad, rd) or any numeric per-session "
         "column (e.g. a plasma metabolite)",
@@ -548,14 +520,14 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument(
         "--min-coverage",
         type=_fraction,
-        default=0.8,
+        default=_config_default("min_coverage"),
         metavar="FRACTION",
         help="drop a participant's ROI from the models when its coverage is below this",
     )
     grp.add_argument(
         "--response-threshold",
         type=_positive_float,
-        default=50.0,
+        default=_config_default("response_threshold"),
         metavar="PERCENT",
         help="response = at least this percent improvement from baseline",
     )
@@ -572,14 +544,14 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument(
         "--n-permutations",
         type=int,
-        default=200,
+        default=_config_default("n_permutations"),
         metavar="N",
         help="permutations for the p-value of the cross-validated prediction (0: skip)",
     )
     grp.add_argument(
         "--seed",
         type=int,
-        default=0,
+        default=_config_default("seed"),
         metavar="S",
         help="random seed for the cross-validation and permutations",
     )
@@ -640,7 +612,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         control_label=args.control_label,
         outcomes=tuple(args.outcomes) if args.outcomes else None,
         covariates=tuple(args.covariates) if args.covariates is not None else None,
-        params=tuple(dict.fromkeys(p.lower() if p.lower() in ("md", "fa", "ad", "rd") else p
+        params=tuple(dict.fromkeys(p.lower() if p.lower() in TENSOR_PARAMS else p
                                    for p in args.params)),
         min_coverage=args.min_coverage,
         roi_statistic=args.roi_statistic,

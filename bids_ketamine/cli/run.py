@@ -18,6 +18,7 @@ from typing import Sequence
 from bids_ketamine import __version__
 from bids_ketamine.cli.parser import parse_args
 from bids_ketamine.config import Config
+from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.errors import InputError
 
 LOGGER = logging.getLogger("bids_ketamine")
@@ -73,7 +74,7 @@ def run_participant(config: Config) -> int:
         return build_participant_reports(config, sorted(series_by_subject))
 
     write_dataset_description(config.output_dir, dataset_description())
-    from bids_ketamine.workflows.base import run_participant_workflows
+    from bids_ketamine.cli.workflow import run_participant_workflows
 
     failed = run_participant_workflows(config, series_by_subject)
     status = build_participant_reports(config, sorted(series_by_subject))
@@ -85,18 +86,43 @@ def run_participant(config: Config) -> int:
 
 
 def build_participant_reports(config: Config, subjects: list[str]) -> int:
-    """Build each participant's HTML report from the outputs on disk."""
+    """Build each participant's HTML report from the outputs on disk.
+
+    The reports (mostly figures) are built in ``config.nprocs`` processes at once.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     from bids_ketamine.reports.participant import build_participant_report
 
+    workers = max(1, min(int(config.nprocs or 1), len(subjects)))
+    pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+            if workers > 1 else None)
+    submit = pool.submit if pool else _call_now
+    futures = [(subject, submit(build_participant_report, config.output_dir, subject))
+               for subject in subjects]
     status = 0
-    for subject in subjects:
+    for subject, future in futures:
         try:
-            path = build_participant_report(config.output_dir, subject)
-            LOGGER.info("Report: %s", path)
+            LOGGER.info("Report: %s", future.result())
         except Exception as err:  # noqa: BLE001 - a report must never hide the results
             LOGGER.error("Could not build the report of sub-%s: %s", subject, err)
             status = 1
+    if pool:
+        pool.shutdown()
     return status
+
+
+def _call_now(function, *args):
+    """``function(*args)`` as a finished :class:`concurrent.futures.Future`."""
+    from concurrent.futures import Future
+
+    future = Future()
+    try:
+        future.set_result(function(*args))
+    except Exception as err:  # noqa: BLE001 - handed to the caller through the future
+        future.set_exception(err)
+    return future
 
 
 def run_group(config: Config) -> int:
@@ -106,7 +132,7 @@ def run_group(config: Config) -> int:
     check_bids_dir(config.bids_dir)
     check_output_dir(config.bids_dir, config.output_dir)
     check_output_dir(config.bids_dir, config.output_dir / "group")
-    if {param.lower() for param in config.params} & {"fa", "md", "ad", "rd"}:
+    if {param.lower() for param in config.params} & set(TENSOR_PARAMS):
         check_group_inputs(config.output_dir, config.atlas_name)
     from bids_ketamine.reports.group import build_group_report
 

@@ -16,6 +16,7 @@ from typing import Sequence
 from bids_ketamine import __version__
 from bids_ketamine.cli.parser import _positive_int as positive_int
 from bids_ketamine.simulate.trial import TrialDesign
+from bids_ketamine.utils.labels import bare_label
 
 PROG = "bids-ketamine-simulate"
 
@@ -129,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         md_change_ketamine=tuple(args.md_change_ketamine),
         md_change_saline=tuple(args.md_change_saline),
         arm_ratio=tuple(args.arm_ratio),
-        sessions=tuple(s[4:] if s.startswith("ses-") else s for s in args.sessions),
+        sessions=tuple(bare_label(s, "ses") for s in args.sessions),
         null=args.null,
         noise=not args.no_noise,
         motion_enabled=not args.no_motion,

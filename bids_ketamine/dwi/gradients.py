@@ -1,6 +1,6 @@
 """Loading and checking a DWI series and its gradient table.
 
-Conventions (docs/dwi-conventions in the project's shared docs):
+Conventions (docs/dwi-conventions.md):
 
 - ``.bvec`` files follow FSL/BIDS: vectors in the image's *voxel* axes, with the x component
   negated when the voxel-to-world affine has a positive determinant.  Internally we work with
@@ -12,6 +12,9 @@ Conventions (docs/dwi-conventions in the project's shared docs):
   above it are fitted on their lowest shell, with a warning (:func:`dti_fit_bval`).
 - :func:`check_series_files` makes every check that headers and text files allow (fast: the
   image data are not read); :func:`load_dwi_series` adds the data.
+
+Kept as one module (~420 lines): the loading of one DWI series and every check of it share their
+private error helpers.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ affine's 3x3 part).  b-vectors follow the BIDS/FSL convention: voxel axes, with 
 component negated when the affine has a positive determinant (FSL's radiological voxel
 order; RAS+ data have it); ``bvec_convention="voxel"`` takes them as plain voxel-axis
 vectors (DIPY's reading).
+
+Kept as one module (~480 lines): one algorithm: the b=0 and diffusion-weighted passes share
+their private helpers.
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ cross-correlation metric, both on brain-masked images.  The default fixed image 
 :func:`template_b0_contrast`: a b=0-like (T2-weighted: CSF bright, grey matter brighter
 than white) image synthesised from the template's tissue probability maps at the working
 resolution (2.5 mm), because a DWI b=0 does not look like a T1w image.
+
+Kept as one module (~620 lines): midpoint space and template registration share their resampling
+and transform helpers.
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ this module, least squares                     0.16        ~11
 
 (reproduce: ``pytest tests/test_rigid.py -m slow -s``.)  The 12-dof affine, the
 normalised correlation and the intensity scale use the same machinery.
+
+Kept as one module (~670 lines): one optimiser (rigid and affine) with its cost, gradient and
+pyramid helpers.
 """
 
 from __future__ import annotations

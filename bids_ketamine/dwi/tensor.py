@@ -22,6 +22,9 @@ step by step:
 
 Voxels outside the mask are 0 in every map, as in DIPY. The maps are stored as float32 (relative
 precision 6e-8; the fit itself runs in float64).
+
+Kept as one module (~440 lines): one algorithm (the fit and its scalar maps) with its private
+kernels.
 """
 
 from __future__ import annotations

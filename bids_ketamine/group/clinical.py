@@ -10,11 +10,13 @@ Where the app reads them (docs/interfaces.md):
 Labels are stored without their ``sub-``/``ses-`` prefixes.  Every problem a user must fix
 raises :class:`bids_ketamine.errors.ClinicalDataError` with a one-line message naming the
 file and the fix.
+
+Kept as one module (~630 lines): every clinical table the app reads, with the checks they share
+and one error style.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import re
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ import numpy as np
 import pandas as pd
 
 from bids_ketamine.errors import ClinicalDataError
+from bids_ketamine.utils.labels import bare_label
+from bids_ketamine.utils.tsv import MISSING_VALUES, read_tsv, read_tsv_rows
 
 LOGGER = logging.getLogger("bids_ketamine.group")
 
@@ -35,24 +39,6 @@ _SESSION_ORDER_WORDS = {
 }
 
 
-def bare_label(value: object, prefix: str) -> str:
-    """Return a label without its BIDS entity prefix (``sub-01`` -> ``01``).
-
-    Parameters
-    ----------
-    value : object
-        The label as found in a table (``"sub-01"``, ``"01"``, ``1``).
-    prefix : str
-        ``"sub"`` or ``"ses"``.
-
-    Returns
-    -------
-    str
-    """
-    text = str(value).strip()
-    return text[len(prefix) + 1:] if text.startswith(f"{prefix}-") else text
-
-
 def read_bids_tsv(path: Path) -> pd.DataFrame:
     """Read a BIDS TSV file (``n/a`` = missing; identifiers kept as text).
 
@@ -61,43 +47,8 @@ def read_bids_tsv(path: Path) -> pd.DataFrame:
     ClinicalDataError
         If the file cannot be parsed as a tab-separated table.
     """
-    try:
-        table = pd.read_csv(
-            path, sep="\t", na_values=["n/a", "N/A", "NA", ""], keep_default_na=False,
-            dtype={"participant_id": str, "session_id": str},
-        )
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise ClinicalDataError(
-            f"{path} is not a readable tab-separated table ({err}); fix or remove it"
-        ) from None
-    table.columns = [str(c).strip() for c in table.columns]
-    return table
-
-
-def _read_small_tsv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and (line number, cells) rows of a small TSV file (csv module: cheap)."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle, delimiter="\t")
-            rows = [(reader.line_num, row) for row in reader if row]
-    except UnicodeDecodeError as err:
-        raise ClinicalDataError(f"{path} is not UTF-8 text ({err}); fix or remove it") from None
-    if not rows:
-        raise ClinicalDataError(f"{path} is empty; add a header row (session_id, ...)")
-    header = [name.strip() for name in rows[0][1]]
-    width = len(header)
-    body = []
-    for number, row in rows[1:]:
-        if len(row) != width:
-            raise ClinicalDataError(
-                f"{path} line {number} has {len(row)} columns, the header {width}; fix the row"
-            )
-        body.append((number, [cell.strip() for cell in row]))
-    return header, body
-
-
-#: Cells read as missing in a numeric column, besides BIDS's ``n/a`` (already NaN here).
-_NOT_A_NUMBER_TEXT = ("nan", "NaN", "NAN")
+    return read_tsv(path, error=ClinicalDataError,
+                    dtype={"participant_id": str, "session_id": str})
 
 
 def _convert_numeric_columns(table: pd.DataFrame, columns, locate) -> None:
@@ -127,7 +78,7 @@ def _convert_numeric_columns(table: pd.DataFrame, columns, locate) -> None:
         if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
             continue
         text = column.map(lambda v: v.strip() if isinstance(v, str) else v)
-        missing = text.isna() | text.isin(_NOT_A_NUMBER_TEXT)
+        missing = text.isna() | text.isin(MISSING_VALUES)
         converted = pd.to_numeric(text.where(~missing), errors="coerce")
         bad = ~missing & converted.isna()
         n_numbers = int((~missing & converted.notna()).sum())
@@ -276,7 +227,8 @@ def read_session_scores(bids_dir: Path, participants: pd.Index | None = None) ->
         subject = bare_label(path.parent.name, "sub")
         if participants is not None and subject not in participants:
             continue
-        header, rows = _read_small_tsv(path)
+        header, rows = read_tsv_rows(path, error=ClinicalDataError)
+        rows = [(line, [cell.strip() for cell in row]) for line, row in rows]
         if "session_id" not in header:
             raise ClinicalDataError(f"{path} has no 'session_id' column; add it (BIDS requires it)")
         for line, row in rows:
@@ -293,7 +245,7 @@ def read_session_scores(bids_dir: Path, participants: pd.Index | None = None) ->
     if not frames:
         return pd.DataFrame(columns=columns)
     scores = pd.concat(frames, ignore_index=True)
-    scores = scores.replace({"n/a": np.nan, "N/A": np.nan, "NA": np.nan, "": np.nan})
+    scores = scores.replace({text: np.nan for text in MISSING_VALUES})
     scores["session_id"] = scores["session_id"].map(lambda v: bare_label(v, "ses"))
     repeated = scores.duplicated(["_source", "participant_id", "session_id"])
     if repeated.any():

@@ -12,6 +12,9 @@ default (``cov_type``), t reference distribution with the residual degrees of fr
 exactly ``intercept``, ``treatment``, ``<param>_change``, ``treatment:<param>_change`` and
 the covariate names: variables enter the formula under neutral aliases, so any column
 name works and the names come back unchanged.
+
+Kept as one module (~420 lines): the model family (OLS, slopes, logistic, FDR) shares its design
+and term-table helpers.
 """
 
 from __future__ import annotations

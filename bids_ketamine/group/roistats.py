@@ -9,7 +9,6 @@ records it: a series is never silently dropped.
 
 from __future__ import annotations
 
-import csv
 import re
 from pathlib import Path
 
@@ -17,18 +16,14 @@ import numpy as np
 import pandas as pd
 
 from bids_ketamine.config import ROI_STATISTICS
-from bids_ketamine.errors import InputError
-
-#: Columns every ROI table must have (docs/interfaces.md).
-ROISTATS_COLUMNS = ("roi", "param", "mean", "median", "std", "n_voxels", "coverage")
-#: Tensor parameters found in ROI tables.
-TENSOR_PARAMS = ("fa", "md", "ad", "rd")
-
-_NAME = re.compile(
-    r"^sub-(?P<sub>[A-Za-z0-9]+)_ses-(?P<ses>[A-Za-z0-9]+)"
-    r"(?P<entities>(?:_[A-Za-z]+-[A-Za-z0-9]+)*?)"
-    r"_atlas-(?P<atlas>[A-Za-z0-9]+)_model-tensor_roistats\.tsv$"
+from bids_ketamine.derivatives import (
+    ROISTATS_COLUMNS,
+    classify,
+    parse_entities,
+    series_suffix,
 )
+from bids_ketamine.errors import InputError
+from bids_ketamine.utils.tsv import is_missing, read_tsv_rows
 
 
 def find_roistats(output_dir: Path, atlas: str,
@@ -52,27 +47,24 @@ def find_roistats(output_dir: Path, atlas: str,
     """
     rows = []
     for path in sorted(Path(output_dir).glob("sub-*/ses-*/dwi/*_roistats.tsv")):
-        match = _NAME.match(path.name)
-        if match is None or match["atlas"] != atlas:
+        found = parse_entities(output_dir, path)
+        known = classify(found)
+        if known is None or known[0] != "roistats_file" or known[1]["atlas"] != atlas:
             continue
-        if participant_label and match["sub"] not in participant_label:
+        if "session" not in found or (participant_label and found["subject"] not in participant_label):
             continue
-        rows.append((match["sub"], match["ses"], match["entities"], path))
+        rows.append((found["subject"], found["session"], series_suffix(found), path))
     return pd.DataFrame(rows, columns=["participant_id", "session_id", "entities", "path"])
 
 
-#: Cells of a ROI table that mean "no value" (BIDS writes ``n/a``).
-MISSING_CELLS = ("n/a", "N/A", "NA", "", "nan", "NaN")
-
-
 def _rerun_hint(path: Path) -> str:
-    match = _NAME.match(Path(path).name)
-    who = f" --participant-label {match['sub']}" if match else ""
+    match = re.match(r"sub-([A-Za-z0-9]+)_", Path(path).name)
+    who = f" --participant-label {match[1]}" if match else ""
     return f"rerun the participant level{who} to rewrite it"
 
 
 def _read_table_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a small TSV (the csv module: far cheaper than pandas per file).
+    """Header and rows of a ROI table (:func:`~bids_ketamine.utils.tsv.read_tsv_rows`).
 
     Raises
     ------
@@ -80,25 +72,11 @@ def _read_table_rows(path: Path) -> tuple[list[str], list[list[str]]]:
         If the file is empty, not UTF-8 text, lacks a contract column, or has a row whose
         number of cells differs from the header's (a damaged file).
     """
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle, delimiter="\t")
-            rows = [(reader.line_num, row) for row in reader if row]
-    except UnicodeDecodeError:
-        raise InputError(f"{path} is not UTF-8 text; {_rerun_hint(path)}") from None
-    if not rows:
-        raise InputError(f"{path} is empty; {_rerun_hint(path)}")
-    header = [name.strip() for name in rows[0][1]]
+    header, rows = read_tsv_rows(path, error=InputError, hint=_rerun_hint(path))
     missing = [c for c in ROISTATS_COLUMNS if c not in header]
     if missing:
         raise InputError(f"{path} lacks column(s) {', '.join(missing)}; {_rerun_hint(path)}")
-    for line, row in rows[1:]:
-        if len(row) != len(header):
-            raise InputError(
-                f"{path} line {line} has {len(row)} cells, the header {len(header)} (a damaged "
-                f"file); {_rerun_hint(path)}"
-            )
-    return header, [row for _, row in rows[1:]]
+    return header, [row for _, row in rows]
 
 
 def _number(text: str) -> float:
@@ -109,10 +87,7 @@ def _number(text: str) -> float:
     ValueError
         If the cell is neither a number nor a missing value.
     """
-    text = text.strip()
-    if text in MISSING_CELLS:
-        return float("nan")
-    return float(text)
+    return float("nan") if is_missing(text) else float(text.strip())
 
 
 def _numbers(cells: list[str], path: Path, column: str) -> np.ndarray:

@@ -10,6 +10,9 @@ are compared at each outcome session (``--outcome-sessions``) with the outcome b
 set of models per outcome session; with more than two sessions a mixed model of each outcome
 over every session (``model = trajectory``); with one arm, models without treatment terms
 (``model = single_arm``).
+
+Kept as one module (~650 lines): :func:`run_group_level` is one pipeline whose steps share the
+exclusions and the session plans (chosen in :mod:`bids_ketamine.group.sessions`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import json
 import logging
 import platform
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +28,10 @@ import pandas as pd
 
 from bids_ketamine import __version__
 from bids_ketamine.config import DEFAULT_OUTCOMES, KETAMINE7_ROIS, Config
+from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.errors import ClinicalDataError, InputError
 from bids_ketamine.group import clinical, figures, models, prediction, response, roistats, tables
+from bids_ketamine.group.sessions import OutcomeSession, choose_predictor_sessions, outcome_sessions_of
 from bids_ketamine.utils.atomic import atomic_write_text, atomic_write_tsv
 from bids_ketamine.utils.progress import StageProgress, display_options
 
@@ -93,13 +97,13 @@ def _classify_params(params, scores: pd.DataFrame, bids_dir: Path) -> tuple[list
     measures = clinical.numeric_measures(scores)
     imaging, per_session = [], []
     for param in params:
-        if param.lower() in roistats.TENSOR_PARAMS:
+        if param.lower() in TENSOR_PARAMS:
             imaging.append(param.lower())
         elif param in measures:
             per_session.append(param)
         else:
             raise ClinicalDataError(
-                f"--params {param}: neither a tensor parameter ({', '.join(roistats.TENSOR_PARAMS)}) "
+                f"--params {param}: neither a tensor parameter ({', '.join(TENSOR_PARAMS)}) "
                 f"nor a numeric per-session column of {bids_dir}/sub-*/sub-*_sessions.tsv or "
                 f"phenotype/*.tsv (numeric columns: {', '.join(measures) or 'none'}); fix --params"
             )
@@ -157,7 +161,7 @@ def _model_rows(terms: pd.DataFrame, model, roi, param, outcome, measure,
     return rows
 
 
-def _outcome_needs(outcome: str, plan: "_OutcomeSession") -> list[tuple[str, str]]:
+def _outcome_needs(outcome: str, plan: "OutcomeSession") -> list[tuple[str, str]]:
     """The outcome columns every model of ``outcome`` needs, with the words of the reason."""
     return [(f"{outcome}_baseline", f"{outcome} at {plan.baseline_words}"),
             (f"{outcome}_followup", f"{outcome} at {plan.followup_words}")]
@@ -300,88 +304,6 @@ def _run_prediction(frames_by_roi, sessions, choice, config, param, outcome, roi
     return rows, summary
 
 
-@dataclass
-class _OutcomeSession:
-    """One outcome session: where outcome change, improvement, response are computed."""
-
-    label: str
-    table: pd.DataFrame  # indexed by participant: baseline, followup (outcome sessions)
-    baseline_label: str
-    baseline_words: str = "baseline"
-    followup_words: str = "follow-up"
-    tag: str = ""  # added to the analysis names of exclusions
-
-    def summary(self) -> dict:
-        return {"outcome_session": self.label, "outcome_baseline_session": self.baseline_label,
-                "change": f"score at ses-{self.label} - score at ses-{self.baseline_label}"}
-
-
-def _choose_sessions(config: Config, found_sessions: dict, scores: pd.DataFrame):
-    """Predictor sessions (baseline, follow-up) and, with more than two sessions, their order."""
-    order = None
-    most = max((len(labels) for labels in found_sessions.values()), default=0)
-    if config.sessions or most > 2:
-        order, rule = clinical.order_sessions(found_sessions, scores, config.sessions)
-        if config.sessions:
-            found_sessions = {p: labels & set(order) for p, labels in found_sessions.items()}
-    baseline, followup = config.baseline_session, config.followup_session
-    first_two = order is not None and baseline is None and followup is None
-    if first_two:
-        if len(order) < 2:
-            raise ClinicalDataError(
-                f"--sessions {' '.join(order)}: give at least two sessions, earliest first")
-        baseline, followup = order[0], order[1]
-        LOGGER.info("more than two sessions (%s, ordered by %s): predictor change from ses-%s "
-                    "to ses-%s (set --baseline-session/--followup-session to change)",
-                    ", ".join(order), rule, baseline, followup)
-    choice = clinical.choose_sessions(found_sessions, scores, baseline, followup)
-    if order is not None:
-        choice.summary["order"] = order
-        choice.summary["order_rule"] = rule
-        if first_two:
-            choice.summary["rule"] = "first two sessions of the order"
-            choice.summary["description"] = (
-                "not given: predictor change from the first to the second session of the order "
-                "(acq_time of sessions.tsv, or --sessions)")
-    return choice, order
-
-
-def _outcome_sessions(config: Config, choice, found_sessions: dict) -> list[_OutcomeSession]:
-    """The outcome sessions (``--outcome-sessions``, ``--outcome-baseline-session``)."""
-    table = choice.table
-    default_followup = choice.summary.get("followup", "followup")
-    default_baseline = choice.summary.get("baseline", "baseline")
-    if config.outcome_sessions is None and config.outcome_baseline_session is None:
-        return [_OutcomeSession(default_followup, table[["baseline", "followup"]],
-                                default_baseline)]
-    every = set().union(*found_sessions.values()) if found_sessions else set()
-    given = [*(config.outcome_sessions or ()), *([config.outcome_baseline_session]
-                                                  if config.outcome_baseline_session else [])]
-    unknown = [label for label in given if label not in every]
-    if unknown:
-        raise ClinicalDataError(
-            f"outcome session(s) {', '.join('ses-' + u for u in unknown)} of "
-            f"--outcome-sessions/--outcome-baseline-session belong to no participant (sessions "
-            f"found: {', '.join(sorted(every))}); fix the option")
-    baseline = config.outcome_baseline_session
-    baseline_column = (pd.Series(baseline, index=table.index) if baseline
-                       else table["baseline"])
-    baseline_label = baseline or default_baseline
-    plans = []
-    for label in config.outcome_sessions or (None,):
-        if label is not None and label == baseline:
-            raise ClinicalDataError(
-                f"--outcome-sessions {label} is also the outcome baseline session; give "
-                "sessions after it")
-        followup = pd.Series(label, index=table.index) if label else table["followup"]
-        shown = label or default_followup
-        plans.append(_OutcomeSession(
-            shown, pd.DataFrame({"baseline": baseline_column, "followup": followup}),
-            baseline_label, f"outcome baseline (ses-{baseline_label})", f"ses-{shown}",
-            f", ses-{shown}"))
-    return plans
-
-
 def _scatter_figure(samples, param, outcome, roi, arms, plan, extended, figures_dir,
                     predictor_sessions="follow-up - baseline"):
     """Predictor change against outcome change (today's design) or percent improvement at
@@ -517,12 +439,12 @@ def run_group_level(config: Config) -> dict:
     for frame in (values, scores_in):
         for participant, session in frame[["participant_id", "session_id"]].drop_duplicates().itertuples(index=False):
             found_sessions[participant].add(session)
-    choice, order = _choose_sessions(config, found_sessions, scores_in)
+    choice, order = choose_predictor_sessions(config, found_sessions, scores_in)
     if config.sessions:
         values = values.loc[values["session_id"].isin(order)]
         scores_in = scores_in.loc[scores_in["session_id"].isin(order)]
     sessions = choice.table
-    plans = _outcome_sessions(config, choice, found_sessions)
+    plans = outcome_sessions_of(config, choice, found_sessions)
     extended = config.outcome_sessions is not None or config.outcome_baseline_session is not None
 
     paired = tables.pair_sessions(values, sessions)

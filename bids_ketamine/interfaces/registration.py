@@ -217,13 +217,12 @@ class ROICoverage(SimpleInterface):
     output_spec = _CoverageOutputSpec
 
     def _run_interface(self, runtime):
-        import pandas as pd
-
         from bids_ketamine.dwi.roi import roi_coverage
+        from bids_ketamine.utils.tsv import read_tsv
 
         self._results["coverage"] = roi_coverage(
             np.asarray(nib.load(self.inputs.atlas_file).dataobj).astype(int),
             np.asarray(nib.load(self.inputs.mask_file).dataobj, dtype=np.float32),
-            pd.read_csv(self.inputs.labels_file, sep="\t"),
+            read_tsv(self.inputs.labels_file),
         )
         return runtime

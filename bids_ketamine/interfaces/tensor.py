@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
+from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.interfaces.io import read_voxel_gradients
 
 
@@ -55,7 +56,7 @@ class FitTensor(SimpleInterface):
         fit = fit_tensor(data, bvals[volumes], bvecs[volumes], mask=mask, method=self.inputs.fit_method,
                          b0_threshold=self.inputs.b0_threshold, n_threads=self.inputs.n_threads, **kwargs)
         out = Path(runtime.cwd)
-        for param in ("fa", "md", "ad", "rd"):
+        for param in TENSOR_PARAMS:
             values = np.where(mask, np.nan_to_num(getattr(fit, param)), 0).astype(np.float32)
             path = out / f"{param}.nii.gz"
             nib.Nifti1Image(values, img.affine).to_filename(path)

@@ -1,4 +1,4 @@
-"""Find a participant's derivative files on disk (docs/outputs.md), for the reports.
+"""Find a participant's derivative files on disk (:mod:`bids_ketamine.derivatives`), for the reports.
 
 Reports are built only from what the participant level wrote, so that
 ``--reports-only`` can rebuild them.  Every file is optional here: a report section whose
@@ -8,37 +8,31 @@ files are absent says so instead of failing.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-#: Entities that end a series prefix (``sub-<s>_ses-<t>[_acq-..][_run-..]``) in output names.
-_PREFIX_END = re.compile(r"_(?=(?:space|desc|atlas|from|model)-)")
-
-#: Output name (after the prefix) -> key in :attr:`SeriesOutputs.files`.
-_SERIES_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
-    (re.compile(pattern), key)
-    for pattern, key in (
-        (r"space-dwi_desc-preproc_dwi\.nii(\.gz)?$", "preproc"),
-        (r"space-dwi_desc-preproc_dwi\.json$", "preproc_json"),
-        (r"space-dwi_desc-preproc_dwi\.bval$", "bval"),
-        (r"space-dwi_desc-preproc_dwi\.bvec$", "bvec"),
-        (r"space-dwi_desc-b0_dwiref\.nii(\.gz)?$", "b0"),
-        (r"space-dwi_desc-brain_mask\.nii(\.gz)?$", "mask"),
-        (r"space-dwi_model-(?P<denoise>[a-zA-Z0-9]+)_param-noise_dwimap\.nii(\.gz)?$", "noise"),
-        (r"desc-motion_timeseries\.tsv$", "motion"),
-        (r"space-dwi_model-tensor_param-(?P<param>fa|md|ad|rd)_dwimap\.nii(\.gz)?$", "dwi_map"),
-        (r"space-dwi_model-tensor_dwimap\.json$", "tensor_json"),
-        (r"space-(?P<space>(?!dwi_)(?!midpoint_)[a-zA-Z0-9]+)_model-tensor_param-(?P<param>fa|md)"
-         r"_dwimap\.nii(\.gz)?$", "template_map"),
-        (r"space-dwi_atlas-(?P<atlas>[a-zA-Z0-9]+)_dseg\.nii(\.gz)?$", "dseg"),
-        (r"space-dwi_atlas-(?P<atlas>[a-zA-Z0-9]+)_dseg\.tsv$", "dseg_tsv"),
-        (r"atlas-(?P<atlas>[a-zA-Z0-9]+)_model-tensor_roistats\.tsv$", "roistats"),
-        (r"from-dwi_to-midpoint_mode-image_xfm\.\w+$", "xfm_midpoint"),
-        (r"from-dwi_to-(?P<space>[a-zA-Z0-9]+)_mode-image_xfm\.\w+$", "xfm_template"),
-    )
+from bids_ketamine.utils.labels import bare_label
+from bids_ketamine.derivatives import (
+    SUBJECT_OUTPUTS,
+    TENSOR_PARAMS,
+    classify,
+    config_path,
+    parse_entities,
+    series_prefix,
 )
+
+#: Field of :mod:`bids_ketamine.derivatives` -> key in :attr:`SeriesOutputs.files`.
+_FILE_KEYS = {
+    "dwi_file": "preproc", "preproc_metadata": "preproc_json", "bval_file": "bval",
+    "bvec_file": "bvec", "b0_file": "b0", "mask_file": "mask", "noise_file": "noise",
+    "motion_file": "motion", "model_metadata": "tensor_json", "midpoint_xfm": "xfm_midpoint",
+}
+#: Field -> attribute of :class:`AtlasOutputs`.
+_ATLAS_KEYS = {"dseg_file": "dseg", "dseg_tsv": "dseg_tsv", "roistats_file": "roistats"}
+#: The short names of series entities in a prefix.
+TENSOR_FIELDS = {f"{param}_file": param for param in TENSOR_PARAMS}
+_SHORT = {"session": "ses", "acquisition": "acq", "direction": "dir", "run": "run"}
 
 
 @dataclass
@@ -65,7 +59,7 @@ class SeriesOutputs:
         The session label, without ``ses-``.
     files : dict of str to Path
         Single files by role: ``preproc``, ``preproc_json``, ``bval``, ``bvec``, ``b0``,
-        ``mask``, ``noise``, ``motion``, ``tensor_json``, ``xfm_midpoint``, ``xfm_template``.
+        ``mask``, ``noise``, ``motion``, ``tensor_json``, ``xfm_midpoint``.
     maps : dict of str to Path
         DWI-space tensor maps by parameter (``fa``, ``md``, ``ad``, ``rd``).
     template_maps : dict of str to dict of str to Path
@@ -122,26 +116,18 @@ def read_json(path: Path | None) -> dict[str, Any] | None:
     return data
 
 
-def _classify(series: SeriesOutputs, rest: str, path: Path) -> None:
-    for pattern, key in _SERIES_PATTERNS:
-        match = pattern.match(rest)
-        if not match:
-            continue
-        groups = match.groupdict()
-        if key == "dwi_map":
-            series.maps[groups["param"]] = path
-        elif key == "template_map":
-            series.template_maps.setdefault(groups["space"], {})[groups["param"]] = path
-        elif key in ("dseg", "dseg_tsv", "roistats"):
-            atlas = series.atlases.setdefault(groups["atlas"], AtlasOutputs(groups["atlas"]))
-            setattr(atlas, key, path)
-        else:
-            if key == "noise":
-                series.denoise_model = groups["denoise"]
-            if key == "xfm_template" and groups["space"] == "midpoint":
-                continue
-            series.files.setdefault(key, path)
-        return
+def _classify(series: SeriesOutputs, field_name: str, values: dict[str, str], path: Path) -> None:
+    if field_name in TENSOR_FIELDS:
+        series.maps[TENSOR_FIELDS[field_name]] = path
+    elif field_name in ("tpl_fa_file", "tpl_md_file"):
+        series.template_maps.setdefault(values["tpl"], {})[field_name[4:6]] = path
+    elif field_name in _ATLAS_KEYS:
+        atlas = series.atlases.setdefault(values["atlas"], AtlasOutputs(values["atlas"]))
+        setattr(atlas, _ATLAS_KEYS[field_name], path)
+    elif field_name in _FILE_KEYS:
+        if field_name == "noise_file":
+            series.denoise_model = values["denoise"]
+        series.files.setdefault(_FILE_KEYS[field_name], path)
 
 
 def collect_participant_outputs(output_dir: Path, subject: str) -> ParticipantOutputs:
@@ -164,7 +150,7 @@ def collect_participant_outputs(output_dir: Path, subject: str) -> ParticipantOu
         If OUTPUT_DIR holds no folder for the subject.
     """
     output_dir = Path(output_dir)
-    label = subject[4:] if subject.startswith("sub-") else subject
+    label = bare_label(subject, "sub")
     if not label or not label.isalnum():
         raise ValueError(
             f"'{subject}' is not a participant label: give letters and digits, with or "
@@ -178,33 +164,30 @@ def collect_participant_outputs(output_dir: Path, subject: str) -> ParticipantOu
         )
     folders = [sub_dir / "dwi"] + sorted(p / "dwi" for p in sub_dir.glob("ses-*") if p.is_dir())
     found: dict[str, SeriesOutputs] = {}
+    midpoint = None
     for folder in folders:
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
-            parts = _PREFIX_END.split(path.name, maxsplit=1)
-            if len(parts) != 2 or not parts[0].startswith(f"sub-{label}"):
+            entities = parse_entities(output_dir, path)
+            known = classify(entities) if entities.get("subject") == label else None
+            if known is None:
                 continue
-            prefix, rest = parts
-            if rest.startswith(("space-midpoint", "from-midpoint")):
-                continue  # subject-level midpoint files, not a series
-            session = re.search(r"(?:^|_)ses-([a-zA-Z0-9]+)", prefix)
-            series = found.setdefault(
-                prefix,
-                SeriesOutputs(
-                    prefix=prefix,
-                    label=prefix[len(f"sub-{label}_") :] or prefix,
-                    session=session.group(1) if session else None,
-                ),
-            )
-            _classify(series, rest, path)
-    midpoint = sorted((sub_dir / "dwi").glob(f"sub-{label}_space-midpoint_desc-b0_dwiref.nii*"))
-    config_path = sub_dir / "log" / "config.json"
+            field_name, values = known
+            if field_name in SUBJECT_OUTPUTS:
+                midpoint = midpoint or path
+                continue
+            prefix = series_prefix(entities)
+            series = found.setdefault(prefix, SeriesOutputs(
+                prefix=prefix, label=prefix[len(f"sub-{label}_"):] or prefix,
+                session=entities.get("session")))
+            _classify(series, field_name, values, path)
+    config_file = config_path(output_dir, label)
     return ParticipantOutputs(
         subject=label,
         output_dir=output_dir,
         series=[found[key] for key in sorted(found)],
-        midpoint_b0=midpoint[0] if midpoint else None,
-        config=read_json(config_path),
-        config_path=config_path,
+        midpoint_b0=midpoint,
+        config=read_json(config_file),
+        config_path=config_file,
     )

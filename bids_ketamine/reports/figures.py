@@ -3,6 +3,9 @@
 All functions take images (paths or nibabel images) or tables, write one PNG to
 ``out_file`` and return its path.  They are kept quick (a handful of axial cuts, moderate
 dpi): a participant report draws a dozen of them per session.
+
+Kept as one module (~500 lines): independent plot functions that share the display helpers at
+the top.
 """
 
 from __future__ import annotations

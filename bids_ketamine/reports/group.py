@@ -4,6 +4,9 @@ It reads only what the group level wrote (docs/interfaces.md, docs/group.md):
 ``change.tsv``, ``models.tsv``, ``models.json``, ``response.tsv``, ``prediction.tsv`` and
 ``figures/*.png`` (with the ``.tsv`` behind each).  Any of them may be absent: the
 section then says "not available".
+
+Kept as one module (~590 lines): one page whose sections share the loaded group tables and
+citations.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from bids_ketamine.reports.html import (
     relative_url,
 )
 from bids_ketamine.reports.references import Citations
+from bids_ketamine.utils.tsv import read_tsv
 
 #: Significance level used to highlight p-values (raw and FDR-corrected).
 ALPHA = 0.05
@@ -77,8 +81,8 @@ def _read_tsv(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        return pd.read_csv(path, sep="\t")
-    except pd.errors.EmptyDataError:
+        return read_tsv(path)
+    except ValueError:  # empty or damaged: the section says the table is missing
         return pd.DataFrame()
 
 

@@ -16,9 +16,10 @@ from typing import Any, Callable
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 
 from bids_ketamine import __version__
+from bids_ketamine.config import Config
+from bids_ketamine.derivatives import SeriesSummary
 from bids_ketamine.reports import figures, qc
 from bids_ketamine.reports.collect import (
     ParticipantOutputs,
@@ -34,34 +35,22 @@ from bids_ketamine.reports.html import (
     details,
     escape,
     figure,
-    format_number,
     format_text,
     key_value_table,
     not_available,
     note,
     relative_url,
 )
-from bids_ketamine.reports.references import (
-    Citations,
-    atlas_citations,
-    atlas_provenance,
-    atlas_reference_keys,
-    template_reference_keys,
-)
+from bids_ketamine.reports.methods import participant_methods
+from bids_ketamine.reports.series import FA_CONTOUR, FA_WINDOW, SeriesParts
 
 LOGGER = logging.getLogger(__name__)
 
 #: Options of config.json shown in the summary (the rest is in a collapsed block).
 SHOWN_OPTIONS = (
     "denoise", "degibbs", "fit_method", "b0_threshold", "dti_max_bval", "template", "atlas",
-    "csf_md_threshold", "combine_runs", "longitudinal", "min_coverage",
+    "csf_md_threshold", "gm_threshold", "combine_runs", "longitudinal", "min_coverage",
 )
-#: Display windows of the tensor maps (um^2/ms for diffusivities).
-FA_WINDOW = (0.0, 1.0)
-MD_WINDOW = (0.0, 2.0)
-#: Contour level of FA used to compare sessions in template space.
-FA_CONTOUR = 0.3
-PARAM_ORDER = ("md", "fa", "ad", "rd")
 
 
 def build_participant_report(output_dir: Path, subject: str) -> Path:
@@ -89,14 +78,16 @@ def build_participant_report(output_dir: Path, subject: str) -> Path:
     return report.build()
 
 
-class _ParticipantReport:
+class _ParticipantReport(SeriesParts):
     """Builds the sections of one participant's page."""
 
     def __init__(self, outputs: ParticipantOutputs) -> None:
         self.out = outputs
         self.page_dir = outputs.output_dir
         self.fig_dir = outputs.output_dir / f"sub-{outputs.subject}" / "figures"
-        self.config = outputs.config or {}
+        # the recorded options read through Config: an option the record lacks takes the
+        # run's default, never a default of the report's own
+        self.config = Config.from_dict(outputs.config).to_dict() if outputs.config else {}
         self.min_coverage = float(self.config.get("min_coverage") or qc.MIN_COVERAGE)
         self.warnings: dict[str, list[str]] = {}
         self._templates: dict[str, dict[str, nib.Nifti1Image] | None] = {}
@@ -185,11 +176,9 @@ class _ParticipantReport:
         tensor = read_json(series.files.get("tensor_json")) or {}
         row: dict[str, Any] = {"series": series.label, "source": "n/a", "matrix": "n/a",
                                "voxel": "n/a", "volumes": None, "shells": "n/a", "dti": "n/a"}
-        source = _lookup(sidecar, ("SourceFile", "Source", "Sources", "source_file", "source",
-                                   "RawSources", "InputFile"))
-        if source is not None:  # file names only: the full paths are in the sidecar
-            sources = source if isinstance(source, list) else [source]
-            row["source"] = ", ".join(Path(str(s)).name for s in sources)
+        summary = SeriesSummary.from_dict(sidecar)
+        if summary.Sources:  # file names only: the full paths are in the sidecar
+            row["source"] = ", ".join(Path(str(s)).name for s in summary.Sources)
         image_path = series.files.get("preproc") or series.maps.get("md")
         if image_path is not None:
             header = nib.load(str(image_path)).header
@@ -201,11 +190,11 @@ class _ParticipantReport:
         bval = series.files.get("bval")
         if bval is not None:
             row["shells"] = _shell_text(np.loadtxt(bval, ndmin=1),
-                                        float(self.config.get("b0_threshold") or 50.0))
+                                        float(self.config.get("b0_threshold") or Config.default("b0_threshold")))
             row["volumes"] = row["volumes"] or int(np.loadtxt(bval, ndmin=1).size)
-        used = _lookup_volumes(sidecar) or _lookup_volumes(tensor)
-        if used is not None:
-            row["dti"] = used
+        used = tensor.get("VolumesUsed")
+        if isinstance(used, list):
+            row["dti"] = f"{len(used)} volumes"
         return row
 
     # ------------------------------------------------------------------ warnings
@@ -234,222 +223,6 @@ class _ParticipantReport:
             self.warnings.setdefault(series.label, []).extend(texts)
 
     # ------------------------------------------------------------------ one series
-    def _series_section(self, series: SeriesOutputs) -> Section:
-        self._warn(series, qc.sidecar_warnings(series.sidecar()))
-        parts = [
-            self._noise_part(series),
-            self._motion_part(series),
-            self._mask_part(series),
-            self._tensor_part(series),
-            self._template_part(series),
-            self._roi_part(series),
-        ]
-        flagged = series.label in self.warnings
-        return Section(f"series-{series.label}", f"Series {series.label}", "".join(parts),
-                       flagged=flagged)
-
-    def _name(self, series: SeriesOutputs, what: str) -> str:
-        return f"{series.prefix}_desc-{what}_dwi.png"
-
-    def _noise_part(self, series: SeriesOutputs) -> str:
-        head = "<h3>Denoising: noise map</h3>"
-        noise = series.files.get("noise")
-        if noise is None:
-            denoise = self.config.get("denoise")
-            reason = " (denoising was off)" if denoise == "none" else ""
-            return head + not_available(f"Noise map{reason}",
-                                        f"{series.prefix}_space-dwi_model-<denoise>_param-noise_dwimap.nii.gz")
-        caption = (f"Noise level estimated by {escape(series.denoise_model or 'the denoiser')} "
-                   "(signal units). It should be smooth and free of anatomy; structure here "
-                   "means signal was removed as noise.")
-        return head + self._figure(
-            self._name(series, "noise"),
-            lambda out: figures.plot_map(noise, out, cmap="inferno", vmin=0.0,
-                                         extent=series.files.get("mask")),
-            caption,
-        )
-
-    def _motion_part(self, series: SeriesOutputs) -> str:
-        head = "<h3>Head motion</h3>"
-        path = series.files.get("motion")
-        if path is None:
-            return head + not_available("Motion table", f"{series.prefix}_desc-motion_timeseries.tsv")
-        motion = pd.read_csv(path, sep="\t")
-        summary = qc.motion_summary(motion)
-        warnings = qc.motion_warnings(motion)
-        self._warn(series, warnings)
-        stats = [
-            ("mean FD (mm)", summary["mean_fd"], summary["mean_fd"] > qc.MEAN_FD_MM),
-            ("max FD (mm)", summary["max_fd"], summary["max_fd"] > qc.MAX_FD_MM),
-            ("max translation (mm)", summary["max_translation"], False),
-            ("max rotation (deg)", summary["max_rotation"], False),
-            ("volumes", int(summary["n_volumes"]), False),
-        ]
-        boxes = "".join(
-            f'<div class="stat{" flag" if flag else ""}" data-stat="{escape(label)}">'
-            f"<b>{escape(format_number(value, 2))}</b><span>{escape(label)}</span></div>"
-            for label, value, flag in stats
-        )
-        fig = self._figure(
-            self._name(series, "motion"),
-            lambda out: figures.plot_motion(motion, out, max_fd_limit=qc.MAX_FD_MM,
-                                            mean_fd_limit=qc.MEAN_FD_MM),
-            "Rigid motion parameters per volume (rotations in degrees) and framewise "
-            "displacement (FD) as recorded in the motion table. Dashed lines: warning limits.",
-            light=True,
-        )
-        return head + f'<div class="stats">{boxes}</div>' + fig
-
-    def _mask_part(self, series: SeriesOutputs) -> str:
-        head = "<h3>Brain mask</h3>"
-        b0, mask = series.files.get("b0"), series.files.get("mask")
-        if b0 is None or mask is None:
-            return head + not_available(
-                "Brain mask outline on the mean b=0",
-                [f"{series.prefix}_space-dwi_desc-b0_dwiref.nii.gz",
-                 f"{series.prefix}_space-dwi_desc-brain_mask.nii.gz"])
-        return head + self._figure(
-            self._name(series, "brainmask"),
-            lambda out: figures.plot_outline(b0, mask, out, display_modes=("z", "x")),
-            "Brain mask (red outline) on the mean b=0 after motion correction. The outline "
-            "should follow the edge of the brain, without cutting cortex or including scalp.",
-        )
-
-    def _tensor_part(self, series: SeriesOutputs) -> str:
-        parts = ["<h3>Tensor maps</h3>"]
-        for param, window, text in (
-            ("fa", FA_WINDOW, "Fractional anisotropy (FA), window 0-1: white-matter tracts bright."),
-            ("md", MD_WINDOW, "Mean diffusivity (MD, um&sup2;/ms), window 0-2: grey matter "
-                              "about 0.7-0.9, CSF above 2 (saturated)."),
-        ):
-            path = series.maps.get(param)
-            if path is None:
-                parts.append(not_available(f"{param.upper()} map",
-                                           f"{series.prefix}_space-dwi_model-tensor_param-{param}_dwimap.nii.gz"))
-                continue
-            parts.append(self._figure(
-                self._name(series, param),
-                lambda out, p=path, w=window: figures.plot_map(
-                    p, out, vmin=w[0], vmax=w[1], extent=series.files.get("mask")),
-                text,
-            ))
-        return "".join(parts)
-
-    def _template_part(self, series: SeriesOutputs) -> str:
-        head = "<h3>Registration to the template</h3>"
-        if not series.template_maps:
-            return head + not_available("FA in template space",
-                                        f"{series.prefix}_space-<template>_model-tensor_param-fa_dwimap.nii.gz")
-        parts = [head]
-        for space, maps in sorted(series.template_maps.items()):
-            fa = maps.get("fa")
-            if fa is None:
-                parts.append(not_available(f"FA in {space} space"))
-                continue
-            template = self._template_images(space)
-            if template is None:
-                parts.append(note(f"The files of template {escape(space)} are not available "
-                                  "offline, so its outline cannot be drawn; FA in template space "
-                                  "is shown alone.", "warning"))
-                parts.append(self._figure(
-                    f"{series.prefix}_space-{space}_desc-fa_dwi.png",
-                    lambda out, p=fa: figures.plot_map(p, out, vmin=FA_WINDOW[0], vmax=FA_WINDOW[1]),
-                    f"FA in {escape(space)} space."))
-                continue
-            parts.append(self._figure(
-                f"{series.prefix}_space-{space}_desc-registration_dwi.png",
-                lambda out, p=fa, t=template: figures.plot_outline(
-                    p, t["wm"], out, level=0.5, vmin=FA_WINDOW[0], vmax=FA_WINDOW[1],
-                    extra_outlines=[(t["mask"], 0.5, "#ffd166")], display_modes=("z", "y")),
-                f"Subject's FA resampled to {escape(space)}, with the template's white-matter "
-                "boundary (red, WM probability 0.5) and brain edge (yellow). Bright FA tracts "
-                "should sit inside the red outline everywhere.",
-            ))
-        return "".join(parts)
-
-    def _template_images(self, space: str) -> dict[str, nib.Nifti1Image] | None:
-        """The template's WM map and brain mask, read once per report (None if unavailable)."""
-        if space not in self._templates:
-            files = _template_files(space)
-            self._templates[space] = None if files is None else {
-                key: _in_memory(getattr(files, key)) for key in ("wm", "mask")
-            }
-        return self._templates[space]
-
-    def _roi_part(self, series: SeriesOutputs) -> str:
-        head = "<h3>Regions of interest</h3>"
-        if not series.atlases:
-            return head + not_available("ROI outputs",
-                                        f"{series.prefix}_atlas-<atlas>_model-tensor_roistats.tsv")
-        parts = [head]
-        for name, atlas in sorted(series.atlases.items()):
-            labels = _read_labels(atlas.dseg_tsv, atlas.dseg)
-            md = series.maps.get("md")
-            if atlas.dseg is None or md is None:
-                parts.append(not_available(f"ROI outlines of atlas {name}",
-                                           [f"{series.prefix}_space-dwi_atlas-{name}_dseg.nii.gz",
-                                            f"{series.prefix}_space-dwi_model-tensor_param-md_dwimap.nii.gz"]))
-            else:
-                colors = figures.label_colors(labels)
-                legend = "".join(
-                    f'<span><span class="swatch" style="background:{color}"></span>'
-                    f"{escape(labels[index])}</span>" for index, color in colors.items()
-                )
-                parts.append(self._figure(
-                    f"{series.prefix}_atlas-{name}_desc-rois_dwi.png",
-                    lambda out, d=atlas.dseg: figures.plot_label_outlines(
-                        md, d, labels, out, vmin=MD_WINDOW[0], vmax=MD_WINDOW[1]),
-                    f"ROIs of atlas {escape(name)} in this session's DWI space, outlined on its "
-                    "MD map (window 0-2 um&sup2;/ms). Each ROI should cover grey matter, not "
-                    "ventricles or white matter.",
-                ))
-                parts.append(f'<div class="legend">{legend}</div>')
-            parts.append(self._roi_table(series, name, atlas.roistats))
-        return "".join(parts)
-
-    def _roi_table(self, series: SeriesOutputs, atlas: str, path: Path | None) -> str:
-        if path is None:
-            return not_available(f"ROI table of atlas {atlas}",
-                                 f"{series.prefix}_atlas-{atlas}_model-tensor_roistats.tsv")
-        table = qc.check_roistats(pd.read_csv(path, sep="\t"), str(path))
-        self._warn(series, qc.roi_warnings(table, min_coverage=self.min_coverage))
-        rows = _wide_roi_rows(table)
-
-        def _cov_flag(row: dict[str, Any]) -> str | None:
-            return "flag" if qc.roi_flags(row, min_coverage=self.min_coverage)["low_coverage"] else None
-
-        def _md_flag(row: dict[str, Any]) -> str | None:
-            return "flag" if qc.roi_flags(row)["implausible_md"] else None
-
-        columns = [
-            Column("roi", "ROI", format_text, numeric=False),
-            Column("n_voxels", "Voxels", title="voxels kept after CSF exclusion"),
-            Column("coverage", "Coverage", flag=_cov_flag,
-                   title="fraction of the ROI's template voxels inside the brain mask"),
-        ]
-        params = [p for p in PARAM_ORDER if f"{p}_mean" in rows[0]] if rows else []
-        params += sorted({k[:-5] for r in rows for k in r if k.endswith("_mean")} - set(params))
-        for param in params:
-            unit = "" if param == "fa" else " (um&sup2;/ms)"
-            flag = _md_flag if param == "md" else None
-            columns.append(Column(f"{param}_mean", f"{param.upper()} mean", flag=flag,
-                                  title=f"{param.upper()} mean{unit}".replace("&sup2;", "^2")))
-            if param == "md":
-                columns += [Column("md_median", "MD median"), Column("md_std", "MD SD")]
-        table_html = data_table(rows, columns, table_id=f"roi-table-{series.label}-{atlas}")
-        full_columns = [Column("roi", "roi", format_text, numeric=False), Column("param", "param", format_text, numeric=False)]
-        full_columns += [Column(c, c) for c in ("mean", "median", "std", "n_voxels", "coverage")]
-        full = data_table(table.to_dict("records"), full_columns, sortable=True)
-        return (
-            f"<p>ROI statistics (atlas {escape(atlas)}; MD, AD, RD in um&sup2;/ms). Highlighted "
-            f"cells: coverage below {self.min_coverage:g} or mean MD outside "
-            f"{qc.MD_PLAUSIBLE[0]:g}-{qc.MD_PLAUSIBLE[1]:g} um&sup2;/ms. "
-            f'Data: <a href="{self._link(path)}">{escape(path.name)}</a>.</p>'
-            + table_html
-            + details("All rows of the table", full)
-        )
-
-    # ------------------------------------------------------------------ longitudinal
     def _longitudinal_section(self) -> Section:
         parts = []
         if len(self.out.sessions) < 2:
@@ -502,86 +275,7 @@ class _ParticipantReport:
 
     # ------------------------------------------------------------------ methods
     def _methods_section(self) -> Section:
-        version = _generated_version(self.out.output_dir) or __version__
-        cite = Citations(version=version)
-        cfg = self.config
-        n_series, sessions = len(self.out.series), self.out.sessions
-        text = [
-            f"Diffusion MRI of sub-{escape(self.out.subject)} ({n_series} series"
-            + (f" in {len(sessions)} sessions" if sessions else "")
-            + f") was processed with bids_ketamine {escape(version)} {cite('bids_ketamine')}, "
-            f"a BIDS App built on nipype {cite('nipype')}, DIPY {cite('dipy')}, nibabel "
-            f"{cite('nibabel')}, nilearn {cite('nilearn')} and pybids {cite('pybids')}."
-        ]
-        denoise = cfg.get("denoise") or next((s.denoise_model for s in self.out.series
-                                              if s.denoise_model), None)
-        if denoise == "mppca":
-            where = ("in every voxel" if cfg.get("denoise_full_fov") else
-                     "in the brain of the raw series plus a 10 mm margin")
-            text.append(f"Noise was removed by Marchenko-Pastur PCA (MP-PCA) {cite('mppca')} "
-                        f"{where}, before any interpolation.")
-        elif denoise == "patch2self":
-            text.append(f"Noise was removed with Patch2Self {cite('patch2self')} before any "
-                        "interpolation.")
-        elif denoise == "none":
-            text.append("No denoising was applied.")
-        if cfg.get("degibbs"):
-            text.append(f"Gibbs ringing was removed after denoising with the local sub-voxel "
-                        f"shift method {cite('gibbs')}.")
-        if any("motion" in s.files for s in self.out.series):
-            text.append("Head motion was corrected by rigid registration of every volume "
-                        "(b=0 volumes to their mean, diffusion-weighted volumes to a tensor "
-                        "prediction of themselves) and the gradient directions were rotated "
-                        f"with each volume; all volumes were resampled once. Framewise "
-                        f"displacement {cite('power2012')} summarises the motion per volume.")
-        fit = cfg.get("fit_method")
-        text.append(
-            f"The diffusion tensor {cite('dti')} was fitted"
-            + (f" by {escape(str(fit).upper())}" if fit else "")
-            + (f" to b=0 and the shells at or below b = {float(cfg['dti_max_bval']):g} s/mm&sup2;"
-               if cfg.get("dti_max_bval") else "")
-            + _high_shell_clause(self.out.series, cfg.get("dti_max_bval"))
-            + "; diffusivities are reported in um&sup2;/ms."
-        )
-        if len(sessions) >= 2 and cfg.get("longitudinal", True):
-            text.append("Each session was rigidly aligned to a within-subject midpoint space, "
-                        "so that no session is privileged.")
-        spaces = sorted({space for s in self.out.series for space in s.template_maps})
-        space = spaces[0] if spaces else cfg.get("template")
-        if space:
-            refs = template_reference_keys(space)
-            text.append(
-                f"Images were registered to the {escape(space)} template "
-                f"{cite(*refs) if refs else ''} with symmetric diffeomorphic normalisation "
-                f"(SyN) {cite('syn')}."
-            )
-        atlases = sorted({name for s in self.out.series for name in s.atlases}) or (
-            [cfg["atlas"]] if cfg.get("atlas") else [])
-        for atlas in atlases:
-            provenance = atlas_provenance(atlas)
-            keys = atlas_reference_keys(provenance)
-            for number, citation in enumerate(atlas_citations(provenance)):
-                cite.register(f"atlas:{atlas}:{number}", citation)
-                keys.append(f"atlas:{atlas}:{number}")
-            marks = [cite(*keys)] if keys else []
-            source = (" (built from "
-                      + ", ".join(sorted({str(r["source_atlas"]).split(" (")[0]
-                                          for r in provenance.get("ROIs", [])
-                                          if isinstance(r, dict) and r.get("source_atlas")}))
-                      + ")") if provenance and provenance.get("ROIs") else ""
-            text.append(f"Regions of interest of the {escape(atlas)} atlas{escape(source)} "
-                        f"{' '.join(marks)} were mapped into each session's DWI space.")
-        threshold = cfg.get("csf_md_threshold", 1.5)
-        text.append(
-            (f"Voxels with MD above {float(threshold):g} um&sup2;/ms were excluded as "
-             "CSF-contaminated; " if threshold else "")
-            + "the mean, median and standard deviation of each tensor parameter were computed "
-            f"per ROI. Group-level models use statsmodels {cite('statsmodels')}."
-        )
-        body = (f'<p class="methods" id="methods-text">{" ".join(text)}</p>'
-                "<p class=\"lead\">This paragraph is generated from the recorded options and may "
-                "be copied into a manuscript.</p><h3>References</h3>" + cite.html())
-        return Section("methods", "Methods", body)
+        return participant_methods(self.out, self.config)
 
     def _about_section(self) -> Section:
         rows = []
@@ -600,99 +294,9 @@ class _ParticipantReport:
 
 
 # ---------------------------------------------------------------------- module helpers
-def _lookup(data: dict[str, Any], keys: tuple[str, ...]) -> Any:
-    """The first of ``keys`` present in ``data`` (case-insensitive), or None."""
-    lowered = {str(k).lower(): v for k, v in data.items()}
-    for key in keys:
-        if key.lower() in lowered:
-            return lowered[key.lower()]
-    return None
-
-
-def _lookup_volumes(data: dict[str, Any]) -> str | None:
-    """Describe the volumes used for DTI, from any key naming them."""
-    for key, value in data.items():
-        name = str(key).lower()
-        if "volume" in name and ("dti" in name or "used" in name or "tensor" in name):
-            if isinstance(value, (list, tuple)):
-                return f"{len(value)} volumes"
-            return str(value)
-    return None
-
-
 def _shell_text(bvals: np.ndarray, b0_threshold: float) -> str:
     """``b=0: 2, b=1000: 30`` from a list of b-values."""
     from bids_ketamine.dwi.gradients import shells
 
     bvals = np.where(np.asarray(bvals, dtype=float) <= b0_threshold, 0.0, bvals)
     return ", ".join(f"b={b:g}: {n}" for b, n in shells(bvals).items())
-
-
-def _read_labels(tsv: Path | None, dseg: Path | None) -> dict[int, str]:
-    """Label index -> name from a ``dseg.tsv`` (columns index and name), else from the image."""
-    if tsv is not None and Path(tsv).is_file():
-        table = pd.read_csv(tsv, sep="\t")
-        index_col = next((c for c in ("index", "label", "value") if c in table), None)
-        name_col = next((c for c in ("name", "roi", "label_name") if c in table), None)
-        if index_col is not None and name_col is not None:
-            return {int(i): str(n) for i, n in zip(table[index_col], table[name_col])}
-    if dseg is not None:
-        values = np.unique(np.asarray(nib.load(str(dseg)).dataobj).astype(int))
-        return {int(v): f"label {int(v)}" for v in values if v > 0}
-    return {}
-
-
-def _wide_roi_rows(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """One row per ROI: voxels and coverage (of the MD rows when present) and per-parameter stats."""
-    rows: dict[str, dict[str, Any]] = {}
-    for record in table.to_dict("records"):
-        roi, param = str(record["roi"]), str(record["param"]).lower()
-        row = rows.setdefault(roi, {"roi": roi})
-        for stat in ("mean", "median", "std"):
-            row[f"{param}_{stat}"] = record[stat]
-        if param == "md" or "n_voxels" not in row:
-            row["n_voxels"] = record["n_voxels"]
-            row["coverage"] = record["coverage"]
-    return list(rows.values())
-
-
-def _template_files(space: str):
-    """The template's files, or None when they are not available offline."""
-    from bids_ketamine.resources import get_template
-
-    try:
-        return get_template(space, allow_fallback=False)
-    except (FileNotFoundError, OSError) as err:
-        LOGGER.warning("template %s not available for the report: %s", space, err)
-        return None
-
-
-def _in_memory(path: Path) -> nib.Nifti1Image:
-    """An image with its data read into memory (so that several figures read it once)."""
-    img = nib.load(str(path))
-    return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine, img.header)
-
-
-def _generated_version(output_dir: Path) -> str | None:
-    """The bids_ketamine version recorded in dataset_description.json (GeneratedBy)."""
-    data = read_json(output_dir / "dataset_description.json") or {}
-    for entry in data.get("GeneratedBy", []) or []:
-        if isinstance(entry, dict) and entry.get("Version"):
-            return str(entry["Version"])
-    return None
-
-
-def _high_shell_clause(series, dti_max_bval) -> str:
-    """Methods text for series without a shell at or below ``--dti-max-bval`` (fitted on their
-    lowest shell, as their model sidecar's ``BValuesUsed`` records)."""
-    if not dti_max_bval:
-        return ""
-    above = []
-    for item in series:
-        used = (read_json(item.files.get("tensor_json")) or {}).get("BValuesUsed") or []
-        if used and max(used) > float(dti_max_bval):
-            above.append(f"{escape(item.label)} (b = {max(used):g})")
-    if not above:
-        return ""
-    return (" (series without such a shell were fitted to b=0 and their lowest shell: "
-            + ", ".join(above) + "; their MD is not comparable with lower-b data)")

@@ -6,21 +6,22 @@ quote the same numbers.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from bids_ketamine.config import Config
+from bids_ketamine.derivatives import ROISTATS_COLUMNS
 
 #: Largest acceptable framewise displacement of any volume (mm).
 MAX_FD_MM = 2.0
 #: Largest acceptable mean framewise displacement of a series (mm).
 MEAN_FD_MM = 0.5
 #: Lowest acceptable ROI coverage (fraction of template voxels inside the brain mask).
-MIN_COVERAGE = 0.8
+MIN_COVERAGE = Config.default("min_coverage")
 #: Plausible range of grey-matter ROI mean MD (um^2/ms); healthy adult GM is ~0.7-0.9.
 MD_PLAUSIBLE = (0.5, 1.5)
-
-ROISTATS_COLUMNS = ("roi", "param", "mean", "median", "std", "n_voxels", "coverage")
 
 
 def check_roistats(table: pd.DataFrame, source: str = "roistats table") -> pd.DataFrame:
@@ -158,31 +159,3 @@ def roi_warnings(
                 f"{md_range[0]:g}-{md_range[1]:g} um^2/ms"
             )
     return warnings
-
-
-def sidecar_warnings(sidecar: dict[str, Any]) -> list[str]:
-    """Warnings the participant level recorded in a sidecar (any ``warnings`` key, nested too)."""
-    found: list[str] = []
-
-    def _walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if str(key).lower() == "warnings":
-                    found.extend(_as_texts(value))
-                else:
-                    _walk(value)
-
-    _walk(sidecar)
-    return found
-
-
-def _as_texts(value: Any) -> Iterable[str]:
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [value] if value.strip() else []
-    if isinstance(value, dict):
-        return [f"{k}: {v}" for k, v in value.items()]
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value if str(v).strip()]
-    return [str(value)]

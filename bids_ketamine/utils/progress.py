@@ -14,6 +14,9 @@ fits) and shows them in one of three modes (:func:`progress_mode`):
 :class:`WorkflowProgress` is nipype's ``status_callback`` (called by the Linear, MultiProc and
 batch-scheduler plugins with ``(node, "start" | "end" | "exception")``): it counts nodes and
 participants against the totals of the workflow graph.  Nothing is written to disk.
+
+Kept as one module (~560 lines): the counter, its terminal and log displays and the nipype
+callback share one display state.
 """
 
 from __future__ import annotations

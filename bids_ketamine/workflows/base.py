@@ -11,14 +11,14 @@ Per participant (:func:`init_single_subject_wf`):
    path, and ROI statistics are taken there, on maps that were never interpolated;
 4. FA and MD are also resampled once into template space, and everything is written with BIDS
    derivative names (:mod:`bids_ketamine.workflows.outputs`).
+
+This module builds the graph; :mod:`bids_ketamine.cli.workflow` runs it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -30,8 +30,8 @@ from nipype.pipeline import engine as pe
 from bids_ketamine import __version__
 from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
+from bids_ketamine.derivatives import subject_path
 from bids_ketamine.dwi.acquisition import longitudinal_acquisition_warnings
-from bids_ketamine.errors import InputError
 from bids_ketamine.interfaces.registration import (
     MidpointSpace,
     ROICoverage,
@@ -39,11 +39,10 @@ from bids_ketamine.interfaces.registration import (
     WarpFromTemplate,
     WarpToTemplate,
 )
+from bids_ketamine.interfaces.io import DerivativesSink
 from bids_ketamine.interfaces.roi import ROIStats, ROIWeights, SharedSelection
-from bids_ketamine.utils.atomic import atomic_write_text
-from bids_ketamine.utils.progress import CALLBACK_PLUGINS, WorkflowProgress, display_options, expected_nodes
 from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb, set_series_inputs
-from bids_ketamine.workflows.outputs import init_series_derivatives_wf, output_path
+from bids_ketamine.workflows.outputs import init_series_derivatives_wf
 from bids_ketamine.workflows.tensor import init_tensor_wf
 
 LOGGER = logging.getLogger(__name__)
@@ -146,6 +145,11 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
             (merge_mask, midpoint, [("out", "mask_files")]),
             (midpoint, register, [("midpoint_file", "moving_file"), ("midpoint_mask", "moving_mask")]),
         ])
+        if len(groups) == 1 and len(members) >= 2:  # the subject's midpoint (docs/outputs.md)
+            ds_midpoint = pe.Node(DerivativesSink(out_path=str(subject_path(
+                config.output_dir, subject, "midpoint_b0"))), name="ds_midpoint_b0",
+                run_without_submitting=True)
+            workflow.connect([(midpoint, ds_midpoint, [("midpoint_file", "in_file")])])
         # Issue 20: the voxel selection (CSF exclusion, brain mask) is decided once per participant
         # from all series together (mean MD, intersection of masks), then used by every series.
         merge_md = pe.Node(niu.Merge(len(members)), name=f"merge_md{suffix}", run_without_submitting=True)
@@ -267,18 +271,17 @@ def series_summary(source, bval_file, warnings, protocol_warnings, options):
     """
     import numpy as np
 
+    from bids_ketamine.derivatives import SeriesSummary
     from bids_ketamine.dwi.gradients import shells
 
     bvals = np.loadtxt(bval_file, ndmin=1)
-    return {
-        "Sources": [str(path) for path in (source if isinstance(source, (list, tuple)) else [source])],
-        "NumberOfVolumes": int(len(bvals)),
-        "Shells": {f"{b:g}": n for b, n in shells(bvals).items()},
-        "Options": dict(options),
-        "Warnings": list(warnings or []) + list(protocol_warnings or []),
-        "SkullStripped": False,
-        "Description": "Denoised, motion-corrected DWI in RAS+ orientation with rotated b-vectors",
-    }
+    return SeriesSummary(
+        Sources=[str(path) for path in (source if isinstance(source, (list, tuple)) else [source])],
+        NumberOfVolumes=int(len(bvals)),
+        Shells={f"{b:g}": n for b, n in shells(bvals).items()},
+        Options=dict(options),
+        Warnings=list(warnings or []) + list(protocol_warnings or []),
+    ).to_dict()
 
 
 def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
@@ -382,86 +385,3 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
     LOGGER.info("Preflight: %d series checked in %.1f s, %d problem(s)", n_checked,
                 time.time() - started, len(problems))
     return usable, problems
-
-
-def run_participant_workflows(config: Config, series_by_subject: dict[str, list[DwiSeries]]) -> list[str]:
-    """Check, build and run the participant workflow; return one message per failure."""
-    usable, problems = preflight(config, series_by_subject)
-    if not usable:
-        raise InputError("no DWI series can be processed: " + "; ".join(problems))
-    work_dir = config.work_dir or (config.output_dir.parent / "work")
-    config = config.replace(work_dir=work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    workflow, template, atlas = init_bids_ketamine_wf(config, usable)
-    workflow.base_dir = str(work_dir)
-    crash_dir = work_dir / "crashes"
-    workflow.config["execution"] = {
-        "crashdump_dir": str(crash_dir),
-        "crashfile_format": "txt",
-        "stop_on_first_crash": config.stop_on_first_crash,
-        "remove_unnecessary_outputs": False,
-        "hash_method": "content",
-        "create_report": False,
-        "poll_sleep_duration": 1 if config.plugin.startswith(("SLURM", "SGE", "PBS", "LSF")) else 0.1,
-    }
-    if config.resource_monitor:
-        # nipype's resource monitor (psutil): peak memory and CPU of every node in its result
-        from nipype import config as nipype_config
-
-        nipype_config.enable_resource_monitor()
-        workflow.config["monitoring"] = {"enabled": True}
-        workflow.config["execution"]["resource_monitor_frequency"] = 0.5
-    else:
-        workflow.config["monitoring"] = {"enabled": False}
-    plugin_args = dict(config.plugin_args)
-    # nipype's cluster plugins read LOGNAME, unset in some containers and batch shells
-    os.environ.setdefault("LOGNAME", getpass.getuser())
-    if config.plugin.endswith("Graph"):
-        # nipype 1.11's graph plugins fail without it
-        plugin_args.setdefault("dont_resubmit_completed_jobs", True)
-    if config.plugin in ("MultiProc", "LegacyMultiProc"):
-        plugin_args.setdefault("n_procs", config.nprocs)
-        if config.mem_gb:
-            plugin_args.setdefault("memory_gb", config.mem_gb)
-        plugin_args.setdefault("raise_insufficient", False)
-    for subject in usable:
-        log_dir = config.output_dir / f"sub-{subject}" / "log"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(log_dir / "config.json", config.to_json() + "\n")
-    LOGGER.info("Template %s (%s), atlas %s; running %d participant(s) with %s",
-                template.name, template.source, atlas.name, len(usable), config.plugin)
-    started = time.time()
-    # nipype's resource monitor writes its sample files (.proc-*) into the current folder
-    monitor_dir = work_dir / "resource_monitor"
-    previous_dir = os.getcwd()
-    if config.resource_monitor:
-        monitor_dir.mkdir(exist_ok=True)
-        os.chdir(monitor_dir)
-    progress, display = None, display_options(config)
-    if config.plugin in CALLBACK_PLUGINS and display["mode"] != "off":
-        progress = WorkflowProgress(expected_nodes(workflow), **display)
-        plugin_args["status_callback"] = progress
-    try:
-        workflow.run(plugin=config.plugin, plugin_args=plugin_args)
-    except RuntimeError as err:
-        LOGGER.error("Some nodes failed: %s", str(err).splitlines()[0])
-        if config.stop_on_first_crash:
-            problems.append(f"processing stopped at the first crash; crash files in {crash_dir}")
-    finally:
-        if progress is not None:
-            progress.close()
-        os.chdir(previous_dir)
-    LOGGER.info("Participant workflow finished in %.1f s", time.time() - started)
-    if config.plugin.endswith("Graph"):
-        # Graph plugins return once every job is queued: the outputs appear as the jobs end.
-        LOGGER.info("All jobs were submitted to the scheduler with %s; when they have finished, "
-                    "rerun with --reports-only to build the reports", config.plugin)
-        return problems
-    for subject, series in usable.items():
-        for item in series:
-            table = output_path(config.output_dir, item, "roistats_file", tpl=template.name,
-                                atlas=atlas.name, denoise=config.denoise)
-            if not table.exists():
-                problems.append(f"{item.prefix}: processing failed (no {table.name}); see the crash "
-                                f"files in {crash_dir}, fix the cause and rerun (finished steps are reused)")
-    return problems

@@ -1,4 +1,4 @@
-"""Writing one series' results to their BIDS-derivatives names (docs/outputs.md)."""
+"""Writing one series' results to their BIDS-derivatives names (:mod:`bids_ketamine.derivatives`)."""
 
 from __future__ import annotations
 
@@ -7,34 +7,22 @@ from pathlib import Path
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_ketamine import derivatives
 from bids_ketamine.bids import DwiSeries
 from bids_ketamine.interfaces.io import DerivativesSink
 
-#: inputnode field -> file-name suffix after the series prefix.  ``{tpl}``, ``{atlas}`` and
-#: ``{denoise}`` are filled in per run.
-SERIES_OUTPUTS = {
-    "dwi_file": "space-dwi_desc-preproc_dwi.nii.gz",
-    "bval_file": "space-dwi_desc-preproc_dwi.bval",
-    "bvec_file": "space-dwi_desc-preproc_dwi.bvec",
-    "b0_file": "space-dwi_desc-b0_dwiref.nii.gz",
-    "mask_file": "space-dwi_desc-brain_mask.nii.gz",
-    "noise_file": "space-dwi_model-{denoise}_param-noise_dwimap.nii.gz",
-    "motion_file": "desc-motion_timeseries.tsv",
-    "fa_file": "space-dwi_model-tensor_param-fa_dwimap.nii.gz",
-    "md_file": "space-dwi_model-tensor_param-md_dwimap.nii.gz",
-    "ad_file": "space-dwi_model-tensor_param-ad_dwimap.nii.gz",
-    "rd_file": "space-dwi_model-tensor_param-rd_dwimap.nii.gz",
-    "tpl_fa_file": "space-{tpl}_model-tensor_param-fa_dwimap.nii.gz",
-    "tpl_md_file": "space-{tpl}_model-tensor_param-md_dwimap.nii.gz",
-    "midpoint_xfm": "from-dwi_to-midpoint_mode-image_xfm.txt",
-    "dseg_file": "space-dwi_atlas-{atlas}_dseg.nii.gz",
-    "dseg_tsv": "space-dwi_atlas-{atlas}_dseg.tsv",
-    "roistats_file": "atlas-{atlas}_model-tensor_roistats.tsv",
-}
+#: inputnode field -> output entities (the contract lives in :mod:`bids_ketamine.derivatives`).
+SERIES_OUTPUTS = derivatives.SERIES_OUTPUTS
+
 
 def output_path(output_dir: Path, series: DwiSeries, field: str, **names: str) -> Path:
-    """The derivative path of one output of ``series``."""
-    return Path(output_dir) / series.out_dir / f"{series.prefix}_{SERIES_OUTPUTS[field].format(**names)}"
+    """The derivative path of one output (or sidecar) of ``series``."""
+    return derivatives.series_path(output_dir, series_entities(series), field, **names)
+
+
+def series_entities(series: DwiSeries) -> dict[str, str]:
+    """The entities that name ``series``' outputs (subject, session, acq/dir/run)."""
+    return {"subject": series.subject, "session": series.session, **series.entities}
 
 
 def init_series_derivatives_wf(series: DwiSeries, output_dir: Path, *, template: str, atlas: str,
@@ -55,14 +43,8 @@ def init_series_derivatives_wf(series: DwiSeries, output_dir: Path, *, template:
         target = output_path(output_dir, series, field, **names)
         sink = pe.Node(DerivativesSink(out_path=str(target)), name=f"ds_{field}", run_without_submitting=True)
         workflow.connect([(inputnode, sink, [(field, "in_file")])])
-    for field, path in (
-        ("model_metadata", Path(output_dir) / series.out_dir
-         / f"{series.prefix}_space-dwi_model-tensor_dwimap.json"),
-        ("preproc_metadata", Path(str(output_path(output_dir, series, "dwi_file", **names))
-                                  .replace(".nii.gz", ".json"))),
-        ("dseg_metadata", Path(str(output_path(output_dir, series, "dseg_file", **names))
-                               .replace(".nii.gz", ".json"))),
-    ):
+    for field in ("model_metadata", "preproc_metadata", "dseg_metadata"):
+        path = output_path(output_dir, series, field, **names)
         sink = pe.Node(DerivativesSink(out_path=str(path)), name=f"ds_{field}", run_without_submitting=True)
         workflow.connect([(inputnode, sink, [(field, "content")])])
     return workflow
