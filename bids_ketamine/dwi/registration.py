@@ -54,6 +54,7 @@ from bids_ketamine.dwi.rigid import (
     register,
     resample,
 )
+from bids_ketamine.utils.images import as_image
 
 __all__ = [
     "MidpointResult",
@@ -68,13 +69,7 @@ B0_TISSUE_INTENSITY = {"wm": 1.0, "gm": 1.35, "csf": 2.5}
 
 
 def _as_image(img, name: str) -> nib.Nifti1Image:
-    if isinstance(img, (str, Path)):
-        img = nib.load(str(img))
-    if not hasattr(img, "affine") or not hasattr(img, "dataobj"):
-        raise ValueError(f"{name} must be a nibabel image or a path to one")
-    if len(img.shape) != 3:
-        raise ValueError(f"{name} must be a 3-D image, got shape {img.shape}")
-    return img
+    return as_image(img, name, ndim=3, require_data=True)
 
 
 def _data(img) -> np.ndarray:
@@ -139,7 +134,7 @@ class MidpointResult:
 
     def to_midpoint(self, img, index: int, *, order: int = 3) -> nib.Nifti1Image:
         """Resample an image of session ``index`` (any grid of it) into the midpoint grid."""
-        img = _as_any_image(img)
+        img = as_image(img)
         data = np.asanyarray(img.dataobj)
         out = resample(data, img.affine, self.shape, self.affine, self.transforms[index],
                        order=order)
@@ -147,19 +142,11 @@ class MidpointResult:
 
     def from_midpoint(self, img, index: int, ref_img, *, order: int = 0) -> nib.Nifti1Image:
         """Resample a midpoint-space image onto a grid of session ``index`` (``ref_img``)."""
-        img, ref_img = _as_any_image(img), _as_any_image(ref_img)
+        img, ref_img = as_image(img), as_image(ref_img)
         data = np.asanyarray(img.dataobj)
         out = resample(data, img.affine, ref_img.shape[:3], ref_img.affine,
                        np.linalg.inv(self.transforms[index]), order=order)
         return _image(out, ref_img.affine)
-
-
-def _as_any_image(img) -> nib.Nifti1Image:
-    if isinstance(img, (str, Path)):
-        img = nib.load(str(img))
-    if not hasattr(img, "affine"):
-        raise ValueError("expected a nibabel image or a path to one")
-    return img
 
 
 def _symmetric_pair(images, masks, i, j, factors):
@@ -367,10 +354,10 @@ class TemplateRegistration:
         image on any grid of the template space) sets the output grid; by default the
         registration's working grid.
         """
-        img = _as_any_image(img)
+        img = as_image(img)
         out_shape, out_affine = self.template_shape, self.template_affine
         if reference is not None:
-            reference = _as_any_image(reference)
+            reference = as_image(reference)
             out_shape, out_affine = tuple(reference.shape[:3]), reference.affine
         interpolation = "nearest" if order == 0 else "linear"
         data = np.asanyarray(img.dataobj)
@@ -399,7 +386,7 @@ class TemplateRegistration:
         order : int
             0: nearest neighbour (labels, the default), otherwise trilinear.
         """
-        img, ref_img = _as_any_image(img), _as_any_image(ref_img)
+        img, ref_img = as_image(img), as_image(ref_img)
         interpolation = "nearest" if order == 0 else "linear"
         data = np.asanyarray(img.dataobj)
         if order == 0:
