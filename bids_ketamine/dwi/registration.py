@@ -35,9 +35,10 @@ cross-correlation metric, both on brain-masked images.  The default fixed image 
 than white) image synthesised from the template's tissue probability maps at the working
 resolution (2.5 mm), because a DWI b=0 does not look like a T1w image.
 
-The midpoint space is computed in :mod:`bids_ketamine.dwi.midpoint` (re-exported here), the
-image and grid helpers both use in :mod:`bids_ketamine.dwi.worldgrid`; this module holds the
-template contrast and the template registration.
+Kept as one module (~400 lines): the template contrast and the template registration (affine,
+SyN, saving and loading the mapping) that uses it.  The midpoint space is computed in
+:mod:`bids_ketamine.dwi.midpoint` (re-exported here), the image and grid helpers both use in
+:mod:`bids_ketamine.dwi.worldgrid`.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ Labels are stored without their ``sub-``/``ses-`` prefixes.  Every problem a use
 raises :class:`bids_ketamine.errors.ClinicalDataError` with a one-line message naming the
 file and the fix.
 
-The order of the sessions (baseline, follow-up, acq_time) is chosen in
+Kept as one module (~400 lines): every clinical table the app reads, with the checks they share
+and one error style.  The order of the sessions (baseline, follow-up, acq_time) is chosen in
 :mod:`bids_ketamine.group.session_order` (its names are re-exported here).
 """
 

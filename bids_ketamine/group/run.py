@@ -11,7 +11,7 @@ set of models per outcome session; with more than two sessions a mixed model of 
 over every session (``model = trajectory``); with one arm, models without treatment terms
 (``model = single_arm``).
 
-Kept as one module (~460 lines): :func:`run_group_level` is one pipeline whose steps share the
+Kept as one module (~480 lines): :func:`run_group_level` is one pipeline whose steps share the
 exclusions and the session plans (chosen in :mod:`bids_ketamine.group.sessions`); the models
 fitted per ROI and outcome are in :mod:`bids_ketamine.group.fits`, the JSON record helpers in
 :mod:`bids_ketamine.group.record`.
