@@ -29,6 +29,7 @@ import pandas as pd
 
 from bids_ketamine.config import KETAMINE7_ROIS
 from bids_ketamine.errors import InputError
+from bids_ketamine.utils.tsv import read_tsv
 
 if TYPE_CHECKING:  # pragma: no cover
     from bids_ketamine.resources import Template
@@ -178,8 +179,9 @@ def _packaged_atlas(atlas: str, space: str) -> Atlas:
 def _read_labels_tsv(path: Path) -> pd.DataFrame:
     """Read and check a labels table (columns ``index`` and ``name``)."""
     try:
-        table = pd.read_csv(path, sep="\t", dtype={"name": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        table = read_tsv(path, error=AtlasError, dtype={"name": str},
+                         hint="write a tab-separated file with columns 'index' and 'name'")
+    except OSError as exc:
         raise AtlasError(
             f"{path}: cannot read the labels table ({exc}); write a tab-separated file "
             "with columns 'index' and 'name'"

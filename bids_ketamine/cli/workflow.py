@@ -18,7 +18,8 @@ from bids_ketamine.config import Config
 from bids_ketamine.derivatives import config_path
 from bids_ketamine.errors import InputError
 from bids_ketamine.utils.atomic import atomic_write_text
-from bids_ketamine.utils.progress import CALLBACK_PLUGINS, WorkflowProgress, display_options, expected_nodes
+from bids_ketamine.utils.progress import display_options
+from bids_ketamine.utils.workflow_progress import CALLBACK_PLUGINS, WorkflowProgress, expected_nodes
 from bids_ketamine.workflows.base import init_bids_ketamine_wf, preflight
 from bids_ketamine.workflows.outputs import output_path
 

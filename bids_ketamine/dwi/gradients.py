@@ -19,8 +19,6 @@ private error helpers.
 
 from __future__ import annotations
 
-import gzip
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import numpy as np
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
 from bids_ketamine.errors import InputError
+from bids_ketamine.utils import images
 
 #: Tolerance on the norm of a b>0 gradient vector before it is an error.
 UNIT_NORM_TOLERANCE = 0.1
@@ -108,62 +107,19 @@ def read_gradients(bval_path: Path, bvec_path: Path) -> tuple[np.ndarray, np.nda
 def open_image(path: Path) -> nib.Nifti1Image:
     """Open a NIfTI image from its header, checking that the file holds all its data.
 
-    Fast: the data are not decoded.  For ``.nii.gz`` the uncompressed size recorded in the
-    gzip trailer is compared with the header's; only when they differ (a truncated file, or
-    a multi-member gzip) is the file decompressed to count its bytes.
+    :func:`bids_ketamine.utils.images.open_image`, raising :class:`DwiInputError`.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DwiInputError(f"'{path}' does not exist")
-    if path.stat().st_size == 0:
-        raise DwiInputError(f"'{path}' is empty (0 bytes): re-export or re-copy the image")
-    try:
-        img = nib.load(str(path))
-        expected = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
-        size = _uncompressed_size(path, expected)
-    except (EOFError, OSError, gzip.BadGzipFile, zlib.error, ValueError,
-            nib.filebasedimages.ImageFileError) as err:
-        raise _unreadable(path, err) from None
-    if size < expected:
-        raise _unreadable(path, EOFError(f"{size} of {expected} bytes"))
-    return img
-
-
-def _uncompressed_size(path: Path, expected: int) -> int:
-    """Bytes of ``path`` once decompressed (the gzip trailer first, counting only if needed)."""
-    if not path.name.endswith(".gz"):
-        return path.stat().st_size
-    with open(path, "rb") as handle:
-        handle.seek(-4, 2)
-        if int.from_bytes(handle.read(4), "little") == expected % 2**32:
-            return expected
-    total = 0
-    with gzip.open(path, "rb") as stream:
-        while chunk := stream.read(1 << 24):
-            total += len(chunk)
-    return total
-
-
-def _unreadable(path: Path, err: Exception) -> DwiInputError:
-    return DwiInputError(
-        f"'{path}' cannot be read as NIfTI ({type(err).__name__}: {err}); the file is probably "
-        "truncated or corrupt: re-export or re-copy it"
-    )
+    return images.open_image(path, error=DwiInputError)
 
 
 def _decoded_data(img: nib.Nifti1Image, path: Path) -> np.ndarray:
     """The image's data as float32; corrupt compressed data become one clear error."""
-    try:
-        return img.get_fdata(dtype=np.float32)
-    except (EOFError, OSError, gzip.BadGzipFile, zlib.error, ValueError) as err:
-        raise _unreadable(Path(path), err) from None
+    return images.decoded_data(img, path, error=DwiInputError)
 
 
 def load_image(path: Path) -> nib.Nifti1Image:
     """Load a NIfTI image and its data, turning unreadable files into one clear error."""
-    img = open_image(path)
-    _decoded_data(img, path)  # decode now: catches corrupt compressed data
-    return img
+    return images.load_image(path, error=DwiInputError)
 
 
 def reorient_to_ras(img: nib.Nifti1Image, bvecs_voxel: np.ndarray) -> tuple[nib.Nifti1Image, np.ndarray]:

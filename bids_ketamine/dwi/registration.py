@@ -35,25 +35,27 @@ cross-correlation metric, both on brain-masked images.  The default fixed image 
 than white) image synthesised from the template's tissue probability maps at the working
 resolution (2.5 mm), because a DWI b=0 does not look like a T1w image.
 
-Kept as one module (~620 lines): midpoint space and template registration share their resampling
-and transform helpers.
+Kept as one module (~400 lines): the template contrast and the template registration (affine,
+SyN, saving and loading the mapping) that uses it.  The midpoint space is computed in
+:mod:`bids_ketamine.dwi.midpoint` (re-exported here), the image and grid helpers both use in
+:mod:`bids_ketamine.dwi.worldgrid`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy import linalg, ndimage
+from scipy import ndimage
 
-from bids_ketamine.dwi.rigid import (
-    log_euclidean_mean,
-    register,
-    resample,
-)
+from bids_ketamine.dwi.midpoint import MidpointResult, midpoint_space
+from bids_ketamine.dwi.rigid import register, resample
+from bids_ketamine.dwi.worldgrid import (as_volume, centre_of_mass, float_data, fov_corners,
+                                         translation_matrix, world_image)
+from bids_ketamine.utils.images import as_image
 
 __all__ = [
     "MidpointResult",
@@ -65,227 +67,6 @@ __all__ = [
 
 #: b=0 (T2-weighted) intensities of the tissue classes, relative to white matter.
 B0_TISSUE_INTENSITY = {"wm": 1.0, "gm": 1.35, "csf": 2.5}
-
-
-def _as_image(img, name: str) -> nib.Nifti1Image:
-    if isinstance(img, (str, Path)):
-        img = nib.load(str(img))
-    if not hasattr(img, "affine") or not hasattr(img, "dataobj"):
-        raise ValueError(f"{name} must be a nibabel image or a path to one")
-    if len(img.shape) != 3:
-        raise ValueError(f"{name} must be a 3-D image, got shape {img.shape}")
-    return img
-
-
-def _data(img) -> np.ndarray:
-    return np.asarray(img.dataobj, dtype=np.float64)
-
-
-def _image(data, affine) -> nib.Nifti1Image:
-    out = nib.Nifti1Image(data, np.asarray(affine, dtype=float))
-    out.set_qform(affine, code=2)
-    out.set_sform(affine, code=2)
-    out.header.set_xyzt_units("mm")
-    return out
-
-
-def _centre_of_mass(data: np.ndarray, affine: np.ndarray, mask=None) -> np.ndarray:
-    weights = np.clip(data, 0, None) if mask is None else np.clip(data, 0, None) * mask
-    if weights.sum() <= 0:
-        raise ValueError("image is empty (no positive intensity inside the mask)")
-    return affine[:3, :3] @ np.asarray(ndimage.center_of_mass(weights)) + affine[:3, 3]
-
-
-def _translation(vector) -> np.ndarray:
-    out = np.eye(4)
-    out[:3, 3] = vector
-    return out
-
-
-def _real_logm(matrix) -> np.ndarray:
-    return np.real(linalg.logm(matrix))
-
-
-# ---------------------------------------------------------------------------------------
-# Midpoint space
-# ---------------------------------------------------------------------------------------
-@dataclass
-class MidpointResult:
-    """The within-subject midpoint space.
-
-    Attributes
-    ----------
-    transforms : list of ndarray (4, 4)
-        Midpoint-world to session-world transform of every input (input order).
-    shape : tuple of int
-        Shape of the midpoint grid.
-    affine : ndarray (4, 4)
-        Voxel-to-world affine of the midpoint grid.
-    template : nibabel.Nifti1Image
-        Mean of the inputs resampled into the midpoint grid.
-    mask : nibabel.Nifti1Image or None
-        Voxels inside at least half of the resampled input masks (when masks were given).
-    pairwise : dict
-        ``(i, j) -> S_ij``: the inverse-consistent rigid transform from session ``i``'s
-        world to session ``j``'s world.
-    """
-
-    transforms: list
-    shape: tuple
-    affine: np.ndarray
-    template: nib.Nifti1Image
-    mask: nib.Nifti1Image | None = None
-    pairwise: dict = field(default_factory=dict)
-
-    def to_midpoint(self, img, index: int, *, order: int = 3) -> nib.Nifti1Image:
-        """Resample an image of session ``index`` (any grid of it) into the midpoint grid."""
-        img = _as_any_image(img)
-        data = np.asanyarray(img.dataobj)
-        out = resample(data, img.affine, self.shape, self.affine, self.transforms[index],
-                       order=order)
-        return _image(out, self.affine)
-
-    def from_midpoint(self, img, index: int, ref_img, *, order: int = 0) -> nib.Nifti1Image:
-        """Resample a midpoint-space image onto a grid of session ``index`` (``ref_img``)."""
-        img, ref_img = _as_any_image(img), _as_any_image(ref_img)
-        data = np.asanyarray(img.dataobj)
-        out = resample(data, img.affine, ref_img.shape[:3], ref_img.affine,
-                       np.linalg.inv(self.transforms[index]), order=order)
-        return _image(out, ref_img.affine)
-
-
-def _as_any_image(img) -> nib.Nifti1Image:
-    if isinstance(img, (str, Path)):
-        img = nib.load(str(img))
-    if not hasattr(img, "affine"):
-        raise ValueError("expected a nibabel image or a path to one")
-    return img
-
-
-def _symmetric_pair(images, masks, i, j, factors):
-    """Inverse-consistent rigid transform from image i's world to image j's world.
-
-    Each direction starts both from the scanner coordinates (identity) and from the
-    centres of mass (unreliable when the fields of view cover different parts of the
-    head) and keeps the better fit; then each direction is registered once more from the
-    inverse of the other's result, and again the better fit is kept.  Without this
-    exchange, one direction caught in a local minimum (large head rotations between
-    series, as in sub-canon's 2020 acquisitions, 38 degrees apart) would pull the log-mean
-    of the two half-way to it.
-    """
-    (data_i, aff_i), (data_j, aff_j) = images[i], images[j]
-    shift = _translation(
-        _centre_of_mass(data_j, aff_j, masks[j]) - _centre_of_mass(data_i, aff_i, masks[i])
-    )
-
-    def _best(fixed, fixed_aff, fixed_mask, moving, moving_aff, starts, incumbent=None):
-        fits = [
-            register(fixed, fixed_aff, moving, moving_aff, fixed_mask=fixed_mask, init=start,
-                     metric="ncc", factors=factors)
-            for start in starts
-        ]
-        return min(fits + ([] if incumbent is None else [incumbent]), key=lambda fit: fit.cost)
-
-    forward = _best(data_i, aff_i, masks[i], data_j, aff_j, [np.eye(4), shift])
-    backward = _best(data_j, aff_j, masks[j], data_i, aff_i, [np.eye(4), np.linalg.inv(shift)])
-    forward, backward = (
-        _best(data_i, aff_i, masks[i], data_j, aff_j, [np.linalg.inv(backward.matrix)], forward),
-        _best(data_j, aff_j, masks[j], data_i, aff_i, [np.linalg.inv(forward.matrix)], backward),
-    )
-    return linalg.expm((_real_logm(forward.matrix) - _real_logm(backward.matrix)) / 2.0)
-
-
-def _fov_corners(shape, affine) -> np.ndarray:
-    corners = np.array(
-        [[a, b, c] for a in (-0.5, shape[0] - 0.5) for b in (-0.5, shape[1] - 0.5)
-         for c in (-0.5, shape[2] - 0.5)]
-    )
-    return corners @ affine[:3, :3].T + affine[:3, 3]
-
-
-def midpoint_space(images, masks=None, *, factors=(4, 2, 1), voxel_size=None) -> MidpointResult:
-    """Unbiased within-subject midpoint space of two or more images of one subject.
-
-    Parameters
-    ----------
-    images : sequence of nibabel images (or paths), 3-D
-        E.g. each session's mean b=0, each with its own affine.
-    masks : sequence of images or None, optional
-        Brain masks on the images' grids (recommended); registrations measure the
-        residual inside the fixed image's mask.
-    factors : sequence of int
-        Pyramid factors of the rigid registrations.
-    voxel_size : float, optional
-        Voxel size of the midpoint grid; the finest input voxel size by default.
-
-    Returns
-    -------
-    MidpointResult
-        Permuting the inputs permutes ``transforms`` and leaves the grid and the
-        template unchanged (to floating-point precision).
-
-    Raises
-    ------
-    ValueError
-        On fewer than two images, masks that do not match, or empty images.
-    """
-    images = [_as_image(img, f"images[{k}]") for k, img in enumerate(images)]
-    if len(images) < 2:
-        raise ValueError("midpoint_space needs at least two images of the same subject")
-    if masks is None:
-        mask_data = [None] * len(images)
-    else:
-        if len(masks) != len(images):
-            raise ValueError(f"{len(masks)} masks for {len(images)} images: give one per image")
-        mask_data = []
-        for k, (mask, img) in enumerate(zip(masks, images)):
-            mask = _as_image(mask, f"masks[{k}]")
-            if mask.shape != img.shape or not np.allclose(mask.affine, img.affine, atol=1e-4):
-                raise ValueError(f"masks[{k}] is not on the grid of images[{k}]")
-            mask_data.append(np.asarray(mask.dataobj) > 0)
-    arrays = [(_data(img), np.asarray(img.affine, dtype=float)) for img in images]
-    n = len(images)
-    pairwise = {}
-    for i in range(n):
-        for j in range(i + 1, n):
-            pairwise[(i, j)] = _symmetric_pair(arrays, mask_data, i, j, factors)
-            pairwise[(j, i)] = np.linalg.inv(pairwise[(i, j)])
-    transforms = []
-    per_reference = []
-    for r in range(n):
-        to_sessions = [np.eye(4) if i == r else pairwise[(r, i)] for i in range(n)]
-        centre_inv = np.linalg.inv(log_euclidean_mean(to_sessions))
-        per_reference.append([t @ centre_inv for t in to_sessions])
-    transforms = [log_euclidean_mean([per_reference[r][i] for r in range(n)]) for i in range(n)]
-
-    vox = voxel_size or min(
-        float(np.sqrt((a[:3, :3] ** 2).sum(axis=0)).min()) for _, a in arrays
-    )
-    corners = np.concatenate(
-        [
-            _fov_corners(img.shape, a) @ np.linalg.inv(m)[:3, :3].T + np.linalg.inv(m)[:3, 3]
-            for img, (_, a), m in zip(images, arrays, transforms)
-        ]
-    )
-    low, high = corners.min(axis=0), corners.max(axis=0)
-    shape = tuple(int(np.ceil((hi - lo) / vox)) for lo, hi in zip(low, high))
-    grid = np.diag([vox, vox, vox, 1.0])
-    grid[:3, 3] = low + vox / 2.0
-    resampled = [
-        resample(data, a, shape, grid, m, order=3) for (data, a), m in zip(arrays, transforms)
-    ]
-    template = _image(np.mean(resampled, axis=0).astype(np.float32), grid)
-    mask_img = None
-    if masks is not None:
-        fractions = [
-            resample(md.astype(np.float32), a, shape, grid, m, order=1)
-            for md, (_, a), m in zip(mask_data, arrays, transforms)
-        ]
-        mask_img = _image((np.mean(fractions, axis=0) >= 0.5).astype(np.uint8), grid)
-    return MidpointResult(
-        transforms=transforms, shape=shape, affine=grid, template=template, mask=mask_img,
-        pairwise=pairwise,
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,20 +99,20 @@ def template_b0_contrast(template, resolution: float = 2.5, *, intensities=None)
     intensities = dict(B0_TISSUE_INTENSITY, **(intensities or {}))
     maps = {key: nib.load(str(getattr(template, key))) for key in ("wm", "gm", "csf", "mask")}
     affine = maps["gm"].affine
-    signal = sum(intensities[key] * _data(maps[key]) for key in ("wm", "gm", "csf"))
-    signal = signal * (_data(maps["mask"]) > 0)
+    signal = sum(intensities[key] * float_data(maps[key]) for key in ("wm", "gm", "csf"))
+    signal = signal * (float_data(maps["mask"]) > 0)
     in_vox = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     sigma = np.sqrt(max(resolution**2 - in_vox.max() ** 2, 0.0)) / 2.355 / in_vox
     smoothed = ndimage.gaussian_filter(signal, sigma)
     extent = np.asarray(maps["gm"].shape) * in_vox
     shape = tuple(int(np.ceil(e / resolution)) for e in extent)
-    corners = _fov_corners(maps["gm"].shape, affine)
+    corners = fov_corners(maps["gm"].shape, affine)
     grid = np.diag([resolution, resolution, resolution, 1.0])
     grid[:3, 3] = corners.min(axis=0) + resolution / 2.0
     out = resample(smoothed, affine, shape, grid, order=1)
-    brain = resample((_data(maps["mask"]) > 0).astype(np.float32), affine, shape, grid, order=1)
+    brain = resample((float_data(maps["mask"]) > 0).astype(np.float32), affine, shape, grid, order=1)
     out = np.where(brain >= 0.5, out, 0.0).astype(np.float32)
-    return _image(out, grid)
+    return world_image(out, grid)
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,10 +148,10 @@ class TemplateRegistration:
         image on any grid of the template space) sets the output grid; by default the
         registration's working grid.
         """
-        img = _as_any_image(img)
+        img = as_image(img)
         out_shape, out_affine = self.template_shape, self.template_affine
         if reference is not None:
-            reference = _as_any_image(reference)
+            reference = as_image(reference)
             out_shape, out_affine = tuple(reference.shape[:3]), reference.affine
         interpolation = "nearest" if order == 0 else "linear"
         data = np.asanyarray(img.dataobj)
@@ -385,7 +166,7 @@ class TemplateRegistration:
 
         out = _one(data) if data.ndim == 3 else np.stack(
             [_one(data[..., k]) for k in range(data.shape[3])], axis=-1)
-        return _image(out.astype(data.dtype if order == 0 else np.float32), out_affine)
+        return world_image(out.astype(data.dtype if order == 0 else np.float32), out_affine)
 
     def from_template(self, img, ref_img, order: int = 0) -> nib.Nifti1Image:
         """Warp a template-space image (e.g. atlas labels) onto a subject grid.
@@ -399,7 +180,7 @@ class TemplateRegistration:
         order : int
             0: nearest neighbour (labels, the default), otherwise trilinear.
         """
-        img, ref_img = _as_any_image(img), _as_any_image(ref_img)
+        img, ref_img = as_image(img), as_image(ref_img)
         interpolation = "nearest" if order == 0 else "linear"
         data = np.asanyarray(img.dataobj)
         if order == 0:
@@ -412,7 +193,7 @@ class TemplateRegistration:
             out_shape=ref_img.shape[:3], out_grid2world=ref_img.affine,
         )
         dtype = np.asanyarray(img.dataobj).dtype if order == 0 else np.float32
-        return _image(np.asarray(out).astype(dtype), ref_img.affine)
+        return world_image(np.asarray(out).astype(dtype), ref_img.affine)
 
     def save(self, prefix) -> dict:
         """Write the registration; returns the paths written.
@@ -577,14 +358,14 @@ def register_to_template(
         raise ValueError(f"affine_metric must be 'ncc' or 'mi', got {affine_metric!r}")
     if n_threads < 1:
         raise ValueError(f"n_threads must be >= 1, got {n_threads}")
-    moving_img = _as_image(moving_img, "moving_img")
-    template_img = _as_image(template_img, "template_img")
-    moving = _data(moving_img)
-    static = _data(template_img)
+    moving_img = as_volume(moving_img, "moving_img")
+    template_img = as_volume(template_img, "template_img")
+    moving = float_data(moving_img)
+    static = float_data(template_img)
     moving_mask = moving > 0 if moving_mask is None else np.asarray(
-        _as_image(moving_mask, "moving_mask").dataobj) > 0
+        as_volume(moving_mask, "moving_mask").dataobj) > 0
     static_mask = static > 0 if template_mask is None else np.asarray(
-        _as_image(template_mask, "template_mask").dataobj) > 0
+        as_volume(template_mask, "template_mask").dataobj) > 0
     if moving_mask.shape != moving.shape:
         raise ValueError("moving_mask is not on the grid of moving_img")
     if static_mask.shape != static.shape:
@@ -594,8 +375,8 @@ def register_to_template(
     moving_affine = np.asarray(moving_img.affine, dtype=float)
     static_affine = np.asarray(template_img.affine, dtype=float)
 
-    start = _translation(
-        _centre_of_mass(moving, moving_affine) - _centre_of_mass(static, static_affine)
+    start = translation_matrix(
+        centre_of_mass(moving, moving_affine) - centre_of_mass(static, static_affine)
     )
     if affine_metric == "ncc":
         # A brain-masked template as the fixed image: the mask is dilated a little so

@@ -46,8 +46,8 @@ this module, least squares                     0.16        ~11
 (reproduce: ``pytest tests/test_rigid.py -m slow -s``.)  The 12-dof affine, the
 normalised correlation and the intensity scale use the same machinery.
 
-Kept as one module (~670 lines): one optimiser (rigid and affine) with its cost, gradient and
-pyramid helpers.
+The transforms (parameters, powers, means) are in :mod:`bids_ketamine.dwi.transforms`, the
+resampling in :mod:`bids_ketamine.dwi.resample`; both are re-exported here for the callers.
 """
 
 from __future__ import annotations
@@ -57,6 +57,18 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import linalg, ndimage
 from threadpoolctl import threadpool_limits
+
+from bids_ketamine.dwi.resample import check_affine, resample, resample_image, sample_at_points
+from bids_ketamine.dwi.transforms import (
+    apply_transform_to_points,
+    check_matrix,
+    log_euclidean_mean,
+    matrix_power,
+    matrix_power_half,
+    matrix_to_params,
+    params_to_matrix,
+    rotation_angle,
+)
 
 __all__ = [
     "RegistrationResult",
@@ -74,317 +86,6 @@ __all__ = [
 ]
 
 _METRICS = ("ls", "ncc")
-
-
-# ---------------------------------------------------------------------------------------
-# Parameters <-> matrices, means of transforms
-# ---------------------------------------------------------------------------------------
-def _rotation_xyz(rot_x: float, rot_y: float, rot_z: float) -> np.ndarray:
-    cx, sx = np.cos(rot_x), np.sin(rot_x)
-    cy, sy = np.cos(rot_y), np.sin(rot_y)
-    cz, sz = np.cos(rot_z), np.sin(rot_z)
-    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
-    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
-    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def params_to_matrix(params) -> np.ndarray:
-    """4x4 world transform from rigid (6) or affine (12) parameters.
-
-    Parameters
-    ----------
-    params : array-like, shape (6,) or (12,)
-        ``(trans_x, trans_y, trans_z, rot_x, rot_y, rot_z)`` in mm and radians (see the
-        module docstring for the convention), optionally followed by ``(scale_x,
-        scale_y, scale_z, shear_xy, shear_xz, shear_yz)`` (scales as log-factors, 0 =
-        no scaling), which give ``T @ x = R @ S @ Z @ x + t`` with ``S`` the upper
-        triangular shear matrix and ``Z`` the diagonal scaling.
-
-    Returns
-    -------
-    ndarray, shape (4, 4)
-    """
-    params = np.asarray(params, dtype=float).ravel()
-    if params.size not in (6, 12):
-        raise ValueError(
-            f"params must have 6 (rigid) or 12 (affine) values, got {params.size}"
-        )
-    matrix = np.eye(4)
-    linear = _rotation_xyz(*params[3:6])
-    if params.size == 12:
-        zoom = np.diag(np.exp(params[6:9]))
-        shear = np.array(
-            [[1.0, params[9], params[10]], [0.0, 1.0, params[11]], [0.0, 0.0, 1.0]]
-        )
-        linear = linear @ shear @ zoom
-    matrix[:3, :3] = linear
-    matrix[:3, 3] = params[:3]
-    return matrix
-
-
-def _check_matrix(matrix, name: str = "matrix") -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=float)
-    if matrix.shape != (4, 4) or not np.allclose(matrix[3], [0, 0, 0, 1]):
-        raise ValueError(
-            f"{name} must be a 4x4 homogeneous world transform with last row [0 0 0 1]"
-        )
-    return matrix
-
-
-def matrix_to_params(matrix, *, atol: float = 1e-4) -> np.ndarray:
-    """Rigid parameters of a 4x4 world transform (inverse of :func:`params_to_matrix`).
-
-    Parameters
-    ----------
-    matrix : array-like, shape (4, 4)
-        A rigid transform (proper rotation plus translation).
-    atol : float
-        Largest tolerated deviation of ``R.T @ R`` from the identity.
-
-    Returns
-    -------
-    ndarray, shape (6,)
-        ``(trans_x, trans_y, trans_z, rot_x, rot_y, rot_z)`` (mm, rad); ``rot_y`` is in
-        [-pi/2, pi/2].
-
-    Raises
-    ------
-    ValueError
-        If the matrix is not rigid (scaling, shear or reflection); take the rotation
-        part first (e.g. with :func:`scipy.linalg.polar`).
-    """
-    matrix = _check_matrix(matrix)
-    rot = matrix[:3, :3]
-    if not np.allclose(rot.T @ rot, np.eye(3), atol=atol) or np.linalg.det(rot) < 0:
-        raise ValueError(
-            "matrix is not rigid (its 3x3 part is not a proper rotation); "
-            "extract the rotation with scipy.linalg.polar before converting"
-        )
-    rot_y = -np.arcsin(np.clip(rot[2, 0], -1.0, 1.0))
-    rot_x = np.arctan2(rot[2, 1], rot[2, 2])
-    rot_z = np.arctan2(rot[1, 0], rot[0, 0])
-    return np.array([*matrix[:3, 3], rot_x, rot_y, rot_z])
-
-
-def rotation_angle(matrix) -> float:
-    """Angle (radians) of the rotation part of a rigid 4x4 transform."""
-    rot = _check_matrix(matrix)[:3, :3]
-    return float(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0)))
-
-
-def _real_logm(matrix: np.ndarray) -> np.ndarray:
-    log = linalg.logm(matrix)
-    if np.iscomplexobj(log):
-        if np.abs(log.imag).max() > 1e-8:
-            raise ValueError(
-                "transform has no real matrix logarithm (a rotation of 180 degrees or a "
-                "reflection?): registrations of the same subject should not produce one"
-            )
-        log = log.real
-    return log
-
-
-def matrix_power(matrix, power: float) -> np.ndarray:
-    """``matrix ** power`` of a 4x4 transform, through the principal matrix logarithm.
-
-    ``matrix_power(T, 0.5) @ matrix_power(T, 0.5) == T`` and ``matrix_power(T, -p)`` is
-    the inverse of ``matrix_power(T, p)``; a rigid transform stays rigid.
-    """
-    matrix = _check_matrix(matrix)
-    result = linalg.expm(power * _real_logm(matrix))
-    result[3] = [0.0, 0.0, 0.0, 1.0]
-    return result
-
-
-def matrix_power_half(matrix) -> np.ndarray:
-    """The half-way transform ``T ** (1/2)`` (the midpoint between identity and ``T``)."""
-    return matrix_power(matrix, 0.5)
-
-
-def log_euclidean_mean(matrices, weights=None) -> np.ndarray:
-    """Log-Euclidean mean ``expm(sum_i w_i logm(T_i))`` of 4x4 transforms.
-
-    Parameters
-    ----------
-    matrices : sequence of array-like, shape (4, 4)
-    weights : array-like, optional
-        Non-negative weights (normalised to sum 1); equal weights by default.
-
-    Returns
-    -------
-    ndarray, shape (4, 4)
-        The mean transform; it does not depend on the order of ``matrices``, and the
-        mean of ``T`` and ``T^-1`` is the identity.
-    """
-    mats = [_check_matrix(m, "each transform") for m in matrices]
-    if not mats:
-        raise ValueError("log_euclidean_mean needs at least one transform")
-    if weights is None:
-        weights = np.full(len(mats), 1.0 / len(mats))
-    else:
-        weights = np.asarray(weights, dtype=float)
-        if weights.shape != (len(mats),) or np.any(weights < 0) or weights.sum() <= 0:
-            raise ValueError("weights must be one non-negative number per transform")
-        weights = weights / weights.sum()
-    log_mean = sum(w * _real_logm(m) for w, m in zip(weights, mats))
-    result = linalg.expm(log_mean)
-    result[3] = [0.0, 0.0, 0.0, 1.0]
-    return result
-
-
-def apply_transform_to_points(matrix, points) -> np.ndarray:
-    """Apply a 4x4 transform to points of shape (..., 3)."""
-    matrix = _check_matrix(matrix)
-    points = np.asarray(points, dtype=float)
-    return points @ matrix[:3, :3].T + matrix[:3, 3]
-
-
-# ---------------------------------------------------------------------------------------
-# Resampling
-# ---------------------------------------------------------------------------------------
-def _check_affine(affine, name: str) -> np.ndarray:
-    affine = np.asarray(affine, dtype=float)
-    if affine.shape != (4, 4) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise ValueError(f"{name} must be an invertible 4x4 voxel-to-world affine")
-    return affine
-
-
-def _sample(data, coords, order: int, cval: float) -> np.ndarray:
-    """Sample one 3-D volume at voxel coordinates (3, n); outside the FOV gives cval."""
-    shape = np.asarray(data.shape)[:, None]
-    # A half-voxel margin keeps the edge voxels' values (as a scanner grid would).
-    inside = np.all((coords >= -0.5) & (coords <= shape - 0.5), axis=0)
-    if order <= 1:
-        values = ndimage.map_coordinates(data, coords, order=order, mode="nearest")
-    else:
-        source = ndimage.spline_filter(np.asarray(data, dtype=float), order=order, mode="nearest")
-        values = ndimage.map_coordinates(
-            source, coords, order=order, mode="nearest", prefilter=False
-        )
-    values = np.where(inside, values, cval)
-    return values
-
-
-def sample_at_points(data, affine, points, transform=None, *, order: int = 1, cval=0.0):
-    """Values of a 3-D or 4-D image at world points (the point version of :func:`resample`).
-
-    Parameters
-    ----------
-    data : ndarray, shape (X, Y, Z) or (X, Y, Z, N)
-    affine : array-like, shape (4, 4)
-        Voxel-to-world affine of ``data``.
-    points : array-like, shape (n, 3)
-        World coordinates (mm) of the points, in the reference space.
-    transform : array-like, shape (4, 4), optional
-        Reference-world to image-world transform (identity by default).
-    order : {0, 1, 3}
-    cval : float
-        Value outside the field of view.
-
-    Returns
-    -------
-    ndarray, shape (n,) or (n, N)
-    """
-    data = np.asarray(data)
-    if data.ndim not in (3, 4):
-        raise ValueError(f"data must be 3-D or 4-D, got shape {data.shape}")
-    if order not in (0, 1, 3):
-        raise ValueError(f"order must be 0 (labels), 1 or 3, got {order}")
-    affine = _check_affine(affine, "affine")
-    transform = np.eye(4) if transform is None else _check_matrix(transform, "transform")
-    points = np.asarray(points, dtype=float).reshape(-1, 3)
-    to_voxel = np.linalg.inv(affine) @ transform
-    coords = to_voxel[:3, :3] @ points.T + to_voxel[:3, 3:4]
-    volumes = data[..., None] if data.ndim == 3 else data
-    out_dtype = data.dtype if order == 0 else np.result_type(data.dtype, np.float32)
-    out = np.empty((points.shape[0], volumes.shape[3]), dtype=out_dtype)
-    for n in range(volumes.shape[3]):
-        vol = volumes[..., n] if order == 0 else np.asarray(volumes[..., n], dtype=float)
-        out[:, n] = _sample(vol, coords, order, cval)
-    return out[:, 0] if data.ndim == 3 else out
-
-
-def resample(
-    data,
-    affine,
-    ref_shape,
-    ref_affine,
-    transform=None,
-    *,
-    order: int = 1,
-    cval: float = 0.0,
-) -> np.ndarray:
-    """Resample a 3-D or 4-D image onto a grid through a world transform.
-
-    ``out[i] = data(affine^-1 @ transform @ ref_affine @ i)`` for every voxel index ``i``
-    of the reference grid: ``transform`` maps reference-world points to the image's world
-    (the convention of :func:`register`).
-
-    Parameters
-    ----------
-    data : ndarray, shape (X, Y, Z) or (X, Y, Z, N)
-        The image (4-D: every volume is resampled the same way).
-    affine : array-like, shape (4, 4)
-        Voxel-to-world affine of ``data``.
-    ref_shape : tuple of 3 int
-        Shape of the output grid.
-    ref_affine : array-like, shape (4, 4)
-        Voxel-to-world affine of the output grid.
-    transform : array-like, shape (4, 4), optional
-        Reference-world to image-world transform; identity by default.
-    order : {0, 1, 3}
-        0: nearest neighbour (labels, masks: the dtype is kept), 1: trilinear, 3: cubic
-        B-spline.
-    cval : float
-        Value outside the image's field of view.
-
-    Returns
-    -------
-    ndarray, shape ref_shape (+ (N,))
-    """
-    data = np.asarray(data)
-    if data.ndim not in (3, 4):
-        raise ValueError(f"data must be 3-D or 4-D, got shape {data.shape}")
-    if order not in (0, 1, 3):
-        raise ValueError(f"order must be 0 (labels), 1 or 3, got {order}")
-    affine = _check_affine(affine, "affine")
-    ref_affine = _check_affine(ref_affine, "ref_affine")
-    ref_shape = tuple(int(n) for n in ref_shape)[:3]
-    transform = np.eye(4) if transform is None else _check_matrix(transform, "transform")
-    index_map = np.linalg.inv(affine) @ transform @ ref_affine  # output index -> input voxel
-    index_map[3] = [0.0, 0.0, 0.0, 1.0]  # exact, as affine_transform requires
-    volumes = data[..., None] if data.ndim == 3 else data
-    # Output voxels whose source lies outside the input (half-voxel margin) get cval.
-    inside = ndimage.affine_transform(
-        np.ones(volumes.shape[:3], dtype=np.uint8), index_map, output_shape=ref_shape,
-        order=0, mode="constant", cval=0,
-    ).astype(bool)
-    out_dtype = data.dtype if order == 0 else np.result_type(data.dtype, np.float32)
-    out = np.empty(ref_shape + (volumes.shape[3],), dtype=out_dtype)
-    for n in range(volumes.shape[3]):
-        vol = volumes[..., n] if order == 0 else np.asarray(volumes[..., n], dtype=float)
-        if order == 3:
-            vol = ndimage.spline_filter(vol, order=3, mode="nearest")
-        values = ndimage.affine_transform(
-            vol, index_map, output_shape=ref_shape, order=order, mode="nearest",
-            prefilter=False,
-        )
-        out[..., n] = np.where(inside, values, cval)
-    return out[..., 0] if data.ndim == 3 else out
-
-
-def resample_image(img, ref_shape, ref_affine, transform=None, *, order: int = 1, cval=0.0):
-    """:func:`resample` for a nibabel image; returns a ``Nifti1Image`` on the grid."""
-    import nibabel as nib
-
-    data = np.asanyarray(img.dataobj)
-    out = resample(data, img.affine, ref_shape, ref_affine, transform, order=order, cval=cval)
-    header = img.header.copy() if hasattr(img, "header") else None
-    result = nib.Nifti1Image(out, np.asarray(ref_affine, dtype=float), header)
-    result.set_qform(ref_affine, code=2)
-    result.set_sform(ref_affine, code=2)
-    return result
 
 
 # ---------------------------------------------------------------------------------------
@@ -595,8 +296,8 @@ def _register(
             f"fixed and moving must be 3-D images, got shapes {fixed.shape} and "
             f"{moving.shape}; register 4-D series volume by volume"
         )
-    fixed_affine = _check_affine(fixed_affine, "fixed_affine")
-    moving_affine = _check_affine(moving_affine, "moving_affine")
+    fixed_affine = check_affine(fixed_affine, "fixed_affine")
+    moving_affine = check_affine(moving_affine, "moving_affine")
     if dof not in (6, 12):
         raise ValueError(f"dof must be 6 (rigid) or 12 (affine), got {dof}")
     if metric not in _METRICS:
@@ -615,7 +316,7 @@ def _register(
     if any(f < 1 for f in factors):
         raise ValueError("pyramid factors must be integers >= 1")
     max_iter = np.broadcast_to(np.atleast_1d(max_iter), (len(factors),)).astype(int)
-    matrix = np.eye(4) if init is None else _check_matrix(init, "init").copy()
+    matrix = np.eye(4) if init is None else check_matrix(init, "init").copy()
 
     fixed_vox = np.sqrt((fixed_affine[:3, :3] ** 2).sum(axis=0))
     mask_idx = np.argwhere(fixed_mask) if fixed_mask is not None else None

@@ -11,42 +11,40 @@ set of models per outcome session; with more than two sessions a mixed model of 
 over every session (``model = trajectory``); with one arm, models without treatment terms
 (``model = single_arm``).
 
-Kept as one module (~650 lines): :func:`run_group_level` is one pipeline whose steps share the
-exclusions and the session plans (chosen in :mod:`bids_ketamine.group.sessions`).
+Kept as one module (~480 lines): :func:`run_group_level` is one pipeline whose steps share the
+exclusions and the session plans (chosen in :mod:`bids_ketamine.group.sessions`); the models
+fitted per ROI and outcome are in :mod:`bids_ketamine.group.fits`, the JSON record helpers in
+:mod:`bids_ketamine.group.record`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import platform
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from bids_ketamine import __version__
 from bids_ketamine.config import DEFAULT_OUTCOMES, KETAMINE7_ROIS, Config
 from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.errors import ClinicalDataError, InputError
-from bids_ketamine.group import clinical, figures, models, prediction, response, roistats, tables
-from bids_ketamine.group.sessions import OutcomeSession, choose_predictor_sessions, outcome_sessions_of
+from bids_ketamine.group import clinical, figures, models, response, roistats, tables
+from bids_ketamine.group.fits import (
+    PREDICTION_COLUMNS,
+    SINGLE_ARM_MODEL,
+    fit_change_models,
+    fit_trajectories,
+    run_prediction,
+)
+from bids_ketamine.group.record import clean_json, json_default, software_versions
+from bids_ketamine.group.sessions import choose_predictor_sessions, outcome_sessions_of
 from bids_ketamine.utils.atomic import atomic_write_text, atomic_write_tsv
-from bids_ketamine.utils.progress import StageProgress, display_options
 
 LOGGER = logging.getLogger("bids_ketamine.group")
 
 #: Participant-level columns used as default covariates when present.
 DEFAULT_PARTICIPANT_COVARIATES = ("age", "sex")
-#: Columns of ``prediction.tsv``.
-PREDICTION_COLUMNS = ("param", "outcome", "roi", "term", "std_beta", "selection_frequency",
-                      "r2_oos", "p_permutation", "n_obs", "n_permutations", "cv_outer",
-                      "cv_inner_folds", "alpha", "l1_ratio", "outcome_session")
-#: ``model`` of the outcome models of a single-arm study (no treatment terms).
-SINGLE_ARM_MODEL = "single_arm"
-#: ``outcome_session`` of the trajectory rows (every session).
-ALL_SESSIONS = "all"
 #: ``group`` of every participant when participants.tsv holds no arm at all.
 SINGLE_ARM_LABEL = "all"
 
@@ -77,20 +75,6 @@ class _Exclusions:
              **{key: sorted(values) for key, values in entry.items()}}
             for (participant, reason), entry in sorted(grouped.items())
         ]
-
-
-def _software_versions() -> dict:
-    import matplotlib
-    import scipy
-    import sklearn
-    import statsmodels
-
-    return {
-        "bids_ketamine": __version__, "python": platform.python_version(),
-        "numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
-        "statsmodels": statsmodels.__version__, "scikit-learn": sklearn.__version__,
-        "matplotlib": matplotlib.__version__,
-    }
 
 
 def _classify_params(params, scores: pd.DataFrame, bids_dir: Path) -> tuple[list, list]:
@@ -149,161 +133,6 @@ def _covariate_measures(config: Config, measures: list[str]) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _model_rows(terms: pd.DataFrame, model, roi, param, outcome, measure,
-                outcome_session) -> pd.DataFrame:
-    rows = terms.copy()
-    rows.insert(0, "model", model)
-    rows.insert(1, "roi", roi)
-    rows.insert(2, "param", param)
-    rows.insert(3, "outcome", outcome)
-    rows["measure"] = measure
-    rows["outcome_session"] = outcome_session
-    return rows
-
-
-def _outcome_needs(outcome: str, plan: "OutcomeSession") -> list[tuple[str, str]]:
-    """The outcome columns every model of ``outcome`` needs, with the words of the reason."""
-    return [(f"{outcome}_baseline", f"{outcome} at {plan.baseline_words}"),
-            (f"{outcome}_followup", f"{outcome} at {plan.followup_words}")]
-
-
-def _fit_change_models(frame, sessions, choice, config, param, roi, outcome, cov_terms,
-                       arms, exclusions, plan):
-    """Interaction (single-arm: no treatment terms), simple slopes (change and percent
-    improvement) and remission logit, at one outcome session."""
-    rows, samples = [], {}
-    single_arm = len(arms) == 1
-    main_model = SINGLE_ARM_MODEL if single_arm else "interaction"
-    terms = models.interaction_terms(param, cov_terms, single_arm)
-    for measure in ("change", "pctimprovement"):
-        dependent = f"{outcome}_{measure}"
-        needed = _outcome_needs(outcome, plan)
-        if measure == "pctimprovement":
-            needed.append((dependent, f"{outcome} percent improvement (baseline score 0)"))
-        reasons = tables.exclusion_reasons(frame, sessions, param, roi, needed, cov_terms,
-                                           config.min_coverage, choice.problems)
-        exclusions.add_reasons(reasons, f"models ({measure}{plan.tag})", param, roi, outcome)
-        kept = frame.loc[reasons.isna()]
-        samples[measure] = kept
-        label = outcome if measure == "change" else dependent
-        rows.append(_model_rows(models.fit_ols(kept, dependent, terms), main_model,
-                                roi, param, label, measure, plan.label))
-        if single_arm:
-            continue
-        for arm, value in arms:
-            arm_rows = kept.loc[kept["treatment"] == value]
-            fitted = models.fit_ols(arm_rows, dependent, models.slope_terms(param, cov_terms))
-            rows.append(_model_rows(fitted, f"slope_{arm}", roi, param, label, measure,
-                                    plan.label))
-    remission = f"{outcome}_remission"
-    if remission in frame.columns:
-        kept = samples["change"]
-        fitted = models.fit_logit(kept, remission, terms)
-        rows.append(_model_rows(fitted, "remission_logit", roi, param, outcome, "remission",
-                                plan.label))
-    return rows, samples
-
-
-def _fit_trajectories(long_values, frames_by_key, sessions, choice, config, outcomes, params,
-                      rois_of, cov_terms_of, single_arm, exclusions):
-    """The ``model = trajectory`` rows: MixedLM of each outcome over every session."""
-    rows, fits = [], []
-    for outcome in outcomes:
-        covariates = cov_terms_of[outcome]
-        terms = models.trajectory_terms("{param}", covariates, single_arm)
-        for param in params:
-            param_terms = [t.replace("{param}", param) for t in terms]
-            for roi in rois_of[param]:
-                frame = frames_by_key[(param, roi)]
-                reasons = tables.exclusion_reasons(frame, sessions, param, roi, [], covariates,
-                                                   config.min_coverage, choice.problems)
-                exclusions.add_reasons(reasons, "trajectory", param, roi, outcome)
-                kept = frame.loc[reasons.isna()]
-                data = long_values.loc[(long_values["param"] == param)
-                                       & (long_values["roi"] == roi)
-                                       & long_values[outcome].notna()]
-                data = data.loc[data["participant_id"].isin(kept.index),
-                                ["participant_id", "time", outcome]]
-                participant_columns = list(dict.fromkeys(
-                    ["treatment", f"{param}_change", *covariates]))
-                data = data.join(kept[participant_columns], on="participant_id")
-                table, info = models.fit_trajectory(data.reset_index(drop=True), outcome,
-                                                    param_terms)
-                rows.append(_model_rows(table, "trajectory", roi, param, outcome, "score",
-                                        ALL_SESSIONS))
-                fits.append({"outcome": outcome, "param": param, "roi": roi, **info})
-    return rows, fits
-
-
-def _prediction_rows(result: prediction.PredictionResult, param, outcome, rois, n_obs,
-                     single_arm=False):
-    k = len(rois)
-    roi_of = [*rois, tables.NO_ROI, *rois]
-    term_of = [f"{param}_change"] * k + ["treatment"] + [f"treatment:{param}_change"] * k
-    if single_arm:
-        roi_of, term_of = roi_of[:k], term_of[:k]
-    return pd.DataFrame({
-        "param": param, "outcome": outcome, "roi": roi_of, "term": term_of,
-        "std_beta": result.std_beta, "selection_frequency": result.selection_frequency,
-        "r2_oos": result.r2, "p_permutation": result.p_value, "n_obs": n_obs,
-        "n_permutations": result.scheme["n_permutations"], "cv_outer": result.scheme["outer"],
-        "cv_inner_folds": result.scheme["inner_folds"], "alpha": result.alpha,
-        "l1_ratio": result.l1_ratio,
-    })
-
-
-def _run_prediction(frames_by_roi, sessions, choice, config, param, outcome, rois, exclusions,
-                    n_jobs, plan, single_arm=False):
-    dependent = f"{outcome}_change"
-    needed = _outcome_needs(outcome, plan)
-    first = frames_by_roi[rois[0]]
-    reasons = pd.Series(None, index=first.index, dtype=object)
-    for roi in rois:
-        roi_reasons = tables.exclusion_reasons(frames_by_roi[roi], sessions, param, roi, needed,
-                                               [], config.min_coverage, choice.problems)
-        exclusions.add_reasons(roi_reasons.where(reasons.isna()), f"prediction{plan.tag}",
-                               param, roi, outcome)
-        reasons = reasons.where(reasons.notna(), roi_reasons)
-    kept = reasons.index[reasons.isna()]
-    n_obs = len(kept)
-    summary = {"param": param, "outcome": outcome, "outcome_session": plan.label, "n_obs": n_obs,
-               "features": ("each ROI change (single arm)" if single_arm else
-                            "each ROI change, treatment, treatment x each ROI change")}
-    if n_obs < 10:
-        summary["note"] = f"skipped: {n_obs} participants with complete data (at least 10 needed)"
-        return None, summary
-    changes = np.column_stack(
-        [frames_by_roi[roi].loc[kept, f"{param}_change"].to_numpy(float) for roi in rois]
-    )
-    names = [f"{param}_change" if roi == tables.NO_ROI else f"{param}_change[{roi}]" for roi in rois]
-    if single_arm:
-        features, feature_names = changes, names
-    else:
-        features, feature_names = prediction.treatment_change_features(
-            changes, first.loc[kept, "treatment"].to_numpy(float), names
-        )
-    progress = StageProgress(f"prediction of {dependent} from {param}", unit="fit",
-                             **display_options(config))
-    try:
-        result = prediction.predict_outcome(
-            features, first.loc[kept, dependent].to_numpy(float), feature_names,
-            n_permutations=max(config.n_permutations, 0), seed=config.seed, n_jobs=n_jobs,
-            progress=progress,
-        )
-    finally:
-        progress.close()
-    summary.update({
-        "r2_oos": result.r2, "p_permutation": result.p_value, "alpha": result.alpha,
-        "l1_ratio": result.l1_ratio, "scheme": result.scheme,
-        "feature_names": result.feature_names,
-    })
-    LOGGER.info("prediction of %s from %s changes: out-of-sample R2 = %.3f (p = %s, n = %d)",
-                dependent, param, result.r2, f"{result.p_value:.3g}", n_obs)
-    rows = _prediction_rows(result, param, outcome, rois, n_obs, single_arm)
-    rows["outcome_session"] = plan.label
-    return rows, summary
-
-
 def _scatter_figure(samples, param, outcome, roi, arms, plan, extended, figures_dir,
                     predictor_sessions="follow-up - baseline"):
     """Predictor change against outcome change (today's design) or percent improvement at
@@ -335,28 +164,48 @@ def _trajectory_figure(long_values, outcome, arms, figures_dir):
                                    figures_dir / name)
 
 
-def _json_default(value):
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (np.floating,)):
-        return None if not np.isfinite(value) else float(value)
-    if isinstance(value, (pd.Timestamp,)):
-        return value.isoformat()
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+def _design_arms(config: Config, participants: pd.DataFrame, treatment: pd.Series,
+                 control_label) -> tuple[pd.DataFrame, list]:
+    """The arms as (label, treatment value); a single-arm study labels every participant."""
+    single_arm = control_label is None
+    if single_arm:
+        present = participants["group"].dropna()
+        arm_label = present.iloc[0] if len(present) else SINGLE_ARM_LABEL
+        participants = participants.assign(group=participants["group"].where(
+            treatment.isna() | participants["group"].notna(), arm_label))
+        arms = [(arm_label, 1.0)]
+        LOGGER.info("single-arm design (%s): the models have no treatment terms", arm_label)
+    else:
+        arms = [(config.treatment_label, 1.0), (control_label, 0.0)]
+    return participants, arms
 
 
-def _clean_json(value):
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean_json(v) for v in value]
-    return value
+def _predictor_values(config: Config, imaging: list, per_session: list, scores: pd.DataFrame,
+                      participants: pd.DataFrame,
+                      exclusions: _Exclusions) -> tuple[pd.DataFrame, list]:
+    """Long table of the predictor values: ROI values of the imaging parameters and the
+    per-session scores; participants with outputs but no row in participants.tsv excluded."""
+    bids_dir = Path(config.bids_dir)
+    output_dir = Path(config.output_dir)
+    pieces, series_notes = [], []
+    if imaging:
+        roi_values, series_notes = roistats.load_roi_values(
+            output_dir, config.atlas_name, tuple(config.participant_label), config.roi_statistic)
+        unknown = sorted(set(roi_values["participant_id"]) - set(participants.index))
+        for participant in unknown:
+            exclusions.add(participant, f"has participant-level outputs but is not listed in "
+                                        f"{bids_dir / 'participants.tsv'}", "all")
+        missing_params = [p for p in imaging if p not in set(roi_values["param"])]
+        if missing_params:
+            raise InputError(
+                f"parameter(s) {', '.join(missing_params)} not found in the ROI tables of "
+                f"{output_dir}; choose --params among {', '.join(sorted(set(roi_values['param'])))}"
+            )
+        pieces.append(roi_values.loc[roi_values["param"].isin(imaging)])
+    for param in per_session:
+        pieces.append(tables.values_from_scores(scores, param))
+    values = pd.concat(pieces, ignore_index=True)
+    return values, series_notes
 
 
 def run_group_level(config: Config) -> dict:
@@ -398,34 +247,9 @@ def run_group_level(config: Config) -> dict:
         participants, config.treatment_label, config.control_label, bids_dir / "participants.tsv"
     )
     single_arm = control_label is None
-    if single_arm:
-        present = participants["group"].dropna()
-        arm_label = present.iloc[0] if len(present) else SINGLE_ARM_LABEL
-        participants = participants.assign(group=participants["group"].where(
-            treatment.isna() | participants["group"].notna(), arm_label))
-        arms = [(arm_label, 1.0)]
-        LOGGER.info("single-arm design (%s): the models have no treatment terms", arm_label)
-    else:
-        arms = [(config.treatment_label, 1.0), (control_label, 0.0)]
-
-    pieces, series_notes = [], []
-    if imaging:
-        roi_values, series_notes = roistats.load_roi_values(
-            output_dir, config.atlas_name, tuple(config.participant_label), config.roi_statistic)
-        unknown = sorted(set(roi_values["participant_id"]) - set(participants.index))
-        for participant in unknown:
-            exclusions.add(participant, f"has participant-level outputs but is not listed in "
-                                        f"{bids_dir / 'participants.tsv'}", "all")
-        missing_params = [p for p in imaging if p not in set(roi_values["param"])]
-        if missing_params:
-            raise InputError(
-                f"parameter(s) {', '.join(missing_params)} not found in the ROI tables of "
-                f"{output_dir}; choose --params among {', '.join(sorted(set(roi_values['param'])))}"
-            )
-        pieces.append(roi_values.loc[roi_values["param"].isin(imaging)])
-    for param in per_session:
-        pieces.append(tables.values_from_scores(scores, param))
-    values = pd.concat(pieces, ignore_index=True)
+    participants, arms = _design_arms(config, participants, treatment, control_label)
+    values, series_notes = _predictor_values(config, imaging, per_session, scores, participants,
+                                             exclusions)
 
     in_arm = treatment.notna()
     for participant in participants.index[~in_arm]:
@@ -499,9 +323,9 @@ def run_group_level(config: Config) -> dict:
                     frame = tables.model_frame(paired, encoded, param, roi)
                     frames_by_roi[roi] = frame
                     frames_by_key[(param, roi)] = frame
-                    rows, samples = _fit_change_models(frame, sessions, choice, config, param,
-                                                       roi, outcome, cov_terms, arms, exclusions,
-                                                       plan)
+                    rows, samples = fit_change_models(frame, sessions, choice, config, param,
+                                                      roi, outcome, cov_terms, arms, exclusions,
+                                                      plan)
                     model_rows.extend(rows)
                     if param == params[0]:
                         figure_paths.append(_scatter_figure(
@@ -517,9 +341,9 @@ def run_group_level(config: Config) -> dict:
                 formulas[f"remission_logit/{param}/{outcome}_remission"] = models.formula(
                     f"{outcome}_remission",
                     models.interaction_terms(param, cov_terms, single_arm)) + " (logistic)"
-                table, summary = _run_prediction(frames_by_roi, sessions, choice, config, param,
-                                                 outcome, rois, exclusions,
-                                                 max(config.nprocs, 1), plan, single_arm)
+                table, summary = run_prediction(frames_by_roi, sessions, choice, config, param,
+                                                outcome, rois, exclusions,
+                                                max(config.nprocs, 1), plan, single_arm)
                 prediction_summaries.append(summary)
                 if table is not None:
                     prediction_rows.append(table)
@@ -553,9 +377,9 @@ def run_group_level(config: Config) -> dict:
                 outcome: [c for c in covariates_used[outcome]
                           if c.split("[")[0] in participants.columns]
                 for outcome in outcomes}
-            rows, fits = _fit_trajectories(long_values, frames_by_key, sessions, choice, config,
-                                           outcomes, params, rois_of, trajectory_covariates,
-                                           single_arm, exclusions)
+            rows, fits = fit_trajectories(long_values, frames_by_key, sessions, choice, config,
+                                          outcomes, params, rois_of, trajectory_covariates,
+                                          single_arm, exclusions)
             model_rows.extend(rows)
             for outcome in outcomes:
                 formulas[f"trajectory/{{param}}/{outcome}"] = models.formula(
@@ -595,7 +419,7 @@ def run_group_level(config: Config) -> dict:
                     ", ".join(entry["analyses"]), entry["reason"])
     document = {
         "description": "bids_ketamine group level: treatment x change models (docs/group.md)",
-        "software": _software_versions(),
+        "software": software_versions(),
         "options": config.to_dict(),
         "arms": {"column": config.group_column, "treatment": arms[0][0],
                  "control": control_label,
@@ -634,7 +458,7 @@ def run_group_level(config: Config) -> dict:
         "excluded": excluded,
         "outputs": {key: Path(path).name for key, path in written.items()},
     }
-    text = json.dumps(_clean_json(json.loads(json.dumps(document, default=_json_default))),
+    text = json.dumps(clean_json(json.loads(json.dumps(document, default=json_default))),
                       indent=2)
     written["models_json"] = atomic_write_text(group_dir / "models.json", text + "\n")
     written["figures"] = [Path(p) for p in figure_paths]

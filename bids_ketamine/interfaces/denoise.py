@@ -8,6 +8,8 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
+from bids_ketamine.utils.images import open_image
+
 
 class _DenoiseInputSpec(BaseInterfaceInputSpec):
     dwi_file = File(exists=True, mandatory=True, desc="DWI series, before any interpolation")
@@ -37,7 +39,7 @@ class Denoise(SimpleInterface):
     output_spec = _DenoiseOutputSpec
 
     def _run_interface(self, runtime):
-        img = nib.load(self.inputs.dwi_file)
+        img = open_image(self.inputs.dwi_file)
         out = Path(runtime.cwd)
         if self.inputs.method == "none":
             self._results["dwi_file"] = self.inputs.dwi_file
@@ -92,7 +94,7 @@ class Degibbs(SimpleInterface):
     def _run_interface(self, runtime):
         from dipy.denoise.gibbs import gibbs_removal
 
-        img = nib.load(self.inputs.dwi_file)
+        img = open_image(self.inputs.dwi_file)
         data = np.asarray(img.dataobj, dtype=np.float32)
         corrected = gibbs_removal(data, slice_axis=2, num_processes=self.inputs.n_threads)
         self._results["dwi_file"] = str(Path(runtime.cwd) / "dwi_degibbs.nii.gz")

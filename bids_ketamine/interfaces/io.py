@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -17,6 +16,7 @@ from nipype.interfaces.base import (
 )
 
 from bids_ketamine.dwi.gradients import load_dwi_series, write_fsl_gradients
+from bids_ketamine.utils.images import open_image
 
 
 def read_voxel_gradients(bval_file: str, bvec_file: str, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -126,7 +126,7 @@ class ConcatenateRuns(SimpleInterface):
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.runs import concatenate_runs, combine_noise_maps
 
-        images = [nib.load(path) for path in self.inputs.dwi_files]
+        images = [open_image(path) for path in self.inputs.dwi_files]
         gradients = [read_voxel_gradients(bval, bvec, img.affine)
                      for bval, bvec, img in zip(self.inputs.bval_files, self.inputs.bvec_files, images)]
         img, bvals, bvecs = concatenate_runs(images, [g[0] for g in gradients], [g[1] for g in gradients])
@@ -140,6 +140,6 @@ class ConcatenateRuns(SimpleInterface):
                             Path(self._results["bvec_file"]))
         if isdefined(self.inputs.noise_files) and self.inputs.noise_files:
             self._results["noise_file"] = str(out / "noise_runs.nii.gz")
-            combine_noise_maps([nib.load(p) for p in self.inputs.noise_files], img).to_filename(
+            combine_noise_maps([open_image(p) for p in self.inputs.noise_files], img).to_filename(
                 self._results["noise_file"])
         return runtime

@@ -9,6 +9,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec
 
 from bids_ketamine.dwi.mask import brain_mask
+from bids_ketamine.utils.images import open_image
 
 
 class _BrainMaskInputSpec(BaseInterfaceInputSpec):
@@ -27,10 +28,10 @@ class BrainMask(SimpleInterface):
     output_spec = _BrainMaskOutputSpec
 
     def _run_interface(self, runtime):
-        img = nib.load(self.inputs.b0_file)
+        img = open_image(self.inputs.b0_file)
         valid = None
         if self.inputs.dwi_file:
-            dwi = np.asarray(nib.load(self.inputs.dwi_file).dataobj, dtype=np.float32)
+            dwi = np.asarray(open_image(self.inputs.dwi_file).dataobj, dtype=np.float32)
             valid = np.all(np.isfinite(dwi), axis=-1) & (dwi.max(axis=-1) > 0)
         mask = brain_mask(np.asarray(img.dataobj, dtype=np.float32), valid)
         self._results["mask_file"] = str(Path(runtime.cwd) / "brain_mask.nii.gz")

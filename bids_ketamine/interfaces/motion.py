@@ -9,6 +9,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from bids_ketamine.interfaces.io import read_voxel_gradients
+from bids_ketamine.utils.images import open_image
 
 
 class _MotionCorrectInputSpec(BaseInterfaceInputSpec):
@@ -40,7 +41,7 @@ class MotionCorrect(SimpleInterface):
         from bids_ketamine.dwi.gradients import write_fsl_gradients
         from bids_ketamine.dwi.motion import correct_motion
 
-        img = nib.load(self.inputs.dwi_file)
+        img = open_image(self.inputs.dwi_file)
         bvals, bvecs = read_voxel_gradients(self.inputs.bval_file, self.inputs.bvec_file, img.affine)
         result = correct_motion(np.asarray(img.dataobj, dtype=np.float32), img.affine, bvals, bvecs,
                                 b0_threshold=self.inputs.b0_threshold, n_iter=self.inputs.n_iter,

@@ -28,6 +28,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from bids_ketamine.utils.images import open_image
+
 
 def _in_midpoint_world(img: nib.Nifti1Image, rigid: np.ndarray) -> nib.Nifti1Image:
     """The same voxels, with an affine that places them in midpoint world coordinates."""
@@ -58,8 +60,8 @@ class MidpointSpace(SimpleInterface):
         from bids_ketamine.dwi.registration import midpoint_space
 
         out = Path(runtime.cwd)
-        images = [nib.load(f) for f in self.inputs.b0_files]
-        masks = [nib.load(f) for f in self.inputs.mask_files]
+        images = [open_image(f) for f in self.inputs.b0_files]
+        masks = [open_image(f) for f in self.inputs.mask_files]
         if len(images) == 1:
             transforms = [np.eye(4)]
             midpoint_img, midpoint_mask = images[0], masks[0]
@@ -110,14 +112,14 @@ class TemplateRegistration(SimpleInterface):
 
         template = get_template(self.inputs.template)
         fixed = template_b0_contrast(template)  # zero outside the brain: its own mask
-        registration = register_to_template(nib.load(self.inputs.moving_file), nib.load(self.inputs.moving_mask),
+        registration = register_to_template(open_image(self.inputs.moving_file), open_image(self.inputs.moving_mask),
                                             fixed, None, n_threads=self.inputs.n_threads)
         prefix = str(Path(runtime.cwd) / "to_template")
         paths = registration.save(prefix)
         self._results["registration_prefix"] = prefix
         self._results["affine_file"] = paths["affine"]
         self._results["warped_file"] = str(Path(runtime.cwd) / "warped_b0.nii.gz")
-        registration.to_template(nib.load(self.inputs.moving_file), order=1).to_filename(
+        registration.to_template(open_image(self.inputs.moving_file), order=1).to_filename(
             self._results["warped_file"])
         return runtime
 
@@ -145,10 +147,10 @@ class WarpFromTemplate(SimpleInterface):
         from bids_ketamine.dwi.registration import TemplateRegistration as Registration
 
         registration = Registration.load(self.inputs.registration_prefix)
-        reference = nib.load(self.inputs.reference_file)
+        reference = open_image(self.inputs.reference_file)
         rigid = np.loadtxt(self.inputs.rigid_file)
         grid = nib.Nifti1Image(np.zeros(reference.shape[:3], dtype=np.uint8), rigid @ reference.affine)
-        warped = registration.from_template(nib.load(self.inputs.in_file), grid, order=self.inputs.order)
+        warped = registration.from_template(open_image(self.inputs.in_file), grid, order=self.inputs.order)
         if self.inputs.order == 0:
             data = np.rint(np.asarray(warped.dataobj)).astype(np.int16)
         else:
@@ -185,12 +187,12 @@ class WarpToTemplate(SimpleInterface):
         registration = Registration.load(self.inputs.registration_prefix)
         rigid = np.loadtxt(self.inputs.rigid_file)
         if self.inputs.reference_file:
-            reference = nib.load(self.inputs.reference_file)
+            reference = open_image(self.inputs.reference_file)
         else:
             reference = template_grid(get_template(self.inputs.template), self.inputs.resolution)
         outputs = []
         for index, path in enumerate(self.inputs.in_files):
-            img = _in_midpoint_world(nib.load(path), rigid)
+            img = _in_midpoint_world(open_image(path), rigid)
             warped = registration.to_template(img, order=self.inputs.order, reference=reference)
             out = Path(runtime.cwd) / f"warped{index:02d}_{Path(path).name}"
             nib.Nifti1Image(np.asarray(warped.dataobj, dtype=np.float32), warped.affine).to_filename(out)
@@ -221,8 +223,8 @@ class ROICoverage(SimpleInterface):
         from bids_ketamine.utils.tsv import read_tsv
 
         self._results["coverage"] = roi_coverage(
-            np.asarray(nib.load(self.inputs.atlas_file).dataobj).astype(int),
-            np.asarray(nib.load(self.inputs.mask_file).dataobj, dtype=np.float32),
+            np.asarray(open_image(self.inputs.atlas_file).dataobj).astype(int),
+            np.asarray(open_image(self.inputs.mask_file).dataobj, dtype=np.float32),
             read_tsv(self.inputs.labels_file),
         )
         return runtime

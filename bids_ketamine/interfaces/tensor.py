@@ -10,6 +10,7 @@ from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface
 
 from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.interfaces.io import read_voxel_gradients
+from bids_ketamine.utils.images import open_image
 
 
 class _FitTensorInputSpec(BaseInterfaceInputSpec):
@@ -44,14 +45,14 @@ class FitTensor(SimpleInterface):
         from bids_ketamine.dwi.gradients import dti_volumes
         from bids_ketamine.dwi.tensor import fit_tensor
 
-        img = nib.load(self.inputs.dwi_file)
+        img = open_image(self.inputs.dwi_file)
         bvals, bvecs = read_voxel_gradients(self.inputs.bval_file, self.inputs.bvec_file, img.affine)
         volumes = dti_volumes(bvals, self.inputs.dti_max_bval)
         data = np.asarray(img.dataobj, dtype=np.float32)[..., volumes]
-        mask = np.asarray(nib.load(self.inputs.mask_file).dataobj) > 0
+        mask = np.asarray(open_image(self.inputs.mask_file).dataobj) > 0
         kwargs = {}
         if self.inputs.fit_method == "restore" and self.inputs.noise_file:
-            noise = np.asarray(nib.load(self.inputs.noise_file).dataobj, dtype=np.float32)
+            noise = np.asarray(open_image(self.inputs.noise_file).dataobj, dtype=np.float32)
             kwargs["sigma"] = float(np.median(noise[mask & (noise > 0)])) if np.any(noise[mask] > 0) else None
         fit = fit_tensor(data, bvals[volumes], bvecs[volumes], mask=mask, method=self.inputs.fit_method,
                          b0_threshold=self.inputs.b0_threshold, n_threads=self.inputs.n_threads, **kwargs)

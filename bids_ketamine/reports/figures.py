@@ -26,6 +26,8 @@ from nilearn import image as nimage  # noqa: E402
 from nilearn import plotting  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from bids_ketamine.utils.images import as_image  # noqa: E402
+
 #: Resolution of the PNG files.
 DPI = 80
 #: Width of a row of slices, in inches.
@@ -41,7 +43,7 @@ LABEL_PALETTE = (
 
 def _load_3d(img) -> nib.Nifti1Image:
     """Load an image and take the mean over a 4th axis, if any."""
-    loaded = nib.load(str(img)) if isinstance(img, (str, Path)) else img
+    loaded = as_image(img)
     if len(loaded.shape) == 4:
         loaded = nimage.mean_img(loaded, copy_header=True)
     elif len(loaded.shape) != 3:

@@ -5,14 +5,13 @@ It reads only what the group level wrote (docs/interfaces.md, docs/group.md):
 ``figures/*.png`` (with the ``.tsv`` behind each).  Any of them may be absent: the
 section then says "not available".
 
-Kept as one module (~590 lines): one page whose sections share the loaded group tables and
-citations.
+Kept as one module (~500 lines): one page whose sections share the loaded group tables and
+citations; the table cells are in :mod:`.group_tables`, the Methods section in :mod:`.methods`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -35,17 +34,16 @@ from bids_ketamine.reports.html import (
     format_number,
     format_p,
     format_text,
-    is_missing,
     key_value_table,
     not_available,
     note,
     relative_url,
 )
+from bids_ketamine.reports.group_tables import ALPHA, count_rate, mean_sd, model_columns
+from bids_ketamine.reports.methods import group_methods
 from bids_ketamine.reports.references import Citations
 from bids_ketamine.utils.tsv import read_tsv
 
-#: Significance level used to highlight p-values (raw and FDR-corrected).
-ALPHA = 0.05
 #: The report's own figure (outcome change by arm), next to the group level's figures.
 OUTCOME_FIGURE = "report_outcome-change.png"
 
@@ -84,15 +82,6 @@ def _read_tsv(path: Path) -> pd.DataFrame | None:
         return read_tsv(path)
     except ValueError:  # empty or damaged: the section says the table is missing
         return pd.DataFrame()
-
-
-def _mean_sd(values: pd.Series) -> str:
-    values = pd.to_numeric(values, errors="coerce").dropna()
-    if values.empty:
-        return "n/a"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.2f}"
-    return f"{values.mean():.2f} &plusmn; {values.std(ddof=1):.2f}"
 
 
 def _roi_rank(roi: Any) -> int:
@@ -236,11 +225,11 @@ class _GroupReport:
                         "arm": arm,
                         "n": int(pd.to_numeric(data[f"{outcome}_change"],
                                                errors="coerce").notna().sum()),
-                        "baseline": _mean_sd(data.get(f"{outcome}_baseline",
-                                                      pd.Series(dtype=float))),
-                        "followup": _mean_sd(data.get(f"{outcome}_followup",
-                                                      pd.Series(dtype=float))),
-                        "change": _mean_sd(data[f"{outcome}_change"]),
+                        "baseline": mean_sd(data.get(f"{outcome}_baseline",
+                                                     pd.Series(dtype=float))),
+                        "followup": mean_sd(data.get(f"{outcome}_followup",
+                                                     pd.Series(dtype=float))),
+                        "change": mean_sd(data[f"{outcome}_change"]),
                     })
         people = self.change.drop_duplicates("participant_id")
         table = data_table(rows, [
@@ -280,11 +269,11 @@ class _GroupReport:
                 if pd.notna(record.get("pctimprovement_mean"))
                 and pd.notna(record.get("pctimprovement_sd")) else
                 format_number(record.get("pctimprovement_mean"), 1))
-            row["responders"] = _count_rate(record.get("n_response"), record.get("n"),
-                                            record.get("response_rate"))
-            row["remitters"] = _count_rate(record.get("n_remission"),
-                                           record.get("n_remission_evaluable"),
-                                           record.get("remission_rate"))
+            row["responders"] = count_rate(record.get("n_response"), record.get("n"),
+                                           record.get("response_rate"))
+            row["remitters"] = count_rate(record.get("n_remission"),
+                                          record.get("n_remission_evaluable"),
+                                          record.get("remission_rate"))
             rows.append(row)
         known = {"outcome", "group", "n", "pctimprovement_mean", "pctimprovement_sd",
                  "n_response", "response_rate", "n_remission_evaluable", "n_remission",
@@ -339,7 +328,7 @@ class _GroupReport:
                              "roi") if c in table]
         table = table.sort_values(["_interaction"] + order, ascending=[False] + [True] * len(order),
                                   kind="stable")
-        columns = _model_columns(table)
+        columns = model_columns(table)
         main = table[table["_interaction"] & (model_name.loc[table.index] == "interaction")]
         n_fdr = int((pd.to_numeric(main.get("p_fdr"), errors="coerce") < ALPHA).sum()) \
             if "p_fdr" in main else 0
@@ -490,92 +479,10 @@ class _GroupReport:
 
     # ------------------------------------------------------------------ methods
     def _methods_section(self) -> Section:
-        cite = self.cite
-        parts = [
-            "<p class=\"methods\">Group statistics were computed by bids_ketamine "
-            f"{escape(__version__)} {cite('bids_ketamine')} with statsmodels "
-            f"{cite('statsmodels')}: for every ROI, parameter and outcome, an ordinary "
-            "least-squares model of the outcome change on treatment, the change of the "
-            "imaging parameter and their interaction (and covariates), following the design "
-            f"of Kopelman et al. {cite('kopelman2023')}; p-values are reported raw and "
-            f"Benjamini-Hochberg corrected {cite('fdr')} across ROIs and outcomes for each "
-            "term.</p>"
-        ]
-        if not self.has_info:
-            parts.append(not_available("Options and software versions", "models.json"))
-        else:
-            for key, title in (("estimation", "Estimation"), ("fdr", "Multiple comparisons"),
-                               ("covariates", "Covariates"), ("software", "Software versions")):
-                value = self.info.get(key)
-                if isinstance(value, dict) and value:
-                    parts.append(f"<h3>{title}</h3>" + key_value_table(value))
-            options = self.info.get("options")
-            if isinstance(options, dict):
-                parts.append(details("All options of the run",
-                                     f"<pre>{escape(json.dumps(options, indent=2, sort_keys=True))}</pre>"))
-        parts.append("<h3>References</h3>" + cite.html())
-        return Section("methods", "Methods", "".join(parts))
+        return group_methods(self.info, self.has_info, self.cite)
 
 
 # ---------------------------------------------------------------------- module helpers
-def _count_rate(count: Any, total: Any, rate: Any) -> str:
-    if count is None or (isinstance(count, float) and np.isnan(count)):
-        return "n/a"
-    text = f"{int(count)}"
-    if total is not None and not (isinstance(total, float) and np.isnan(total)):
-        text += f"/{int(total)}"
-    if rate is not None and not (isinstance(rate, float) and np.isnan(rate)):
-        text += f" ({100 * float(rate):.0f} %)"
-    return text
-
-
-def _model_columns(table: pd.DataFrame) -> list[Column]:
-    """Columns of the model tables, those present in models.tsv."""
-
-    def _p_flag(key: str):
-        def flag(row: dict[str, Any]) -> str | None:
-            value = row.get(key)
-            if value is None or pd.isna(value) or value >= ALPHA:
-                return None
-            return "sig" if key == "p_fdr" else "flag"
-
-        return flag
-
-    def _ci(row: dict[str, Any]) -> str:
-        return (f"[{format_number(row.get('conf_low'))}, {format_number(row.get('conf_high'))}]")
-
-    candidates = [
-        Column("model", "Model", format_text, numeric=False),
-        Column("measure", "Measure", format_text, numeric=False),
-        Column("outcome", "Outcome", format_text, numeric=False),
-        Column("param", "Param", format_text, numeric=False),
-        Column("roi", "ROI", format_text, numeric=False),
-        Column("term", "Term", format_text, numeric=False),
-        Column("estimate", "Estimate"),
-        Column("std_error", "SE"),
-        Column("ci", "95 % CI", lambda v: v, numeric=False, css="nowrap"),
-        Column("statistic", "t / z", lambda v: format_number(v, 2)),
-        Column("p_value", "p", format_p, flag=_p_flag("p_value")),
-        Column("p_fdr", "p (FDR)", format_p, flag=_p_flag("p_fdr")),
-        Column("std_estimate", "Std. estimate"),
-        Column("n_obs", "N"),
-        Column("note", "Note", format_text, numeric=False),
-    ]
-    if {"conf_low", "conf_high"} <= set(table.columns):
-        table["ci"] = [_ci(r) for r in table.to_dict("records")]
-    present = [c for c in candidates if c.key in table.columns]
-    if "note" in table.columns and table["note"].isna().all():
-        present = [c for c in present if c.key != "note"]
-    if "measure" in table.columns and table["measure"].nunique() <= 1:
-        present = [c for c in present if c.key != "measure"]
-    if "param" in table.columns and table["param"].nunique() <= 1:
-        present = [c for c in present if c.key != "param"]
-    for column in present:  # an empty note reads better than "n/a"
-        if column.key == "note":
-            column.fmt = lambda v: "" if is_missing(v) else str(v)
-    return present
-
-
 def _scatter_key(path: Path) -> tuple:
     match = re.search(r"outcome-([^_]+).*roi-([^_.]+)", path.stem)
     if not match:

@@ -1,4 +1,6 @@
-"""The methods paragraph of the participant report, from the options the run recorded.
+"""The methods paragraphs of the reports, from the options the run recorded.
+
+The group report's Methods section (:func:`group_methods`) is built from ``models.json``.
 
 The paragraph follows the participant workflow (:mod:`bids_ketamine.workflows.base`): one
 sentence per step that ran, with the options of ``config.json`` (read through
@@ -7,12 +9,13 @@ sentence per step that ran, with the options of ``config.json`` (read through
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from bids_ketamine import __version__
 from bids_ketamine.reports.collect import ParticipantOutputs, read_json
-from bids_ketamine.reports.html import Section, escape
+from bids_ketamine.reports.html import Section, details, escape, key_value_table, not_available
 from bids_ketamine.reports.references import (
     Citations,
     atlas_citations,
@@ -140,3 +143,41 @@ def _high_shell_clause(series, dti_max_bval) -> str:
         return ""
     return (" (series without such a shell were fitted to b=0 and their lowest shell: "
             + ", ".join(above) + "; their MD is not comparable with lower-b data)")
+
+
+def group_methods(info: dict[str, Any], has_info: bool, cite: Citations) -> Section:
+    """The Methods section of the group report, from ``models.json`` (``info``).
+
+    Parameters
+    ----------
+    info : dict
+        ``models.json`` of the group level (empty when absent).
+    has_info : bool
+        Whether ``models.json`` exists.
+    cite : Citations
+        The report's citations (the references list closes the section).
+    """
+    parts = [
+        "<p class=\"methods\">Group statistics were computed by bids_ketamine "
+        f"{escape(__version__)} {cite('bids_ketamine')} with statsmodels "
+        f"{cite('statsmodels')}: for every ROI, parameter and outcome, an ordinary "
+        "least-squares model of the outcome change on treatment, the change of the "
+        "imaging parameter and their interaction (and covariates), following the design "
+        f"of Kopelman et al. {cite('kopelman2023')}; p-values are reported raw and "
+        f"Benjamini-Hochberg corrected {cite('fdr')} across ROIs and outcomes for each "
+        "term.</p>"
+    ]
+    if not has_info:
+        parts.append(not_available("Options and software versions", "models.json"))
+    else:
+        for key, title in (("estimation", "Estimation"), ("fdr", "Multiple comparisons"),
+                           ("covariates", "Covariates"), ("software", "Software versions")):
+            value = info.get(key)
+            if isinstance(value, dict) and value:
+                parts.append(f"<h3>{title}</h3>" + key_value_table(value))
+        options = info.get("options")
+        if isinstance(options, dict):
+            parts.append(details("All options of the run",
+                                 f"<pre>{escape(json.dumps(options, indent=2, sort_keys=True))}</pre>"))
+    parts.append("<h3>References</h3>" + cite.html())
+    return Section("methods", "Methods", "".join(parts))

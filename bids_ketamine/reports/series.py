@@ -30,6 +30,7 @@ from bids_ketamine.reports.html import (
     not_available,
     note,
 )
+from bids_ketamine.utils.images import open_image
 from bids_ketamine.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger(__name__)
@@ -302,5 +303,5 @@ def _template_files(space: str):
 
 def _in_memory(path: Path) -> nib.Nifti1Image:
     """An image with its data read into memory (so that several figures read it once)."""
-    img = nib.load(str(path))
+    img = open_image(path)
     return nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine, img.header)
