@@ -257,7 +257,15 @@ def _first(items):
 
 
 def _pick_pair(first, second, index):
-    """Item ``index`` of two parallel lists (a nipype Function node body)."""
+    """Item ``index`` of two parallel lists (a nipype Function node body).
+
+    nipype hands a one-element output list over as its element (a participant with one
+    series), so a plain path is taken as a list of one.
+    """
+    if isinstance(first, str):
+        first = [first]
+    if isinstance(second, str):
+        second = [second]
     return first[index], second[index]
 
 
