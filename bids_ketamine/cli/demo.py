@@ -2,8 +2,10 @@
 
 Simulates a two-arm trial (``bids-ketamine-simulate``), runs the participant level on every
 subject, then the group level, prints where the reports are and the group level's treatment x
-MD-change interaction next to the simulator's truth.  Rerunning reuses the simulated dataset
-and the nipype work directory, so an interrupted demo resumes.
+MD-change interaction next to the simulator's truth.  The participant level runs as
+``--nprocs`` concurrent single-process jobs (:func:`_run_participant_jobs`).  Rerunning with
+the same ``--nprocs`` reuses the simulated dataset and the nipype work directories, so an
+interrupted demo resumes.
 
 The default demo is about a third of the ``--full`` work: 8 participants of the
 ``demo`` acquisition (4 mm, 15 volumes), a wide spread of MD change so that 8 participants
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"participants to simulate (default {QUICK.n_subjects}, "
                              f"{FULL.n_subjects} with --full)")
     parser.add_argument("--seed", type=int, default=2023, help="simulation seed")
-    parser.add_argument("--nprocs", type=int, default=os.cpu_count() or 1, help="processes for nipype")
+    parser.add_argument("--nprocs", type=int, default=os.cpu_count() or 1,
+                        help="participant-level jobs run at once (one process each)")
     return parser
 
 
@@ -73,6 +76,47 @@ def _run(argv: list[str], entry) -> None:
     except SystemExit as done:
         if done.code not in (0, None):
             sys.exit(f"bids-ketamine-demo: '{argv[0]}' failed with status {done.code}")
+
+
+def _run_participant_jobs(bids_dir: Path, out_dir: Path, work_dir: Path, n_jobs: int) -> None:
+    """The participant level as ``n_jobs`` concurrent single-process jobs, as a job array runs it.
+
+    Participants are dealt round-robin to the jobs; each job runs its participants one after
+    the other with nipype's Linear plugin into the shared output folder, its log in
+    ``work_dir/job-<k>.log``.  On 2 cores this takes about half the time of one
+    ``--nprocs 2`` run of the same participants: MultiProc's scheduler adds about 20 s per
+    participant of this size (measured: 49 s with MultiProc, 29 s with Linear, one core).
+    Progress is read from the outputs: ROI tables written, then reports.
+    """
+    import subprocess
+
+    participants = sorted(p.name[4:] for p in bids_dir.glob("sub-*") if p.is_dir())
+    groups = [participants[k::n_jobs] for k in range(n_jobs) if participants[k::n_jobs]]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for k, labels in enumerate(groups, start=1):
+        argv = ["bids-ketamine", str(bids_dir), str(out_dir), "participant", "--participant-label",
+                *labels, "-w", str(work_dir / f"job-{k}"), "--plugin", "Linear", "--nprocs", "1",
+                "--omp-nthreads", "1"]
+        log = work_dir / f"job-{k}.log"
+        print("$ " + " ".join(argv) + f"  > {log}", flush=True)
+        with open(log, "w") as stream:
+            jobs.append((subprocess.Popen([sys.executable, "-m", "bids_ketamine", *argv[1:]],
+                                          stdout=stream, stderr=subprocess.STDOUT), log))
+    n_series = len(list(bids_dir.glob("sub-*/**/dwi/*_dwi.nii*")))
+    reported = None
+    while any(job.poll() is None for job, _ in jobs):
+        time.sleep(2)
+        tables = len(list(out_dir.glob("sub-*/**/dwi/*_roistats.tsv")))
+        reports = sum((out_dir / f"sub-{label}.html").exists() for label in participants)
+        if (tables, reports) != reported:
+            reported = (tables, reports)
+            print(f"  ROI tables {tables}/{n_series}, participant reports {reports}/{len(participants)}",
+                  flush=True)
+    failed = [log for job, log in jobs if job.returncode != 0]
+    if failed:
+        tail = "\n".join(failed[0].read_text().splitlines()[-15:])
+        sys.exit(f"{tail}\nbids-ketamine-demo: the participant level failed; see {', '.join(map(str, failed))}")
 
 
 def interaction_versus_truth(bids_dir: Path, out_dir: Path, outcome: str = "madrs",
@@ -157,8 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         print(f"Reusing the simulated dataset in {bids_dir}")
     common = [str(bids_dir), str(out_dir)]
-    _run(["bids-ketamine", *common, "participant", "-w", str(work_dir), "--nprocs", str(args.nprocs),
-          "--omp-nthreads", "1"], app.main)
+    _run_participant_jobs(bids_dir, out_dir, work_dir, max(1, args.nprocs))
     _run(["bids-ketamine", *common, "group", *size.group_options], app.main)
     print_interaction_versus_truth(bids_dir, out_dir)
     print(f"\nDemo finished in {(time.time() - started) / 60:.1f} min.")
