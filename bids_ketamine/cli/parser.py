@@ -433,8 +433,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=list(ROI_STATISTICS),
         default=_config_default("roi_statistic"),
         help="ROI summary of each session entering the models: the median or mean of the ROI's "
-        "voxels, their grey-matter-fraction-weighted mean (gm_weighted_mean) or the grey-matter "
-        "MD of the tissue-mixture fit (pv_gm); see docs/participant.md (default: %(default)s)",
+        "voxels, their grey-matter-fraction-weighted mean (gm_weighted_mean), the grey-matter "
+        "MD of the tissue-mixture fit (pv_gm), or the mean/median weighted by each voxel's "
+        "grey-matter volume fraction of the ROI (roi_gm_weighted_mean, roi_gm_weighted_median); "
+        "see docs/participant.md (default: %(default)s)",
     )
     grp.add_argument(
         "--baseline-session",
