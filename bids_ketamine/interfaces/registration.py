@@ -124,6 +124,35 @@ class TemplateRegistration(SimpleInterface):
         return runtime
 
 
+def warp_to_native(images, reference, rigid_file, registration_prefix, *, order: int):
+    """Template-space images on a series' native grid, through the template warp and the midpoint.
+
+    Parameters
+    ----------
+    images : sequence of nibabel images
+        Template-space images.
+    reference : nibabel image
+        An image on the series' native grid.
+    rigid_file : str
+        The series' native -> midpoint rigid transform (text matrix).
+    registration_prefix : str
+        The participant's midpoint -> template registration files.
+    order : int
+        0: nearest neighbour (labels), 1: trilinear.
+
+    Returns
+    -------
+    list of nibabel images
+        On the midpoint-aligned native grid (data in the order of ``images``).
+    """
+    from bids_ketamine.dwi.registration import TemplateRegistration
+
+    registration = TemplateRegistration.load(registration_prefix)
+    rigid = np.loadtxt(rigid_file)
+    grid = nib.Nifti1Image(np.zeros(reference.shape[:3], dtype=np.uint8), rigid @ reference.affine)
+    return [registration.from_template(image, grid, order=order) for image in images]
+
+
 class _WarpFromTemplateInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="template-space image (labels or a map)")
     order = traits.Int(0, usedefault=True, desc="0: nearest neighbour (labels), 1: trilinear")
@@ -144,13 +173,9 @@ class WarpFromTemplate(SimpleInterface):
     output_spec = _WarpFromTemplateOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_ketamine.dwi.registration import TemplateRegistration as Registration
-
-        registration = Registration.load(self.inputs.registration_prefix)
         reference = open_image(self.inputs.reference_file)
-        rigid = np.loadtxt(self.inputs.rigid_file)
-        grid = nib.Nifti1Image(np.zeros(reference.shape[:3], dtype=np.uint8), rigid @ reference.affine)
-        warped = registration.from_template(open_image(self.inputs.in_file), grid, order=self.inputs.order)
+        (warped,) = warp_to_native([open_image(self.inputs.in_file)], reference, self.inputs.rigid_file,
+                                   self.inputs.registration_prefix, order=self.inputs.order)
         if self.inputs.order == 0:
             data = np.rint(np.asarray(warped.dataobj)).astype(np.int16)
         else:

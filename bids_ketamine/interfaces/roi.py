@@ -17,6 +17,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from bids_ketamine.utils.images import open_image
+
 
 class _ROIStatsInputSpec(BaseInterfaceInputSpec):
     dseg_file = File(exists=True, mandatory=True, desc="atlas labels in the native DWI grid")
@@ -148,11 +150,11 @@ class ROIWeights(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.partial_volume import roi_grey_matter_volume_fractions
-        from bids_ketamine.dwi.registration import TemplateRegistration as Registration
+        from bids_ketamine.interfaces.registration import warp_to_native
 
-        atlas_img = nib.load(self.inputs.atlas_file)
-        gm_img = nib.load(self.inputs.gm_file)
-        reference = nib.load(self.inputs.reference_file)
+        atlas_img = open_image(self.inputs.atlas_file)
+        gm_img = open_image(self.inputs.gm_file)
+        reference = open_image(self.inputs.reference_file)
         labels = pd.read_csv(self.inputs.labels_file, sep="\t")
         atlas_voxel = float(np.mean(np.linalg.norm(atlas_img.affine[:3, :3], axis=0)))
         native_voxel = float(np.mean(np.linalg.norm(reference.affine[:3, :3], axis=0)))
@@ -164,12 +166,10 @@ class ROIWeights(SimpleInterface):
         fractions = roi_grey_matter_volume_fractions(
             np.asarray(atlas_img.dataobj).astype(int), gm, labels["index"].tolist(),
             max(1, int(round(native_voxel / atlas_voxel))))
-        registration = Registration.load(self.inputs.registration_prefix)
-        rigid = np.loadtxt(self.inputs.rigid_file)
-        grid = nib.Nifti1Image(np.zeros(reference.shape[:3], dtype=np.uint8), rigid @ reference.affine)
-        warped = [np.asarray(registration.from_template(nib.Nifti1Image(fractions[..., k], atlas_img.affine),
-                                                        grid, order=1).dataobj, dtype=np.float32)
-                  for k in range(fractions.shape[-1])]
+        maps = [nib.Nifti1Image(fractions[..., k], atlas_img.affine) for k in range(fractions.shape[-1])]
+        warped = [np.asarray(image.dataobj, dtype=np.float32)
+                  for image in warp_to_native(maps, reference, self.inputs.rigid_file,
+                                              self.inputs.registration_prefix, order=1)]
         self._results["out_file"] = str(Path(runtime.cwd) / "roi_gm_fractions.nii.gz")
         nib.Nifti1Image(np.stack(warped, axis=-1), reference.affine).to_filename(self._results["out_file"])
         return runtime
