@@ -51,6 +51,8 @@ class DwiSeries:
         the lowest shell of single-shell data above it).
     notes : tuple of str
         Warnings of the preflight, recorded in the series' sidecar and report.
+    mem_gb : float, optional
+        Memory estimate (GB) of the series' heavy nodes, from its headers (set by the preflight).
     """
 
     subject: str
@@ -64,6 +66,7 @@ class DwiSeries:
     runs: tuple["DwiSeries", ...] = field(default=(), hash=False, compare=False)
     fit_bval: float | None = field(default=None, hash=False, compare=False)
     notes: tuple[str, ...] = field(default=(), hash=False, compare=False)
+    mem_gb: float | None = field(default=None, hash=False, compare=False)
 
     @property
     def sources(self) -> list[Path]:

@@ -12,10 +12,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from nipype.interfaces.base import File
+from nipype.pipeline.engine.utils import generate_expanded_graph
 
 from bids_ketamine import derivatives
 from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
+from bids_ketamine.interfaces.registration import REGISTRATION_FIELDS
 from bids_ketamine.workflows.base import init_bids_ketamine_wf
 
 BVALS = np.array([0, 1000, 1000, 1000, 1000, 1000, 1000])
@@ -44,17 +47,25 @@ def test_participant_graph(tmp_path, denoise, longitudinal, gm_threshold, n_sess
                     work_dir=tmp_path / "work", denoise=denoise, longitudinal=longitudinal,
                     gm_threshold=gm_threshold)
     workflow, template, atlas = init_bids_ketamine_wf(config, {"01": series})
-    graph = workflow._create_flat_graph()
-    nodes = {node.fullname.split(".", 2)[-1]: node for node in graph.nodes()}
+    flat = workflow._create_flat_graph()
+    inputnode_edges = _edges(flat)  # the derivatives' inputnodes, before nipype removes them
+    graph = generate_expanded_graph(workflow._create_flat_graph())  # as it runs: node to node
+    nodes = {_name(node): node for node in graph.nodes()}
+    nodes.update({_name(node): node for node in flat.nodes() if node.name == "inputnode"})
     names = set(nodes)
-    edges = {(a.fullname.split(".", 2)[-1], b.fullname.split(".", 2)[-1]): data["connect"]
-             for a, b, data in graph.edges(data=True)}
+    edges = _edges(graph)
 
     # one midpoint + template registration per participant, or per series without --longitudinal
     n_registrations = 1 if longitudinal else n_sessions
-    assert sum(name.startswith("midpoint") for name in names) == n_registrations
-    assert sum(name.startswith("template_registration") for name in names) == n_registrations
+    registration_wfs = ["longitudinal_wf"] if n_registrations == 1 else [f"longitudinal_{item.key}_wf" for item in series]
+    assert sorted(name for name in names if name.endswith(".midpoint")) == sorted(
+        f"{wf}.midpoint" for wf in registration_wfs)
+    assert sum(name.endswith(".template_registration") for name in names) == n_registrations
     assert ("ds_midpoint_b0" in names) == (longitudinal and n_sessions == 2)
+    # the template's resources are computed once per run and reach every registration as a file
+    assert sum("template_reference" in name for name in names) == 1
+    for wf in registration_wfs:
+        assert ("b0_file", "fixed_file") in _pairs(edges[("template_reference", f"{wf}.template_registration")])
 
     for item in series:
         key = item.key
@@ -63,21 +74,77 @@ def test_participant_graph(tmp_path, denoise, longitudinal, gm_threshold, n_sess
         expected |= {f"ds_{f}" for f in derivatives.SERIES_SIDECARS}
         assert sinks == expected
         inputnode = f"derivatives_{key}_wf.inputnode"
-        fed = {dst for (_, b), pairs in edges.items() if b == inputnode for _, dst in pairs}
+        fed = {dst for (_, b), pairs in inputnode_edges.items() if b == inputnode for _, dst in pairs}
         fed |= {name for name, value in nodes[inputnode].inputs.get().items() if value is not None}
         assert fed == {sink[3:] for sink in sinks}  # every sink is fed, nothing else
         for sink in sinks:
-            assert (inputnode, f"derivatives_{key}_wf.{sink}") in edges
-        assert (f"gm_to_native_{key}" in names) == (gm_threshold is not None)
-        assert ("gm_file" in {dst for _, dst in edges.get((f"gm_to_native_{key}", f"roistats_{key}"), [])}) \
+            assert (inputnode, f"derivatives_{key}_wf.{sink}") in inputnode_edges
+        suffix = "" if n_registrations == 1 else f"_{key}"
+        roi = f"roi{suffix}_wf"
+        registration = f"longitudinal{suffix}_wf.template_registration"
+        assert (f"{roi}.gm_to_native_{key}" in names) == (gm_threshold is not None)
+        assert (f"{roi}.roi_weights_{key}" in names) == (gm_threshold is not None)
+        assert ("gm_file" in {dst for _, dst in edges.get((f"{roi}.gm_to_native_{key}", f"{roi}.roistats_{key}"), [])}) \
             == (gm_threshold is not None)
         # ROI statistics: atlas warped into this series' own grid, maps of this series
-        assert ("out_file", "dseg_file") in edges[(f"atlas_to_native_{key}", f"roistats_{key}")]
-        tensor_fit = [a for a, b in edges if b == f"roistats_{key}" and a.startswith(f"tensor_{key}_wf.")]
-        assert tensor_fit, "the ROI statistics read this series' tensor maps"
-        assert ("out_file", "roistats_file") in edges[(f"roistats_{key}", inputnode)]
-        roistats = nodes[f"roistats_{key}"]
+        assert ("out_file", "dseg_file") in edges[(f"{roi}.atlas_to_native_{key}", f"{roi}.roistats_{key}")]
+        for param in ("fa", "md", "ad", "rd"):
+            assert _trace(edges, f"{roi}.roistats_{key}", f"{param}_file") == (
+                f"tensor_{key}_wf.fit_tensor", f"{param}_file"), "the ROI statistics read this series' maps"
+        assert _trace(edges, f"{roi}.roistats_{key}", "mask_file") == (f"dwi_preproc_{key}_wf.brain_mask", "mask_file")
+        assert _trace(edges, f"{roi}.atlas_to_native_{key}", "reference_file") == (
+            f"dwi_preproc_{key}_wf.motion_correct", "b0_file")
+        # this series' table reaches this series' sink
+        position = [other.key for other in series].index(key) if longitudinal else 0
+        assert ("out_file", f"in{position + 1}") in edges[(f"{roi}.roistats_{key}", f"{roi}.merge_roistats")]
+        ((source, sink_field),) = edges[(f"{roi}.merge_roistats", f"derivatives_{key}_wf.ds_roistats_file")]
+        assert (source[0], source[2], sink_field) == ("out", (position,), "in_file")
+        # the participant's shared voxel selection feeds every series' statistics
+        shared = _pairs(edges[(f"{roi}.shared_selection", f"{roi}.roistats_{key}")])
+        assert {("shared_md_files", "shared_md_file"), ("shared_mask_files", "shared_mask_file")} <= shared
+        roistats = nodes[f"{roi}.roistats_{key}"]
         assert roistats.inputs.csf_md_threshold == config.csf_md_threshold
-        suffix = "" if n_registrations == 1 else f"_{key}"
-        assert ("midpoint_file", "moving_file") in edges[(f"midpoint{suffix}", f"template_registration{suffix}")]
-        assert (f"template_registration{suffix}", f"atlas_to_native_{key}") in edges
+        assert ("midpoint_file", "moving_file") in edges[(registration.replace("template_registration", "midpoint"),
+                                                          registration)]
+        # the registration travels as files (nipype hashes their content), to every warping node
+        warping = [f"{roi}.{tissue}_to_native_{key}" for tissue in ("atlas", "gm", "wm", "csf")]
+        warping += [f"{roi}.mask_to_atlas_{key}", f"{roi}.roi_weights_{key}",
+                    f"template_maps{suffix}_wf.maps_to_template_{key}"]
+        for node in (name for name in warping if name in names):
+            assert _pairs(edges[(registration, node)]) == {(f, f) for f in REGISTRATION_FIELDS}, node
+            assert "rigid_file" in {dst for _, dst in _pairs(edges[(registration.replace(
+                "template_registration", "midpoint"), node)])}, node
+            for field in ("rigid_file", *REGISTRATION_FIELDS):
+                assert nodes[node].interface.inputs.traits()[field].is_trait_type(File), (node, field)
+
+    # the methods text is the graph's: grey-matter restriction and shared selection as built
+    methods = workflow.visit_desc()
+    assert ("grey-matter probability" in methods) == (gm_threshold is not None)
+    if gm_threshold is not None:
+        assert f"below {gm_threshold:g}" in methods
+    assert ("shared by the participant's sessions" in methods) == (longitudinal and n_sessions == 2)
+    assert ("Marchenko-Pastur" in methods) == (denoise == "mppca")
+    assert f"MD above {config.csf_md_threshold:g}" in methods
+
+
+def _name(node) -> str:
+    """A node's name below the participant's workflow (e.g. ``roi_wf.roistats_s01_sespre``)."""
+    return node.fullname.split(".", 2)[-1]
+
+
+def _edges(graph) -> dict:
+    return {(_name(a), _name(b)): data["connect"] for a, b, data in graph.edges(data=True)}
+
+
+def _trace(edges, node: str, field: str) -> tuple[str, str]:
+    """The node and output that feed ``node.field``, through Merge nodes and ``pick`` connections."""
+    ((source, src),) = [(a, src) for (a, b), pairs in edges.items() if b == node for src, dst in pairs if dst == field]
+    if isinstance(src, tuple) and source.split(".")[-1].startswith(("merge", "b0_files", "mask_files", "fa_files",
+                                                                    "md_files", "ad_files", "rd_files")):
+        return _trace(edges, source, f"in{src[2][0] + 1}")
+    return source, src[0] if isinstance(src, tuple) else src
+
+
+def _pairs(connections):
+    """Connections as (source field, destination field), a connection function dropped."""
+    return {(src[0] if isinstance(src, tuple) else src, dst) for src, dst in connections}

@@ -118,6 +118,28 @@ def template_b0_contrast(template, resolution: float = 2.5, *, intensities=None)
 # ---------------------------------------------------------------------------------------
 # Template registration
 # ---------------------------------------------------------------------------------------
+#: What each file of a saved registration means (written into its JSON sidecar).
+CONVENTIONS = {
+    "affine": "4x4 matrix (text), template world (mm, RAS) -> subject world: a subject image "
+              "resampled to the template is subject(affine @ x) before the nonlinear part",
+    "warp": "displacement field v (mm, world RAS axes) on the template grid, 5-D NIfTI "
+            "(X, Y, Z, 1, 3): template point x corresponds to subject point affine @ (x + v(x)); "
+            "pulls subject images into the template (DIPY mapping.backward, is_inverse=True)",
+    "invwarp": "inverse displacement field w on the same grid: subject point y corresponds to "
+               "template point z + w(z) with z = inv(affine) @ y (DIPY mapping.forward); pulls "
+               "template images onto a subject grid",
+}
+
+
+def sidecar_path(path) -> str:
+    """The JSON sidecar of a transform file (``x_warp.nii.gz`` -> ``x_warp.json``)."""
+    path = str(path)
+    for extension in (".nii.gz", ".nii", ".txt"):
+        if path.endswith(extension):
+            return path[: -len(extension)] + ".json"
+    return path + ".json"
+
+
 @dataclass
 class TemplateRegistration:
     """Affine + SyN registration of a subject image to a template.
@@ -213,7 +235,9 @@ class TemplateRegistration:
           subject-world point ``y`` corresponds to the template point ``z + w(z)`` with
           ``z = A^-1 @ y`` (DIPY's ``mapping.forward``); used by :meth:`from_template`.
         - ``_warp.json``: the rest of DIPY's map (grids, ``prealign``, ``is_inverse``) so
-          that :meth:`load` rebuilds the identical ``DiffeomorphicMap``.
+          that :meth:`load` rebuilds the identical ``DiffeomorphicMap``, and the warp's
+          convention; ``_affine.json`` and ``_invwarp.json`` state the convention of the
+          other two files (as DIPY's ``write_mapping`` documents its files).
         """
         prefix = str(prefix)
         paths = {
@@ -223,6 +247,8 @@ class TemplateRegistration:
             "json": prefix + "_warp.json",
         }
         np.savetxt(paths["affine"], self.affine, fmt="%.10f")
+        for key in ("affine", "invwarp"):
+            Path(sidecar_path(paths[key])).write_text(json.dumps({"Convention": CONVENTIONS[key]}, indent=2))
         mp = self.mapping
         if not mp.is_inverse:
             raise ValueError("save expects the map as SyN returns it (is_inverse=True)")
@@ -239,6 +265,7 @@ class TemplateRegistration:
 
         meta = {
             "Description": "DIPY DiffeomorphicMap of a bids_ketamine template registration",
+            "Convention": CONVENTIONS["warp"],
             "is_inverse": bool(mp.is_inverse),
             "prealign": _mat(mp.prealign),
             "disp_shape": [int(v) for v in mp.disp_shape],
@@ -257,11 +284,17 @@ class TemplateRegistration:
 
     @classmethod
     def load(cls, prefix) -> "TemplateRegistration":
-        """Read a registration written by :meth:`save`."""
+        """Read a registration written by :meth:`save` under ``prefix``."""
+        prefix = str(prefix)
+        return cls.from_files(prefix + "_affine.txt", prefix + "_warp.nii.gz", prefix + "_invwarp.nii.gz")
+
+    @classmethod
+    def from_files(cls, affine_file, warp_file, inverse_warp_file) -> "TemplateRegistration":
+        """Read a registration from the files :meth:`save` wrote (the warp's JSON sidecar,
+        next to ``warp_file``, holds the rest of the map)."""
         from dipy.align.imwarp import DiffeomorphicMap
 
-        prefix = str(prefix)
-        meta = json.loads(Path(prefix + "_warp.json").read_text())
+        meta = json.loads(Path(sidecar_path(warp_file)).read_text())
 
         def _arr(v):
             return None if v is None else np.asarray(v, dtype=float)
@@ -274,11 +307,11 @@ class TemplateRegistration:
             prealign=_arr(meta["prealign"]),
         )
         mapping.is_inverse = meta["is_inverse"]
-        for attr, key in (("backward", "_warp.nii.gz"), ("forward", "_invwarp.nii.gz")):
-            field_ = np.asarray(nib.load(prefix + key).dataobj, dtype=np.float32)[:, :, :, 0, :]
+        for attr, path in (("backward", warp_file), ("forward", inverse_warp_file)):
+            field_ = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)[:, :, :, 0, :]
             setattr(mapping, attr, np.ascontiguousarray(field_))
         return cls(
-            affine=np.loadtxt(prefix + "_affine.txt"),
+            affine=np.loadtxt(str(affine_file)),
             mapping=mapping,
             template_shape=tuple(meta["template_shape"]),
             template_affine=_arr(meta["template_affine"]),

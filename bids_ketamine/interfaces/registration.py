@@ -4,8 +4,12 @@ Transforms are stored as files so that every node can be rerun from its inputs:
 
 - ``from-dwi_to-midpoint`` rigid transforms are 4x4 matrices (text) mapping a point's world
   coordinates (mm) in the session's DWI space to world coordinates in the midpoint space.
-- The midpoint -> template registration is saved by
-  :meth:`bids_ketamine.dwi.registration.TemplateRegistration.save` under a file prefix.
+- The midpoint -> template registration is three files (affine, warp, inverse warp) written by
+  :meth:`bids_ketamine.dwi.registration.TemplateRegistration.save`; they travel between nodes
+  as ``File`` inputs (:class:`TransformInputSpec`), so that nipype's hashing sees a changed
+  warp.  Every transform file has a JSON sidecar stating its convention.
+- The template's resources (its b=0-like contrast, the grid of template-space maps) are
+  computed once per run (:class:`TemplateReference`) and passed as files.
 
 A native image is mapped through the midpoint into the template by giving it the affine
 ``rigid @ affine``: its voxels expressed in midpoint world coordinates.  No data are resampled
@@ -14,6 +18,7 @@ more than once.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -28,7 +33,15 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from bids_ketamine.dwi.registration import sidecar_path
 from bids_ketamine.utils.images import open_image
+
+#: The convention of the rigid ``from-dwi_to-midpoint`` files (written into their sidecars).
+RIGID_CONVENTION = ("4x4 matrix (text): a point's world coordinates (mm, RAS) in the series' DWI "
+                    "space -> its world coordinates in the participant's midpoint space")
+
+#: The files of a midpoint -> template registration (outputs of :class:`TemplateRegistration`).
+REGISTRATION_FIELDS = ("affine_file", "warp_file", "inverse_warp_file")
 
 
 def _in_midpoint_world(img: nib.Nifti1Image, rigid: np.ndarray) -> nib.Nifti1Image:
@@ -75,6 +88,7 @@ class MidpointSpace(SimpleInterface):
         for index, matrix in enumerate(transforms):
             path = out / f"series{index:02d}_to_midpoint.txt"
             np.savetxt(path, np.asarray(matrix, dtype=float), fmt="%.10f")
+            Path(sidecar_path(path)).write_text(json.dumps({"Convention": RIGID_CONVENTION}, indent=2))
             xfm_files.append(str(path))
         self._results["xfm_files"] = xfm_files
         self._results["midpoint_file"] = str(out / "midpoint_b0.nii.gz")
@@ -86,16 +100,47 @@ class MidpointSpace(SimpleInterface):
         return runtime
 
 
+class _TemplateReferenceInputSpec(BaseInterfaceInputSpec):
+    template = traits.Str(mandatory=True, desc="template name (resources.get_template)")
+    resolution = traits.Float(2.0, usedefault=True, desc="voxel size (mm) of template-space maps")
+
+
+class _TemplateReferenceOutputSpec(TraitedSpec):
+    b0_file = File(exists=True, desc="the template's b=0-like contrast (the fixed image of registration)")
+    grid_file = File(exists=True, desc="empty image on the grid of template-space maps")
+
+
+class TemplateReference(SimpleInterface):
+    """The template's resources, computed once per run: its b=0-like contrast
+    (:func:`bids_ketamine.dwi.registration.template_b0_contrast`) and the output grid of
+    template-space maps (:func:`bids_ketamine.resources.template_grid`)."""
+
+    input_spec = _TemplateReferenceInputSpec
+    output_spec = _TemplateReferenceOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.registration import template_b0_contrast
+        from bids_ketamine.resources import get_template, template_grid
+
+        template = get_template(self.inputs.template)
+        self._results["b0_file"] = str(Path(runtime.cwd) / "template_b0.nii.gz")
+        self._results["grid_file"] = str(Path(runtime.cwd) / "template_grid.nii.gz")
+        template_b0_contrast(template).to_filename(self._results["b0_file"])
+        template_grid(template, self.inputs.resolution).to_filename(self._results["grid_file"])
+        return runtime
+
+
 class _TemplateRegistrationInputSpec(BaseInterfaceInputSpec):
     moving_file = File(exists=True, mandatory=True, desc="b=0 image to register (midpoint or session)")
     moving_mask = File(exists=True, mandatory=True, desc="its brain mask")
-    template = traits.Str(mandatory=True, desc="template name (resources.get_template)")
+    fixed_file = File(exists=True, mandatory=True, desc="the template's b=0-like contrast (TemplateReference)")
     n_threads = traits.Int(1, usedefault=True, desc="threads")
 
 
 class _TemplateRegistrationOutputSpec(TraitedSpec):
-    registration_prefix = traits.Str(desc="file prefix of the saved registration (TemplateRegistration.load)")
-    affine_file = File(exists=True, desc="affine part, 4x4 text")
+    affine_file = File(exists=True, desc="affine part, 4x4 text (template world -> midpoint world)")
+    warp_file = File(exists=True, desc="displacement field pulling midpoint images into the template")
+    inverse_warp_file = File(exists=True, desc="its inverse, pulling template images onto a midpoint grid")
     warped_file = File(exists=True, desc="moving image in template space (for QC)")
 
 
@@ -107,24 +152,40 @@ class TemplateRegistration(SimpleInterface):
     output_spec = _TemplateRegistrationOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_ketamine.dwi.registration import register_to_template, template_b0_contrast
-        from bids_ketamine.resources import get_template
+        from bids_ketamine.dwi.registration import register_to_template
 
-        template = get_template(self.inputs.template)
-        fixed = template_b0_contrast(template)  # zero outside the brain: its own mask
+        fixed = open_image(self.inputs.fixed_file)  # zero outside the brain: its own mask
         registration = register_to_template(open_image(self.inputs.moving_file), open_image(self.inputs.moving_mask),
                                             fixed, None, n_threads=self.inputs.n_threads)
-        prefix = str(Path(runtime.cwd) / "to_template")
-        paths = registration.save(prefix)
-        self._results["registration_prefix"] = prefix
+        paths = registration.save(Path(runtime.cwd) / "to_template")
         self._results["affine_file"] = paths["affine"]
+        self._results["warp_file"] = paths["warp"]
+        self._results["inverse_warp_file"] = paths["invwarp"]
         self._results["warped_file"] = str(Path(runtime.cwd) / "warped_b0.nii.gz")
         registration.to_template(open_image(self.inputs.moving_file), order=1).to_filename(
             self._results["warped_file"])
         return runtime
 
 
-def warp_to_native(images, reference, rigid_file, registration_prefix, *, order: int):
+class TransformInputSpec(BaseInterfaceInputSpec):
+    """The path from a series' native space to the template (``rigid_file`` and :data:`REGISTRATION_FIELDS`)."""
+
+    rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
+    affine_file = File(exists=True, mandatory=True, desc="template -> midpoint affine (TemplateRegistration)")
+    warp_file = File(exists=True, mandatory=True, desc="midpoint -> template displacement field")
+    inverse_warp_file = File(exists=True, mandatory=True, desc="its inverse")
+
+
+def load_transforms(inputs):
+    """The rigid matrix and the template registration named by a :class:`TransformInputSpec`."""
+    from bids_ketamine.dwi.registration import TemplateRegistration
+
+    registration = TemplateRegistration.from_files(inputs.affine_file, inputs.warp_file,
+                                                   inputs.inverse_warp_file)
+    return np.loadtxt(inputs.rigid_file), registration
+
+
+def warp_to_native(images, reference, inputs, *, order: int):
     """Template-space images on a series' native grid, through the template warp and the midpoint.
 
     Parameters
@@ -133,10 +194,9 @@ def warp_to_native(images, reference, rigid_file, registration_prefix, *, order:
         Template-space images.
     reference : nibabel image
         An image on the series' native grid.
-    rigid_file : str
-        The series' native -> midpoint rigid transform (text matrix).
-    registration_prefix : str
-        The participant's midpoint -> template registration files.
+    inputs : traited inputs of a :class:`TransformInputSpec`
+        The series' native -> midpoint rigid transform and the participant's midpoint ->
+        template registration files.
     order : int
         0: nearest neighbour (labels), 1: trilinear.
 
@@ -145,20 +205,15 @@ def warp_to_native(images, reference, rigid_file, registration_prefix, *, order:
     list of nibabel images
         On the midpoint-aligned native grid (data in the order of ``images``).
     """
-    from bids_ketamine.dwi.registration import TemplateRegistration
-
-    registration = TemplateRegistration.load(registration_prefix)
-    rigid = np.loadtxt(rigid_file)
+    rigid, registration = load_transforms(inputs)
     grid = nib.Nifti1Image(np.zeros(reference.shape[:3], dtype=np.uint8), rigid @ reference.affine)
     return [registration.from_template(image, grid, order=order) for image in images]
 
 
-class _WarpFromTemplateInputSpec(BaseInterfaceInputSpec):
+class _WarpFromTemplateInputSpec(TransformInputSpec):
     in_file = File(exists=True, mandatory=True, desc="template-space image (labels or a map)")
     order = traits.Int(0, usedefault=True, desc="0: nearest neighbour (labels), 1: trilinear")
     reference_file = File(exists=True, mandatory=True, desc="an image on the native DWI grid")
-    rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
-    registration_prefix = traits.Str(mandatory=True, desc="midpoint -> template registration files")
 
 
 class _WarpFromTemplateOutputSpec(TraitedSpec):
@@ -174,8 +229,8 @@ class WarpFromTemplate(SimpleInterface):
 
     def _run_interface(self, runtime):
         reference = open_image(self.inputs.reference_file)
-        (warped,) = warp_to_native([open_image(self.inputs.in_file)], reference, self.inputs.rigid_file,
-                                   self.inputs.registration_prefix, order=self.inputs.order)
+        (warped,) = warp_to_native([open_image(self.inputs.in_file)], reference, self.inputs,
+                                   order=self.inputs.order)
         if self.inputs.order == 0:
             data = np.rint(np.asarray(warped.dataobj)).astype(np.int16)
         else:
@@ -185,13 +240,10 @@ class WarpFromTemplate(SimpleInterface):
         return runtime
 
 
-class _WarpToTemplateInputSpec(BaseInterfaceInputSpec):
+class _WarpToTemplateInputSpec(TransformInputSpec):
     in_files = InputMultiObject(File(exists=True), mandatory=True, desc="native maps")
-    rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
-    registration_prefix = traits.Str(mandatory=True, desc="midpoint -> template registration files")
-    template = traits.Str(mandatory=True, desc="template name")
-    resolution = traits.Float(2.0, usedefault=True, desc="output voxel size (mm)")
-    reference_file = File(exists=True, desc="output grid (default: the template at `resolution`)")
+    reference_file = File(exists=True, mandatory=True,
+                          desc="output grid (TemplateReference's grid_file, or the atlas)")
     order = traits.Int(1, usedefault=True, desc="interpolation order")
 
 
@@ -206,15 +258,8 @@ class WarpToTemplate(SimpleInterface):
     output_spec = _WarpToTemplateOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_ketamine.dwi.registration import TemplateRegistration as Registration
-        from bids_ketamine.resources import get_template, template_grid
-
-        registration = Registration.load(self.inputs.registration_prefix)
-        rigid = np.loadtxt(self.inputs.rigid_file)
-        if self.inputs.reference_file:
-            reference = open_image(self.inputs.reference_file)
-        else:
-            reference = template_grid(get_template(self.inputs.template), self.inputs.resolution)
+        rigid, registration = load_transforms(self.inputs)
+        reference = open_image(self.inputs.reference_file)
         outputs = []
         for index, path in enumerate(self.inputs.in_files):
             img = _in_midpoint_world(open_image(path), rigid)

@@ -17,6 +17,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from bids_ketamine.interfaces.registration import TransformInputSpec
 from bids_ketamine.utils.images import open_image
 
 
@@ -126,13 +127,11 @@ class SharedSelection(SimpleInterface):
         return runtime
 
 
-class _ROIWeightsInputSpec(BaseInterfaceInputSpec):
+class _ROIWeightsInputSpec(TransformInputSpec):
     atlas_file = File(exists=True, mandatory=True, desc="atlas labels in template space")
     gm_file = File(exists=True, mandatory=True, desc="template grey-matter probability (atlas grid)")
     labels_file = File(exists=True, mandatory=True, desc="TSV of the atlas labels (index, name)")
     reference_file = File(exists=True, mandatory=True, desc="an image on the native DWI grid")
-    rigid_file = File(exists=True, mandatory=True, desc="native -> midpoint rigid transform")
-    registration_prefix = traits.Str(mandatory=True, desc="midpoint -> template registration files")
 
 
 class _ROIWeightsOutputSpec(TraitedSpec):
@@ -168,8 +167,7 @@ class ROIWeights(SimpleInterface):
             max(1, int(round(native_voxel / atlas_voxel))))
         maps = [nib.Nifti1Image(fractions[..., k], atlas_img.affine) for k in range(fractions.shape[-1])]
         warped = [np.asarray(image.dataobj, dtype=np.float32)
-                  for image in warp_to_native(maps, reference, self.inputs.rigid_file,
-                                              self.inputs.registration_prefix, order=1)]
+                  for image in warp_to_native(maps, reference, self.inputs, order=1)]
         self._results["out_file"] = str(Path(runtime.cwd) / "roi_gm_fractions.nii.gz")
         nib.Nifti1Image(np.stack(warped, axis=-1), reference.affine).to_filename(self._results["out_file"])
         return runtime

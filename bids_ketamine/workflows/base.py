@@ -6,13 +6,19 @@ Per participant (:func:`init_single_subject_wf`):
    and its tensor fitted (:func:`~bids_ketamine.workflows.tensor.init_tensor_wf`) in its own space;
 2. the series' mean b=0 images are registered to their unbiased within-subject midpoint
    (all sessions and acquisitions of the subject, none privileged), and the midpoint image to the
-   template (affine + SyN): one template warp shared by every session;
+   template (affine + SyN): one template warp shared by every session
+   (:func:`~bids_ketamine.workflows.longitudinal.init_longitudinal_wf`);
 3. the atlas is brought into each series' native grid (nearest neighbour) through that shared
-   path, and ROI statistics are taken there, on maps that were never interpolated;
-4. FA and MD are also resampled once into template space, and everything is written with BIDS
-   derivative names (:mod:`bids_ketamine.workflows.outputs`).
+   path, and ROI statistics are taken there, on maps that were never interpolated, with a voxel
+   selection shared by the participant's sessions (:func:`~bids_ketamine.workflows.roi.init_roi_wf`);
+4. FA and MD are also resampled once into template space
+   (:func:`~bids_ketamine.workflows.template_maps.init_template_maps_wf`), and everything is
+   written with BIDS derivative names (:mod:`bids_ketamine.workflows.outputs`).
 
-This module builds the graph; :mod:`bids_ketamine.cli.workflow` runs it.
+Every factory states what it does in its ``__desc__``
+(:class:`~bids_ketamine.workflows.literate.LiterateWorkflow`): the methods text of a run is
+assembled from the graph that was built.  This module builds the graph (wiring only);
+:mod:`bids_ketamine.cli.workflow` runs it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import logging
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
@@ -31,18 +36,15 @@ from bids_ketamine import __version__
 from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
 from bids_ketamine.derivatives import subject_path
-from bids_ketamine.dwi.acquisition import longitudinal_acquisition_warnings
-from bids_ketamine.interfaces.registration import (
-    MidpointSpace,
-    ROICoverage,
-    TemplateRegistration,
-    WarpFromTemplate,
-    WarpToTemplate,
-)
 from bids_ketamine.interfaces.io import DerivativesSink
-from bids_ketamine.interfaces.roi import ROIStats, ROIWeights, SharedSelection
+from bids_ketamine.interfaces.registration import REGISTRATION_FIELDS, TemplateReference
+from bids_ketamine.workflows.connections import pick
 from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb, set_series_inputs
+from bids_ketamine.workflows.literate import LiterateWorkflow
+from bids_ketamine.workflows.longitudinal import init_longitudinal_wf
 from bids_ketamine.workflows.outputs import init_series_derivatives_wf
+from bids_ketamine.workflows.roi import init_roi_wf
+from bids_ketamine.workflows.template_maps import init_template_maps_wf
 from bids_ketamine.workflows.tensor import init_tensor_wf
 
 LOGGER = logging.getLogger(__name__)
@@ -52,14 +54,19 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                            template: str, atlas_file: str, labels_file: str, atlas_name: str,
                            gm_file: str | None = None, provenance: dict | None = None,
                            wm_file: str | None = None, csf_file: str | None = None):
-    """Build the workflow of one participant.
+    """Build the workflow of one participant (wiring only).
+
+    Every series is preprocessed, its tensor fitted and its derivatives written; the series
+    registered together (all of the participant's with ``--longitudinal``, else each alone)
+    share a longitudinal registration (:func:`init_longitudinal_wf`), their ROI statistics
+    (:func:`init_roi_wf`) and their template-space maps (:func:`init_template_maps_wf`).
 
     Parameters
     ----------
     subject : str
         Participant label (no prefix).
     series : list of DwiSeries
-        Every DWI series of the participant (all sessions).
+        Every DWI series of the participant (all sessions), as checked by :func:`preflight`.
     config : Config
     template : str
         Template space actually used (name of :func:`bids_ketamine.resources.get_template`).
@@ -74,199 +81,119 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
         fractions of the partial-volume-aware ROI values (issue 20).
     provenance : dict, optional
         Template and atlas files used, recorded in the atlas sidecar of every series.
-    """
-    workflow = pe.Workflow(name=f"sub_{subject}_wf")
-    threads = config.omp_nthreads
-    protocol_warnings = longitudinal_acquisition_warnings(series)
-    for prefix, texts in protocol_warnings.items():
-        for text in texts:
-            LOGGER.warning("%s: %s", prefix, text)
-    groups = [list(range(len(series)))] if config.longitudinal else [[i] for i in range(len(series))]
-    series_nodes = []
-    for item in series:
-        runs = item.runs or (item,)
-        shapes = [nib.load(str(run.dwi)).header.get_data_shape() for run in runs]
-        n_volumes = sum(shape[3] if len(shape) > 3 else 1 for shape in shapes)
-        mem_gb = series_mem_gb(int(np.prod(shapes[0][:3])), n_volumes)
-        preproc = init_dwi_preproc_wf(config, mem_gb=mem_gb, n_runs=len(runs),
-                                      name=f"dwi_preproc_{item.key}_wf")
-        set_series_inputs(preproc, item)
-        tensor = init_tensor_wf(config, mem_gb=mem_gb, dti_max_bval=item.fit_bval,
-                                name=f"tensor_{item.key}_wf")
-        summary = pe.Node(niu.Function(function=series_summary,
-                                       input_names=["source", "bval_file", "warnings",
-                                                    "protocol_warnings", "options"],
-                                       output_names=["summary"]),
-                          name=f"summary_{item.key}", run_without_submitting=True)
-        summary.inputs.source = [str(source) for source in item.sources]
-        summary.inputs.protocol_warnings = list(item.notes) + protocol_warnings.get(item.prefix, [])
-        summary.inputs.options = {
-            "denoise": config.denoise, "denoise_full_fov": config.denoise_full_fov,
-            "degibbs": config.degibbs, "fit_method": config.fit_method,
-            "b0_threshold": config.b0_threshold, "dti_max_bval": config.dti_max_bval,
-            "template": template, "atlas": atlas_name, "csf_md_threshold": config.csf_md_threshold,
-            "gm_threshold": config.gm_threshold,
-            "longitudinal": config.longitudinal, "combine_runs": config.combine_runs,
-            "version": __version__,
-        }
-        derivatives = init_series_derivatives_wf(item, config.output_dir, template=template,
-                                                 atlas=atlas_name, denoise=config.denoise,
-                                                 name=f"derivatives_{item.key}_wf")
-        workflow.connect([
-            (preproc, tensor, [("outputnode.dwi_file", "inputnode.dwi_file"),
-                               ("outputnode.bval_file", "inputnode.bval_file"),
-                               ("outputnode.bvec_file", "inputnode.bvec_file"),
-                               ("outputnode.mask_file", "inputnode.mask_file"),
-                               ("outputnode.noise_file", "inputnode.noise_file")]),
-            (preproc, summary, [("outputnode.bval_file", "bval_file"), ("outputnode.warnings", "warnings")]),
-            (summary, derivatives, [("summary", "inputnode.preproc_metadata")]),
-            (preproc, derivatives, [(f"outputnode.{f}", f"inputnode.{f}") for f in
-                                    ("dwi_file", "bval_file", "bvec_file", "b0_file", "mask_file",
-                                     "motion_file")
-                                    + (("noise_file",) if config.denoise != "none" else ())]),
-            (tensor, derivatives, [("outputnode.fa_file", "inputnode.fa_file"),
-                                   ("outputnode.md_file", "inputnode.md_file"),
-                                   ("outputnode.ad_file", "inputnode.ad_file"),
-                                   ("outputnode.rd_file", "inputnode.rd_file"),
-                                   ("outputnode.metadata", "inputnode.model_metadata")]),
-        ])
-        series_nodes.append((item, preproc, tensor, derivatives, mem_gb))
 
-    for group_index, members in enumerate(groups):
+    Inputs
+    ------
+    template_b0_file, template_grid_file
+        The template's resources (:class:`~bids_ketamine.interfaces.registration.TemplateReference`).
+    """
+    workflow = LiterateWorkflow(name=f"sub_{subject}_wf")
+    sessions = sorted({item.session for item in series if item.session}, key=str)
+    workflow.__desc__ = (
+        f"Diffusion MRI of sub-{subject} ({len(series)} series"
+        + (f" in {len(sessions)} session{'s' if len(sessions) > 1 else ''}" if sessions else "")
+        + f") was processed with bids_ketamine {__version__} [@bids_ketamine], a BIDS App built on "
+        "nipype [@nipype], DIPY [@dipy], nibabel [@nibabel], nilearn [@nilearn] and pybids [@pybids].")
+    workflow.__postdesc__ = "Group-level models use statsmodels [@statsmodels]."
+    inputnode = pe.Node(niu.IdentityInterface(fields=["template_b0_file", "template_grid_file"]),
+                        name="inputnode")
+    series_wfs = [_init_series_wfs(workflow, item, config, template=template, atlas_name=atlas_name,
+                                   labels_file=labels_file, provenance=provenance) for item in series]
+    groups = [list(range(len(series)))] if config.longitudinal else [[i] for i in range(len(series))]
+    for members in groups:
         suffix = "" if len(groups) == 1 else f"_{series[members[0]].key}"
-        merge_b0 = pe.Node(niu.Merge(len(members)), name=f"merge_b0{suffix}", run_without_submitting=True)
-        merge_mask = pe.Node(niu.Merge(len(members)), name=f"merge_mask{suffix}", run_without_submitting=True)
-        midpoint = pe.Node(MidpointSpace(n_threads=threads), name=f"midpoint{suffix}", n_procs=threads,
-                           mem_gb=2.0)
-        register = pe.Node(TemplateRegistration(template=template, n_threads=threads),
-                           name=f"template_registration{suffix}", n_procs=threads, mem_gb=3.0)
+        keys = [series[index].key for index in members]
+        preprocs = [series_wfs[index][0] for index in members]
+        tensors = [series_wfs[index][1] for index in members]
+        longitudinal = init_longitudinal_wf(len(members), template=template, omp_nthreads=config.omp_nthreads,
+                                            name=f"longitudinal{suffix}_wf")
+        roi = init_roi_wf(config, keys, atlas_file=atlas_file, labels_file=labels_file, atlas_name=atlas_name,
+                          gm_file=gm_file, wm_file=wm_file, csf_file=csf_file, name=f"roi{suffix}_wf")
+        template_maps = init_template_maps_wf(keys, template=template, name=f"template_maps{suffix}_wf")
+        gathered = {field: _gather(workflow, preprocs, field, f"{field}s{suffix}")
+                    for field in ("b0_file", "mask_file")}
+        gathered.update({field: _gather(workflow, tensors, field, f"{field}s{suffix}")
+                         for field in ("fa_file", "md_file", "ad_file", "rd_file")})
         workflow.connect([
-            (merge_b0, midpoint, [("out", "b0_files")]),
-            (merge_mask, midpoint, [("out", "mask_files")]),
-            (midpoint, register, [("midpoint_file", "moving_file"), ("midpoint_mask", "moving_mask")]),
+            (gathered["b0_file"], longitudinal, [("out", "inputnode.b0_files")]),
+            (gathered["mask_file"], longitudinal, [("out", "inputnode.mask_files")]),
+            (inputnode, longitudinal, [("template_b0_file", "inputnode.template_b0_file")]),
+            (inputnode, template_maps, [("template_grid_file", "inputnode.grid_file")]),
+            (longitudinal, roi, [(f"outputnode.{field}", f"inputnode.{field}")
+                                 for field in ("xfm_files", *REGISTRATION_FIELDS)]),
+            (longitudinal, template_maps, [(f"outputnode.{field}", f"inputnode.{field}")
+                                           for field in ("xfm_files", *REGISTRATION_FIELDS)]),
+            (gathered["fa_file"], template_maps, [("out", "inputnode.fa_files")]),
+            (gathered["md_file"], template_maps, [("out", "inputnode.md_files")]),
         ])
+        workflow.connect([(merge, roi, [("out", f"inputnode.{field}s")]) for field, merge in gathered.items()])
         if len(groups) == 1 and len(members) >= 2:  # the subject's midpoint (docs/outputs.md)
             ds_midpoint = pe.Node(DerivativesSink(out_path=str(subject_path(
                 config.output_dir, subject, "midpoint_b0"))), name="ds_midpoint_b0",
                 run_without_submitting=True)
-            workflow.connect([(midpoint, ds_midpoint, [("midpoint_file", "in_file")])])
-        # Issue 20: the voxel selection (CSF exclusion, brain mask) is decided once per participant
-        # from all series together (mean MD, intersection of masks), then used by every series.
-        merge_md = pe.Node(niu.Merge(len(members)), name=f"merge_md{suffix}", run_without_submitting=True)
-        shared = pe.Node(SharedSelection(), name=f"shared_selection{suffix}", mem_gb=1.0)
-        workflow.connect([
-            (merge_md, shared, [("out", "md_files")]),
-            (merge_mask, shared, [("out", "mask_files")]),
-            (midpoint, shared, [("xfm_files", "xfm_files")]),
-        ])
-        for position, index in enumerate(members, start=1):
-            item, preproc, tensor, derivatives, mem_gb = series_nodes[index]
+            workflow.connect([(longitudinal, ds_midpoint, [("outputnode.midpoint_file", "in_file")])])
+        for position, index in enumerate(members):
+            derivatives = series_wfs[index][2]
             workflow.connect([
-                (preproc, merge_b0, [("outputnode.b0_file", f"in{position}")]),
-                (preproc, merge_mask, [("outputnode.mask_file", f"in{position}")]),
-                (tensor, merge_md, [("outputnode.md_file", f"in{position}")]),
-            ])
-            # issue 20: this series' copy of the participant's shared selection
-            pick_shared = pe.Node(niu.Function(function=_pick_pair, input_names=["first", "second", "index"],
-                                               output_names=["first", "second"]),
-                                  name=f"pick_shared_{item.key}", run_without_submitting=True)
-            pick_shared.inputs.index = position - 1
-            workflow.connect([
-                (shared, pick_shared, [("shared_md_files", "first"), ("shared_mask_files", "second")]),
-            ])
-            pick_rigid = pe.Node(niu.Select(index=position - 1), name=f"rigid_{item.key}",
-                                 run_without_submitting=True)
-            to_native = pe.Node(WarpFromTemplate(in_file=atlas_file, order=0),
-                                name=f"atlas_to_native_{item.key}", mem_gb=1.0)
-            to_template = pe.Node(WarpToTemplate(template=template), name=f"maps_to_template_{item.key}",
-                                  mem_gb=1.0)
-            mask_to_atlas = pe.Node(WarpToTemplate(template=template, reference_file=atlas_file, order=1),
-                                    name=f"mask_to_atlas_{item.key}", mem_gb=1.5)
-            merge_maps = pe.Node(niu.Merge(2), name=f"merge_maps_{item.key}", run_without_submitting=True)
-            split_maps = pe.Node(niu.Split(splits=[1, 1], squeeze=True), name=f"split_maps_{item.key}",
-                                 run_without_submitting=True)
-            coverage = pe.Node(ROICoverage(atlas_file=atlas_file, labels_file=labels_file),
-                               name=f"coverage_{item.key}", mem_gb=1.0)
-            roistats = pe.Node(ROIStats(labels_file=labels_file, csf_md_threshold=config.csf_md_threshold,
-                                        gm_threshold=config.gm_threshold),
-                               name=f"roistats_{item.key}", mem_gb=1.0)
-            if gm_file and config.gm_threshold is not None:
-                gm_to_native = pe.Node(WarpFromTemplate(in_file=gm_file, order=1),
-                                       name=f"gm_to_native_{item.key}", mem_gb=1.0)
-                workflow.connect([
-                    (pick_rigid, gm_to_native, [("out", "rigid_file")]),
-                    (register, gm_to_native, [("registration_prefix", "registration_prefix")]),
-                    (preproc, gm_to_native, [("outputnode.b0_file", "reference_file")]),
-                    (gm_to_native, roistats, [("out_file", "gm_file")]),
-                ])
-                # issue 20: each ROI's grey-matter volume fraction per voxel (roi_gm_weighted_mean/median)
-                roi_weights = pe.Node(ROIWeights(atlas_file=atlas_file, gm_file=gm_file, labels_file=labels_file),
-                                      name=f"roi_weights_{item.key}", mem_gb=2.0)
-                workflow.connect([
-                    (pick_rigid, roi_weights, [("out", "rigid_file")]),
-                    (register, roi_weights, [("registration_prefix", "registration_prefix")]),
-                    (preproc, roi_weights, [("outputnode.b0_file", "reference_file")]),
-                    (roi_weights, roistats, [("out_file", "roi_weights_file")]),
-                ])
-                # issue 20: WM and CSF fractions of the partial-volume-aware ROI values
-                for tissue, tissue_file in (("wm", wm_file), ("csf", csf_file)):
-                    if not tissue_file:
-                        continue
-                    tissue_to_native = pe.Node(WarpFromTemplate(in_file=tissue_file, order=1),
-                                               name=f"{tissue}_to_native_{item.key}", mem_gb=1.0)
-                    workflow.connect([
-                        (pick_rigid, tissue_to_native, [("out", "rigid_file")]),
-                        (register, tissue_to_native, [("registration_prefix", "registration_prefix")]),
-                        (preproc, tissue_to_native, [("outputnode.b0_file", "reference_file")]),
-                        (tissue_to_native, roistats, [("out_file", f"{tissue}_file")]),
-                    ])
-            derivatives.inputs.inputnode.dseg_tsv = labels_file
-            derivatives.inputs.inputnode.dseg_metadata = dict(provenance or {}, Space="dwi",
-                                                              Interpolation="nearest neighbour")
-            workflow.connect([
-                (midpoint, pick_rigid, [("xfm_files", "inlist")]),
-                (pick_rigid, to_native, [("out", "rigid_file")]),
-                (register, to_native, [("registration_prefix", "registration_prefix")]),
-                (preproc, to_native, [("outputnode.b0_file", "reference_file")]),
-                (tensor, merge_maps, [("outputnode.fa_file", "in1"), ("outputnode.md_file", "in2")]),
-                (merge_maps, to_template, [("out", "in_files")]),
-                (pick_rigid, to_template, [("out", "rigid_file")]),
-                (register, to_template, [("registration_prefix", "registration_prefix")]),
-                (to_template, split_maps, [("out_files", "inlist")]),
-                (preproc, mask_to_atlas, [("outputnode.mask_file", "in_files")]),
-                (pick_rigid, mask_to_atlas, [("out", "rigid_file")]),
-                (register, mask_to_atlas, [("registration_prefix", "registration_prefix")]),
-                (mask_to_atlas, coverage, [(("out_files", _first), "mask_file")]),
-                (to_native, roistats, [("out_file", "dseg_file")]),
-                (preproc, roistats, [("outputnode.mask_file", "mask_file")]),
-                (tensor, roistats, [("outputnode.fa_file", "fa_file"), ("outputnode.md_file", "md_file"),
-                                    ("outputnode.ad_file", "ad_file"), ("outputnode.rd_file", "rd_file")]),
-                (coverage, roistats, [("coverage", "coverage")]),
-                (pick_shared, roistats, [("first", "shared_md_file"), ("second", "shared_mask_file")]),
-                (split_maps, derivatives, [("out1", "inputnode.tpl_fa_file"),
-                                           ("out2", "inputnode.tpl_md_file")]),
-                (pick_rigid, derivatives, [("out", "inputnode.midpoint_xfm")]),
-                (to_native, derivatives, [("out_file", "inputnode.dseg_file")]),
-                (roistats, derivatives, [("out_file", "inputnode.roistats_file")]),
+                (template_maps, derivatives, [(("outputnode.fa_files", pick, position), "inputnode.tpl_fa_file"),
+                                              (("outputnode.md_files", pick, position), "inputnode.tpl_md_file")]),
+                (longitudinal, derivatives, [(("outputnode.xfm_files", pick, position), "inputnode.midpoint_xfm")]),
+                (roi, derivatives, [(("outputnode.dseg_files", pick, position), "inputnode.dseg_file"),
+                                    (("outputnode.roistats_files", pick, position), "inputnode.roistats_file")]),
             ])
     return workflow
 
 
-def _first(items):
-    return items[0] if isinstance(items, (list, tuple)) else items
+def _init_series_wfs(workflow, item: DwiSeries, config: Config, *, template: str, atlas_name: str,
+                     labels_file: str, provenance: dict | None):
+    """Add one series' preprocessing, tensor fit, summary and derivatives to ``workflow``;
+    return the preprocessing, tensor and derivatives workflows."""
+    mem_gb = item.mem_gb if item.mem_gb is not None else series_mem_gb(0, 0)
+    runs = item.runs or (item,)
+    preproc = init_dwi_preproc_wf(config, mem_gb=mem_gb, n_runs=len(runs), name=f"dwi_preproc_{item.key}_wf")
+    set_series_inputs(preproc, item)
+    tensor = init_tensor_wf(config, mem_gb=mem_gb, dti_max_bval=item.fit_bval, name=f"tensor_{item.key}_wf")
+    summary = pe.Node(niu.Function(function=series_summary,
+                                   input_names=["source", "bval_file", "warnings", "protocol_warnings", "options"],
+                                   output_names=["summary"]),
+                      name=f"summary_{item.key}", run_without_submitting=True)
+    summary.inputs.source = [str(source) for source in item.sources]
+    summary.inputs.protocol_warnings = list(item.notes)
+    summary.inputs.options = {
+        "denoise": config.denoise, "denoise_full_fov": config.denoise_full_fov,
+        "degibbs": config.degibbs, "fit_method": config.fit_method,
+        "b0_threshold": config.b0_threshold, "dti_max_bval": config.dti_max_bval,
+        "template": template, "atlas": atlas_name, "csf_md_threshold": config.csf_md_threshold,
+        "gm_threshold": config.gm_threshold,
+        "longitudinal": config.longitudinal, "combine_runs": config.combine_runs,
+        "version": __version__,
+    }
+    derivatives = init_series_derivatives_wf(item, config.output_dir, template=template, atlas=atlas_name,
+                                             denoise=config.denoise, name=f"derivatives_{item.key}_wf")
+    derivatives.inputs.inputnode.dseg_tsv = labels_file
+    derivatives.inputs.inputnode.dseg_metadata = dict(provenance or {}, Space="dwi",
+                                                      Interpolation="nearest neighbour")
+    workflow.connect([
+        (preproc, tensor, [(f"outputnode.{f}", f"inputnode.{f}")
+                           for f in ("dwi_file", "bval_file", "bvec_file", "mask_file", "noise_file")]),
+        (preproc, summary, [("outputnode.bval_file", "bval_file"), ("outputnode.warnings", "warnings")]),
+        (summary, derivatives, [("summary", "inputnode.preproc_metadata")]),
+        (preproc, derivatives, [(f"outputnode.{f}", f"inputnode.{f}") for f in
+                                ("dwi_file", "bval_file", "bvec_file", "b0_file", "mask_file", "motion_file")
+                                + (("noise_file",) if config.denoise != "none" else ())]),
+        (tensor, derivatives, [(f"outputnode.{f}", f"inputnode.{f}") for f in
+                               ("fa_file", "md_file", "ad_file", "rd_file")]
+         + [("outputnode.metadata", "inputnode.model_metadata")]),
+    ])
+    return preproc, tensor, derivatives
 
 
-def _pick_pair(first, second, index):
-    """Item ``index`` of two parallel lists (a nipype Function node body).
-
-    nipype hands a one-element output list over as its element (a participant with one
-    series), so a plain path is taken as a list of one.
-    """
-    if isinstance(first, str):
-        first = [first]
-    if isinstance(second, str):
-        second = [second]
-    return first[index], second[index]
+def _gather(workflow, sources, field: str, name: str):
+    """A Merge node collecting ``outputnode.<field>`` of each workflow of ``sources`` (in order)."""
+    merge = pe.Node(niu.Merge(len(sources)), name=name, run_without_submitting=True)
+    workflow.connect([(source, merge, [(f"outputnode.{field}", f"in{position}")])
+                      for position, source in enumerate(sources, start=1)])
+    return merge
 
 
 def series_summary(source, bval_file, warnings, protocol_warnings, options):
@@ -302,14 +229,19 @@ def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiS
     labels_file = Path(config.work_dir or ".") / f"atlas-{atlas.name}_space-{template.name}_dseg.tsv"
     labels_file.parent.mkdir(parents=True, exist_ok=True)
     atlas.labels[["index", "name"]].to_csv(labels_file, sep="\t", index=False)
-    workflow = pe.Workflow(name="bids_ketamine_wf")
+    workflow = LiterateWorkflow(name="bids_ketamine_wf")
+    # the template's resources: computed once per run, passed to every participant as files
+    template_reference = pe.Node(TemplateReference(template=template.name), name="template_reference",
+                                 mem_gb=2.0)
     for subject, series in series_by_subject.items():
-        workflow.add_nodes([init_single_subject_wf(
+        single_subject = init_single_subject_wf(
             subject, series, config, template=template.name, atlas_file=str(atlas.image),
             labels_file=str(labels_file), atlas_name=atlas.name, gm_file=str(template.gm),
             wm_file=str(template.wm), csf_file=str(template.csf),
             provenance={"Template": template.provenance(), "Atlas": atlas.provenance,
-                        "AtlasFile": str(atlas.image)})])
+                        "AtlasFile": str(atlas.image)})
+        workflow.connect([(template_reference, single_subject, [
+            ("b0_file", "inputnode.template_b0_file"), ("grid_file", "inputnode.template_grid_file")])])
     return workflow, template, atlas
 
 
@@ -338,6 +270,8 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
         check_series_files,
         dti_fit_bval,
     )
+
+    from bids_ketamine.dwi.acquisition import longitudinal_acquisition_warnings
 
     started = time.time()
     usable: dict[str, list[DwiSeries]] = {}
@@ -388,8 +322,20 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
             if item.runs:
                 LOGGER.info("%s: runs %s fitted together as one series", item.prefix,
                             ", ".join(run.entities["run"] for run in item.runs))
-            usable.setdefault(subject, []).append(
-                dataclasses.replace(item, fit_bval=fit_bval, notes=item.notes + ((note,) if note else ())))
+            shapes = [checked[run.dwi].img.shape for run in runs]
+            n_volumes = sum(shape[3] if len(shape) > 3 else 1 for shape in shapes)
+            usable.setdefault(subject, []).append(dataclasses.replace(
+                item, fit_bval=fit_bval, notes=item.notes + ((note,) if note else ()),
+                mem_gb=series_mem_gb(int(np.prod(shapes[0][:3])), n_volumes)))
+        # differences of acquisition between the participant's sessions (recorded with each series)
+        protocol_warnings = longitudinal_acquisition_warnings(usable.get(subject, []))
+        for prefix, texts in protocol_warnings.items():
+            for text in texts:
+                LOGGER.warning("%s: %s", prefix, text)
+        usable[subject] = [dataclasses.replace(item, notes=item.notes + tuple(protocol_warnings.get(item.prefix, [])))
+                           for item in usable.get(subject, [])]
+        if not usable[subject]:
+            del usable[subject]
     LOGGER.info("Preflight: %d series checked in %.1f s, %d problem(s)", n_checked,
                 time.time() - started, len(problems))
     return usable, problems

@@ -10,6 +10,7 @@ from bids_ketamine.interfaces.denoise import Degibbs, Denoise
 from bids_ketamine.interfaces.io import ConcatenateRuns, LoadDWI
 from bids_ketamine.interfaces.mask import BrainMask
 from bids_ketamine.interfaces.motion import MotionCorrect
+from bids_ketamine.workflows.literate import LiterateWorkflow
 
 #: Memory (GB) per million voxel-volumes of the heaviest steps, measured on the realistic preset.
 _GB_PER_MVOX = 0.08
@@ -56,7 +57,8 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
     warnings
         Problems repaired while loading.
     """
-    workflow = pe.Workflow(name=name)
+    workflow = LiterateWorkflow(name=name)
+    workflow.__desc__ = _description(config, n_runs)
     inputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file"]),
                         name="inputnode")
     outputnode = pe.Node(
@@ -110,6 +112,29 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
         workflow.connect([(denoise, concatenate, [("noise_file", "noise_files")]),
                           (concatenate, outputnode, [("noise_file", "noise_file")])])
     return workflow
+
+
+def _description(config: Config, n_runs: int) -> str:
+    """The methods paragraph of :func:`init_dwi_preproc_wf`."""
+    text = []
+    if config.denoise == "mppca":
+        where = ("in every voxel" if config.denoise_full_fov else
+                 "in the brain of the raw series plus a 10 mm margin")
+        text.append(f"Noise was removed by Marchenko-Pastur PCA (MP-PCA) [@mppca] {where}, before any "
+                    "interpolation.")
+    elif config.denoise == "patch2self":
+        text.append("Noise was removed with Patch2Self [@patch2self] before any interpolation.")
+    else:
+        text.append("No denoising was applied.")
+    if config.degibbs:
+        text.append("Gibbs ringing was removed after denoising with the local sub-voxel shift method [@gibbs].")
+    if n_runs > 1:
+        text.append(f"The {n_runs} runs of the session were then joined into one series.")
+    text.append("Head motion was corrected by rigid registration of every volume (b=0 volumes to their "
+                "mean, diffusion-weighted volumes to a tensor prediction of themselves) and the gradient "
+                "directions were rotated with each volume; all volumes were resampled once. Framewise "
+                "displacement [@power2012] summarises the motion per volume.")
+    return " ".join(text)
 
 
 def set_series_inputs(workflow, series) -> None:

@@ -1,0 +1,142 @@
+"""ROI statistics of a participant's series, on a voxel selection shared by the participant."""
+
+from __future__ import annotations
+
+from nipype.interfaces import utility as niu
+from nipype.pipeline import engine as pe
+
+from bids_ketamine.config import Config
+from bids_ketamine.interfaces.registration import REGISTRATION_FIELDS, ROICoverage, WarpFromTemplate, WarpToTemplate
+from bids_ketamine.interfaces.roi import ROIStats, ROIWeights, SharedSelection
+from bids_ketamine.workflows.connections import pick
+from bids_ketamine.workflows.literate import LiterateWorkflow
+
+#: Per-series list inputs (one item per series, in the order of ``series_keys``).
+SERIES_FIELDS = ("b0_files", "mask_files", "fa_files", "md_files", "ad_files", "rd_files", "xfm_files")
+
+
+def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labels_file: str,
+                atlas_name: str, gm_file: str | None = None, wm_file: str | None = None,
+                csf_file: str | None = None, name: str = "roi_wf"):
+    """ROI statistics of every series registered together, in each series' own grid.
+
+    The voxel selection (brain mask, CSF exclusion) is decided once from all series
+    (:class:`SharedSelection`); the atlas is brought into each series' native grid (nearest
+    neighbour) through the midpoint and the template warp, and with ``--gm-threshold`` the
+    template's grey-matter probability and each ROI's grey-matter volume fractions
+    (:class:`ROIWeights`) too; statistics are taken on maps that were never interpolated.
+
+    Parameters
+    ----------
+    config : Config
+        Uses ``csf_md_threshold``, ``gm_threshold``.
+    series_keys : list of str
+        :attr:`DwiSeries.key` of each series (node names).
+    atlas_file, labels_file : str
+        Atlas label image in template space, and its labels TSV.
+    atlas_name : str
+        Atlas label (for the methods text).
+    gm_file, wm_file, csf_file : str, optional
+        The template's tissue probability maps.
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    b0_files, mask_files, fa_files, md_files, ad_files, rd_files, xfm_files
+        One per series (:data:`SERIES_FIELDS`).
+    affine_file, warp_file, inverse_warp_file
+        The midpoint -> template registration (:func:`init_longitudinal_wf`).
+
+    Outputs
+    -------
+    roistats_files, dseg_files
+        Per series: the ROI table and the atlas on the native grid.
+    """
+    gm_restricted = bool(gm_file) and config.gm_threshold is not None
+    workflow = LiterateWorkflow(name=name)
+    workflow.__desc__ = _description(config, len(series_keys), atlas_name, gm_restricted)
+    inputnode = pe.Node(niu.IdentityInterface(fields=[*SERIES_FIELDS, *REGISTRATION_FIELDS]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["roistats_files", "dseg_files"]), name="outputnode")
+    n_series = len(series_keys)
+    shared = pe.Node(SharedSelection(), name="shared_selection", mem_gb=1.0)
+    merge_tables = pe.Node(niu.Merge(n_series), name="merge_roistats", run_without_submitting=True)
+    merge_dseg = pe.Node(niu.Merge(n_series), name="merge_dseg", run_without_submitting=True)
+    workflow.connect([
+        (inputnode, shared, [("md_files", "md_files"), ("mask_files", "mask_files"), ("xfm_files", "xfm_files")]),
+        (merge_tables, outputnode, [("out", "roistats_files")]),
+        (merge_dseg, outputnode, [("out", "dseg_files")]),
+    ])
+    template_inputs = {"atlas": (atlas_file, 0)}
+    if gm_restricted:
+        template_inputs["gm"] = (gm_file, 1)
+        template_inputs.update({tissue: (path, 1) for tissue, path in (("wm", wm_file), ("csf", csf_file)) if path})
+    for index, key in enumerate(series_keys):
+        roistats = pe.Node(ROIStats(labels_file=labels_file, csf_md_threshold=config.csf_md_threshold,
+                                    gm_threshold=config.gm_threshold), name=f"roistats_{key}", mem_gb=1.0)
+        coverage = pe.Node(ROICoverage(atlas_file=atlas_file, labels_file=labels_file),
+                           name=f"coverage_{key}", mem_gb=1.0)
+        mask_to_atlas = pe.Node(WarpToTemplate(reference_file=atlas_file, order=1),
+                                name=f"mask_to_atlas_{key}", mem_gb=1.5)
+        warps = [mask_to_atlas]
+        workflow.connect([
+            (inputnode, mask_to_atlas, [(("mask_files", pick, index), "in_files")]),
+            (mask_to_atlas, coverage, [(("out_files", pick, 0), "mask_file")]),
+            (coverage, roistats, [("coverage", "coverage")]),
+            (inputnode, roistats, [((f"{field}_files", pick, index), f"{field}_file")
+                                   for field in ("mask", "fa", "md", "ad", "rd")]),
+            (shared, roistats, [(("shared_md_files", pick, index), "shared_md_file"),
+                                (("shared_mask_files", pick, index), "shared_mask_file")]),
+            (roistats, merge_tables, [("out_file", f"in{index + 1}")]),
+        ])
+        for tissue, (path, order) in template_inputs.items():
+            to_native = pe.Node(WarpFromTemplate(in_file=path, order=order),
+                                name=f"{tissue}_to_native_{key}", mem_gb=1.0)
+            warps.append(to_native)
+            field = "dseg_file" if tissue == "atlas" else f"{tissue}_file"
+            workflow.connect([(to_native, roistats, [("out_file", field)])])
+        if gm_restricted:
+            # each ROI's grey-matter volume fraction per voxel (roi_gm_weighted_mean/median)
+            roi_weights = pe.Node(ROIWeights(atlas_file=atlas_file, gm_file=gm_file, labels_file=labels_file),
+                                  name=f"roi_weights_{key}", mem_gb=2.0)
+            warps.append(roi_weights)
+            workflow.connect([(roi_weights, roistats, [("out_file", "roi_weights_file")])])
+        dseg = workflow.get_node(f"atlas_to_native_{key}")
+        workflow.connect([(dseg, merge_dseg, [("out_file", f"in{index + 1}")])])
+        for node in warps:
+            workflow.connect([
+                (inputnode, node, [(("xfm_files", pick, index), "rigid_file")]
+                 + [(field, field) for field in REGISTRATION_FIELDS]),
+            ])
+            if node is not mask_to_atlas:
+                workflow.connect([(inputnode, node, [(("b0_files", pick, index), "reference_file")])])
+    return workflow
+
+
+def _description(config: Config, n_series: int, atlas_name: str, gm_restricted: bool) -> str:
+    """The methods paragraph of :func:`init_roi_wf`."""
+    where = "each session's" if n_series > 1 else "the"
+    text = [f"Regions of interest of the {atlas_name} atlas [@atlas:{atlas_name}] were mapped into "
+            f"{where} native DWI space (nearest neighbour) through the template warp and the "
+            "midpoint transform, so that statistics are taken on tensor maps that were never "
+            "interpolated."]
+    selection = []
+    if config.csf_md_threshold is not None:
+        selection.append(f"voxels with MD above {config.csf_md_threshold:g} µm²/ms were excluded as "
+                         "CSF-contaminated")
+    if gm_restricted:
+        selection.append(f"voxels whose grey-matter probability (the template's, warped into the "
+                         f"session) was below {config.gm_threshold:g} were excluded as not grey matter")
+    if n_series > 1:
+        text.append("The voxel selection was shared by the participant's sessions: the brain mask "
+                    "is the intersection of every session's mask and the CSF exclusion uses the "
+                    "mean MD of all sessions, so that a voxel counts in every session or in none"
+                    + ("; " + "; ".join(selection) if selection else "") + ".")
+    elif selection:
+        sentence = "; ".join(selection)
+        text.append(sentence[0].upper() + sentence[1:] + ".")
+    text.append("The mean, median and standard deviation of each tensor parameter were computed per ROI"
+                + ("; with each ROI's grey-matter volume fraction of every voxel (the template's "
+                   "atlas and grey-matter probability, warped into the session), grey-matter-weighted "
+                   "values too" if gm_restricted else "") + ".")
+    return " ".join(text)
