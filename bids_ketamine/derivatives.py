@@ -169,6 +169,11 @@ def config_path(output_dir: Path, subject: str) -> Path:
     return Path(output_dir) / f"sub-{subject}" / "log" / "config.json"
 
 
+def methods_path(output_dir: Path, subject: str) -> Path:
+    """``sub-<s>/log/methods.md``: the methods text of the workflow that ran (``[@key]`` citations)."""
+    return Path(output_dir) / f"sub-{subject}" / "log" / "methods.md"
+
+
 def roistats_glob(atlas: str) -> str:
     """Glob (relative to OUTPUT_DIR) of the ROI tables of one atlas, every session."""
     return f"sub-*/**/dwi/*_atlas-{atlas}_model-tensor_roistats.tsv"

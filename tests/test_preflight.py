@@ -232,18 +232,13 @@ def test_combined_runs_give_one_roi_table_without_run(tmp_path):
     assert [n.name for n in nodes if n.name == "concatenate_runs"] == ["concatenate_runs"]
 
 
-def test_report_methods_name_series_fitted_above_dti_max_bval(tmp_path):
-    import json
+def test_methods_name_a_series_fitted_above_dti_max_bval(tmp_path):
+    """The tensor workflow of a series fitted on a shell above --dti-max-bval says so in its
+    methods text (the graph's description, not the report's)."""
+    from bids_ketamine.workflows.tensor import init_tensor_wf
 
-    from bids_ketamine.reports.collect import SeriesOutputs
-    from bids_ketamine.reports.methods import _high_shell_clause
-
-    series = []
-    for label, used in (("ses-a", [0.0, 1000.0]), ("ses-b", [0.0, 2500.0])):
-        sidecar = tmp_path / f"{label}.json"
-        sidecar.write_text(json.dumps({"BValuesUsed": used}))
-        series.append(SeriesOutputs(prefix=f"sub-01_{label}", label=label, session=label[4:],
-                                    files={"tensor_json": sidecar}))
-    clause = _high_shell_clause(series, 1500.0)
-    assert "ses-b (b = 2500)" in clause and "ses-a" not in clause
-    assert _high_shell_clause(series[:1], 1500.0) == ""
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant",
+                    dti_max_bval=1500.0)
+    above = init_tensor_wf(config, dti_max_bval=2500.0).visit_desc()
+    assert "lowest shell (b = 2500 s/mm²)" in above and "at or below b = 1500 s/mm²" in above
+    assert "lowest shell" not in init_tensor_wf(config, dti_max_bval=1000.0).visit_desc()

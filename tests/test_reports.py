@@ -20,7 +20,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from header_series import header_only_series
+
+from bids_ketamine.cli.workflow import write_run_records
 from bids_ketamine.config import KETAMINE7_ROIS, OFFLINE_TEMPLATE, Config
+from bids_ketamine.workflows.base import init_bids_ketamine_wf
 
 try:  # tests/ is not a package: pytest puts it on sys.path (rootdir-relative imports)
     from browser import chromium_available, open_in_chromium
@@ -186,10 +190,14 @@ def make_participant_tree(root: Path, *, full: bool = True, subject: str = SUBJE
     if full:
         mid_b0 = (900 * gm + 600 * wm + 1500 * csf) * mask
         _save(mid_b0, affine, sub_dir / "dwi" / f"sub-{subject}_space-midpoint_desc-b0_dwiref.nii.gz")
-        config = Config(bids_dir=Path("/data/bids"), output_dir=root, analysis_level="participant",
+        # the run's records (options, methods text) written as a run writes them, from the graph
+        # built for small header-only inputs
+        raw = root.parent / f"raw-{subject}"
+        config = Config(bids_dir=raw, output_dir=root, analysis_level="participant", work_dir=root.parent / "work",
                         template=OFFLINE_TEMPLATE, degibbs=True)
-        (sub_dir / "log").mkdir(parents=True, exist_ok=True)
-        (sub_dir / "log" / "config.json").write_text(config.to_json())
+        series = [header_only_series(raw, session, subject) for session in sessions]
+        workflow, _, _ = init_bids_ketamine_wf(config, {subject: series})
+        write_run_records(workflow, config, [subject])
     return root
 
 
@@ -382,20 +390,22 @@ def test_methods_cite_the_tools(participant_reports):
     assert "Fadnavis" not in methods
 
 
-def test_methods_read_the_recorded_options_through_config(tmp_path):
-    """An option the record lacks takes the run's default (Config), not a report default."""
+def test_methods_are_the_text_of_the_graph_that_ran(tmp_path):
+    """The Methods section shows the recorded methods text of the workflow built (its options),
+    citations numbered; without the record it says so."""
     from bids_ketamine.reports import build_participant_report
 
     root = make_participant_tree(tmp_path / "derivatives", full=True, subject="03")
-    config_file = root / "sub-03" / "log" / "config.json"
-    recorded = json.loads(config_file.read_text())
-    del recorded["csf_md_threshold"]
-    recorded["gm_threshold"] = 0.4
-    config_file.write_text(json.dumps(recorded))
     text = build_participant_report(root, "03").read_text()
     methods = text[text.index('id="methods"'):text.index('id="about"')]
-    assert f"MD above {Config.default('csf_md_threshold'):g} um" in methods
-    assert "grey-matter probability" in methods and "below 0.4 " in methods
+    assert f"MD above {Config.default('csf_md_threshold'):g} µm²/ms" in methods
+    assert f"was below {Config.default('gm_threshold'):g} were excluded as not grey matter" in methods
+    assert "The voxel selection was shared by the participant" in methods
+    assert "Gibbs ringing" in methods and "[@" not in methods
+    (root / "sub-03" / "log" / "methods.md").unlink()
+    text = build_participant_report(root, "03").read_text()
+    methods = text[text.index('id="methods"'):text.index('id="about"')]
+    assert "Methods text: not available" in methods and "sub-03/log/methods.md" in methods
 
 
 def test_registration_check_without_template_files(tmp_path, monkeypatch):

@@ -7,42 +7,23 @@ participant from small header-only inputs and checks which nodes exist and how t
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
+from header_series import header_only_series
 from nipype.interfaces.base import File
 from nipype.pipeline.engine.utils import generate_expanded_graph
 
 from bids_ketamine import derivatives
-from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
 from bids_ketamine.interfaces.registration import REGISTRATION_FIELDS
 from bids_ketamine.workflows.base import init_bids_ketamine_wf
-
-BVALS = np.array([0, 1000, 1000, 1000, 1000, 1000, 1000])
-
-
-def _series(root: Path, session: str, **entities: str) -> DwiSeries:
-    folder = root / "sub-01" / f"ses-{session}" / "dwi"
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = "_".join(["sub-01", f"ses-{session}"] + [f"{k[:3]}-{v}" for k, v in entities.items()])
-    dwi = folder / f"{stem}_dwi.nii.gz"
-    nib.Nifti1Image(np.zeros((6, 6, 6, BVALS.size), np.int16), np.diag([3.0, 3, 3, 1])).to_filename(dwi)
-    bval, bvec = dwi.with_name(f"{stem}_dwi.bval"), dwi.with_name(f"{stem}_dwi.bvec")
-    bval.write_text(" ".join(map(str, BVALS)) + "\n")
-    np.savetxt(bvec, np.vstack([np.zeros(BVALS.size), np.ones(BVALS.size), np.zeros(BVALS.size)]))
-    return DwiSeries(subject="01", session=session, dwi=dwi, bval=bval, bvec=bvec,
-                     entities=dict(entities), fit_bval=1000.0)
-
 
 CASES = list(itertools.product(("mppca", "none"), (True, False), (0.5, None), (1, 2)))
 
 
 @pytest.mark.parametrize("denoise, longitudinal, gm_threshold, n_sessions", CASES)
 def test_participant_graph(tmp_path, denoise, longitudinal, gm_threshold, n_sessions):
-    series = [_series(tmp_path / "bids", session) for session in ("pre", "post")[:n_sessions]]
+    series = [header_only_series(tmp_path / "bids", session) for session in ("pre", "post")[:n_sessions]]
     config = Config(bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", analysis_level="participant",
                     work_dir=tmp_path / "work", denoise=denoise, longitudinal=longitudinal,
                     gm_threshold=gm_threshold)

@@ -2,7 +2,8 @@
 
 The graph is built by :func:`bids_ketamine.workflows.base.init_bids_ketamine_wf` (wiring only);
 this module decides how it runs (plugin and its arguments, crash files, resource monitor, the
-progress display), records the options of the run (``sub-<s>/log/config.json``) and checks
+progress display), records the options of the run (``sub-<s>/log/config.json``) and the
+methods text of the graph built (``sub-<s>/log/methods.md``), and checks
 afterwards that every series wrote its ROI table.
 """
 
@@ -15,7 +16,7 @@ import time
 
 from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
-from bids_ketamine.derivatives import config_path
+from bids_ketamine.derivatives import config_path, methods_path
 from bids_ketamine.errors import InputError
 from bids_ketamine.utils.atomic import atomic_write_text
 from bids_ketamine.utils.progress import display_options
@@ -24,6 +25,18 @@ from bids_ketamine.workflows.base import init_bids_ketamine_wf, preflight
 from bids_ketamine.workflows.outputs import output_path
 
 LOGGER = logging.getLogger("bids_ketamine.workflows.base")
+
+
+def write_run_records(workflow, config: Config, subjects: list[str]) -> None:
+    """Record, per participant, the options of the run (``log/config.json``) and the methods text
+    of the workflow built for it (``log/methods.md``: the ``__desc__`` of every sub-workflow,
+    :meth:`~bids_ketamine.workflows.literate.LiterateWorkflow.visit_desc`)."""
+    for subject in subjects:
+        record = config_path(config.output_dir, subject)
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, config.to_json() + "\n")
+        atomic_write_text(methods_path(config.output_dir, subject),
+                          workflow.get_node(f"sub_{subject}_wf").visit_desc() + "\n")
 
 
 def run_participant_workflows(config: Config, series_by_subject: dict[str, list[DwiSeries]]) -> list[str]:
@@ -66,10 +79,7 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
         if config.mem_gb:
             plugin_args.setdefault("memory_gb", config.mem_gb)
         plugin_args.setdefault("raise_insufficient", False)
-    for subject in usable:
-        record = config_path(config.output_dir, subject)
-        record.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(record, config.to_json() + "\n")
+    write_run_records(workflow, config, list(usable))
     LOGGER.info("Template %s (%s), atlas %s; running %d participant(s) with %s",
                 template.name, template.source, atlas.name, len(usable), config.plugin)
     started = time.time()

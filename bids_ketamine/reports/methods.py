@@ -1,19 +1,21 @@
-"""The methods paragraphs of the reports, from the options the run recorded.
+"""The methods paragraphs of the reports.
 
-The group report's Methods section (:func:`group_methods`) is built from ``models.json``.
-
-The paragraph follows the participant workflow (:mod:`bids_ketamine.workflows.base`): one
-sentence per step that ran, with the options of ``config.json`` (read through
-:class:`~bids_ketamine.config.Config`) and the references of :mod:`.references`.
+The participant report's Methods section (:func:`participant_methods`) is the methods text of
+the workflow that ran: each factory of :mod:`bids_ketamine.workflows` states what it does in
+its ``__desc__``, :mod:`bids_ketamine.cli.workflow` records the text of the graph it built, and
+this module numbers its citations (:mod:`.references`).  The group report's Methods section
+(:func:`group_methods`) is built from ``models.json``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from bids_ketamine import __version__
+from bids_ketamine.derivatives import methods_path
 from bids_ketamine.reports.collect import ParticipantOutputs, read_json
 from bids_ketamine.reports.html import Section, details, escape, key_value_table, not_available
 from bids_ketamine.reports.references import (
@@ -25,99 +27,47 @@ from bids_ketamine.reports.references import (
 )
 
 
-def participant_methods(outputs: ParticipantOutputs, config: dict[str, Any]) -> Section:
-    """The Methods section of one participant's report.
+def participant_methods(outputs: ParticipantOutputs) -> Section:
+    """The Methods section of one participant's report: the methods text of the workflow that
+    ran (``sub-<s>/log/methods.md``, written from the graph by :mod:`bids_ketamine.cli.workflow`),
+    its ``[@key]`` citations numbered.
 
     Parameters
     ----------
     outputs : ParticipantOutputs
         What the participant level wrote.
-    config : dict
-        The run's options (:meth:`Config.to_dict` of the record), empty when not recorded.
     """
-    version = _generated_version(outputs.output_dir) or __version__
-    cite = Citations(version=version)
-    cfg = config
-    n_series, sessions = len(outputs.series), outputs.sessions
-    text = [
-        f"Diffusion MRI of sub-{escape(outputs.subject)} ({n_series} series"
-        + (f" in {len(sessions)} sessions" if sessions else "")
-        + f") was processed with bids_ketamine {escape(version)} {cite('bids_ketamine')}, "
-        f"a BIDS App built on nipype {cite('nipype')}, DIPY {cite('dipy')}, nibabel "
-        f"{cite('nibabel')}, nilearn {cite('nilearn')} and pybids {cite('pybids')}."
-    ]
-    denoise = cfg.get("denoise") or next((s.denoise_model for s in outputs.series
-                                          if s.denoise_model), None)
-    if denoise == "mppca":
-        where = ("in every voxel" if cfg.get("denoise_full_fov") else
-                 "in the brain of the raw series plus a 10 mm margin")
-        text.append(f"Noise was removed by Marchenko-Pastur PCA (MP-PCA) {cite('mppca')} "
-                    f"{where}, before any interpolation.")
-    elif denoise == "patch2self":
-        text.append(f"Noise was removed with Patch2Self {cite('patch2self')} before any "
-                    "interpolation.")
-    elif denoise == "none":
-        text.append("No denoising was applied.")
-    if cfg.get("degibbs"):
-        text.append(f"Gibbs ringing was removed after denoising with the local sub-voxel "
-                    f"shift method {cite('gibbs')}.")
-    if any("motion" in s.files for s in outputs.series):
-        text.append("Head motion was corrected by rigid registration of every volume "
-                    "(b=0 volumes to their mean, diffusion-weighted volumes to a tensor "
-                    "prediction of themselves) and the gradient directions were rotated "
-                    f"with each volume; all volumes were resampled once. Framewise "
-                    f"displacement {cite('power2012')} summarises the motion per volume.")
-    fit = cfg.get("fit_method")
-    text.append(
-        f"The diffusion tensor {cite('dti')} was fitted"
-        + (f" by {escape(str(fit).upper())}" if fit else "")
-        + (f" to b=0 and the shells at or below b = {float(cfg['dti_max_bval']):g} s/mm&sup2;"
-           if cfg.get("dti_max_bval") else "")
-        + _high_shell_clause(outputs.series, cfg.get("dti_max_bval"))
-        + "; diffusivities are reported in um&sup2;/ms."
-    )
-    if len(sessions) >= 2 and cfg.get("longitudinal", True):
-        text.append("Each session was rigidly aligned to a within-subject midpoint space, "
-                    "so that no session is privileged.")
-    spaces = sorted({space for s in outputs.series for space in s.template_maps})
-    space = spaces[0] if spaces else cfg.get("template")
-    if space:
-        refs = template_reference_keys(space)
-        text.append(
-            f"Images were registered to the {escape(space)} template "
-            f"{cite(*refs) if refs else ''} with symmetric diffeomorphic normalisation "
-            f"(SyN) {cite('syn')}."
-        )
-    atlases = sorted({name for s in outputs.series for name in s.atlases}) or (
-        [cfg["atlas"]] if cfg.get("atlas") else [])
-    for atlas in atlases:
-        provenance = atlas_provenance(atlas)
-        keys = atlas_reference_keys(provenance)
-        for number, citation in enumerate(atlas_citations(provenance)):
-            cite.register(f"atlas:{atlas}:{number}", citation)
-            keys.append(f"atlas:{atlas}:{number}")
-        marks = [cite(*keys)] if keys else []
-        source = (" (built from "
-                  + ", ".join(sorted({str(r["source_atlas"]).split(" (")[0]
-                                      for r in provenance.get("ROIs", [])
-                                      if isinstance(r, dict) and r.get("source_atlas")}))
-                  + ")") if provenance and provenance.get("ROIs") else ""
-        text.append(f"Regions of interest of the {escape(atlas)} atlas{escape(source)} "
-                    f"{' '.join(marks)} were mapped into each session's DWI space.")
-    threshold, gm_threshold = cfg.get("csf_md_threshold"), cfg.get("gm_threshold")
-    text.append(
-        (f"Voxels with MD above {float(threshold):g} um&sup2;/ms were excluded as "
-         "CSF-contaminated; " if threshold else "")
-        + (f"voxels whose grey-matter probability (the template's, warped into the session) "
-           f"was below {float(gm_threshold):g} were excluded as not grey matter; "
-           if gm_threshold is not None and cfg else "")
-        + "the mean, median and standard deviation of each tensor parameter were computed "
-        f"per ROI. Group-level models use statsmodels {cite('statsmodels')}."
-    )
-    body = (f'<p class="methods" id="methods-text">{" ".join(text)}</p>'
-            "<p class=\"lead\">This paragraph is generated from the recorded options and may "
-            "be copied into a manuscript.</p><h3>References</h3>" + cite.html())
+    cite = Citations(version=_generated_version(outputs.output_dir) or __version__)
+    record = methods_path(outputs.output_dir, outputs.subject)
+    if not record.is_file():
+        return Section("methods", "Methods", not_available(
+            "Methods text", str(record.relative_to(outputs.output_dir))))
+    text = _CITATION.sub(lambda match: _citation_marks(match.group(1), cite), escape(record.read_text().strip()))
+    body = (f'<p class="methods" id="methods-text">{text}</p>'
+            "<p class=\"lead\">This paragraph is assembled from the workflow that ran (each step's "
+            "description, with the options it was built with) and may be copied into a manuscript."
+            "</p><h3>References</h3>" + cite.html())
     return Section("methods", "Methods", body)
+
+
+#: A citation of a methods text: ``[@key]``, ``[@template:<space>]`` or ``[@atlas:<name>]``.
+_CITATION = re.compile(r" ?\[@([^\]]+)\]")
+
+
+def _citation_marks(key: str, cite: Citations) -> str:
+    """The numbered marks of one ``[@...]`` citation (with its leading space), or nothing."""
+    kind, _, name = key.partition(":")
+    if kind == "template":
+        keys = list(template_reference_keys(name))
+    elif kind == "atlas":
+        provenance = atlas_provenance(name)
+        keys = list(atlas_reference_keys(provenance))
+        for number, citation in enumerate(atlas_citations(provenance)):
+            cite.register(f"atlas:{name}:{number}", citation)
+            keys.append(f"atlas:{name}:{number}")
+    else:
+        keys = [key]
+    return f" {cite(*keys)}" if keys else ""
 
 
 def _generated_version(output_dir: Path) -> str | None:
@@ -127,22 +77,6 @@ def _generated_version(output_dir: Path) -> str | None:
         if isinstance(entry, dict) and entry.get("Version"):
             return str(entry["Version"])
     return None
-
-
-def _high_shell_clause(series, dti_max_bval) -> str:
-    """Methods text for series without a shell at or below ``--dti-max-bval`` (fitted on their
-    lowest shell, as their model sidecar's ``BValuesUsed`` records)."""
-    if not dti_max_bval:
-        return ""
-    above = []
-    for item in series:
-        used = (read_json(item.files.get("tensor_json")) or {}).get("BValuesUsed") or []
-        if used and max(used) > float(dti_max_bval):
-            above.append(f"{escape(item.label)} (b = {max(used):g})")
-    if not above:
-        return ""
-    return (" (series without such a shell were fitted to b=0 and their lowest shell: "
-            + ", ".join(above) + "; their MD is not comparable with lower-b data)")
 
 
 def group_methods(info: dict[str, Any], has_info: bool, cite: Citations) -> Section:

@@ -275,7 +275,7 @@ class _ParticipantReport(SeriesParts):
 
     # ------------------------------------------------------------------ methods
     def _methods_section(self) -> Section:
-        return participant_methods(self.out, self.config)
+        return participant_methods(self.out)
 
     def _about_section(self) -> Section:
         rows = []
