@@ -5,28 +5,39 @@ command line into a frozen :class:`bids_ketamine.config.Config`, checking what c
 checked without opening the dataset.  Errors found here end the program through
 ``parser.error`` (one line, exit status 2), as every argparse program does.
 
-Kept as one module (~640 lines): the whole command line in one place, in the order the public
-contract lists it.
+The argument value types are in :mod:`.arg_types`, the group-level arguments in
+:mod:`.group_args`; the participant-level and execution arguments are here, in the order the
+public contract lists them.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from bids_ketamine import __version__
+from bids_ketamine.cli.arg_types import (
+    bids_filters,
+    config_default,
+    existing_file,
+    fraction_or_none,
+    json_or_file,
+    label_type,
+    positive_float,
+    positive_int,
+    threshold_or_none,
+)
+from bids_ketamine.cli.group_args import add_group_arguments
 from bids_ketamine.config import (
     DEFAULT_REMISSION,
     DENOISE_METHODS,
     FIT_METHODS,
-    ROI_STATISTICS,
     Config,
 )
 from bids_ketamine.derivatives import TENSOR_PARAMS
-from bids_ketamine.utils.labels import bare_label, strip_label  # noqa: F401 (strip_label: API)
+from bids_ketamine.utils.labels import strip_label  # noqa: F401 (strip_label: API)
 
 #: nipype execution plugins accepted by ``--plugin`` (nipype.pipeline.plugins).
 NIPYPE_PLUGINS = (
@@ -45,139 +56,6 @@ NIPYPE_PLUGINS = (
     "OAR",
     "IPython",
 )
-
-
-def _config_default(name: str) -> Any:
-    """The default of a :class:`Config` field (the one source of defaults)."""
-    return Config.default(name)
-
-
-def _label_type(prefix: str):
-    def _parse(value: str) -> str:
-        try:
-            return strip_label(value, prefix)
-        except ValueError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    _parse.__name__ = f"{prefix} label"
-    return _parse
-
-
-def _session_name(value: str) -> str:
-    """A session label as given, without its ``ses-`` prefix (checked against the dataset
-    by the group level, which names the sessions found)."""
-    return bare_label(value, "ses")
-
-
-def _existing_file(value: str) -> Path:
-    path = Path(value).expanduser()
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"file '{value}' does not exist")
-    return path.absolute()
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a whole number") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"'{value}' must be 1 or more")
-    return number
-
-
-def _positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"'{value}' must be greater than 0")
-    return number
-
-
-def _fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
-    if not 0.0 <= number <= 1.0:
-        raise argparse.ArgumentTypeError(f"'{value}' must lie between 0 and 1")
-    return number
-
-
-def _threshold_or_none(value: str) -> float | None:
-    if value.lower() in ("none", "off", "0"):
-        return None
-    return _positive_float(value)
-
-
-def _fraction_or_none(value: str) -> float | None:
-    if value.lower() in ("none", "off"):
-        return None
-    return _fraction(value)
-
-
-def _json_or_file(value: str) -> dict[str, Any]:
-    """Parse ``--plugin-args``: inline JSON, or a JSON/YAML file (fMRIPrep style)."""
-    text = value
-    source = "the command line"
-    if os.path.isfile(value):
-        text = Path(value).read_text()
-        source = value
-    try:
-        parsed = json.loads(text)
-    except json.JSONDecodeError:
-        try:
-            import yaml
-
-            parsed = yaml.safe_load(text)
-        except Exception:  # noqa: BLE001 - any YAML error is the same user error
-            parsed = None
-    if not isinstance(parsed, dict):
-        raise argparse.ArgumentTypeError(
-            f"plugin arguments from {source} are not a JSON or YAML mapping; "
-            'give e.g. \'{"sbatch_args": "--time=2:00:00"}\' or a file holding one'
-        )
-    if "plugin_args" in parsed and isinstance(parsed["plugin_args"], dict):
-        # fMRIPrep's file format: {"plugin": "...", "plugin_args": {...}}
-        parsed = dict(parsed["plugin_args"], **{"_plugin": parsed.get("plugin")})
-    return parsed
-
-
-def _bids_filters(value: str) -> dict[str, Any]:
-    """Read a ``--bids-filter-file`` (pybids/fMRIPrep format: {"dwi": {entity: value}})."""
-    path = _existing_file(value)
-    try:
-        filters = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(
-            f"BIDS filter file '{value}' is not valid JSON ({err.msg} at line {err.lineno})"
-        ) from None
-    if not isinstance(filters, dict) or not all(isinstance(v, dict) for v in filters.values()):
-        raise argparse.ArgumentTypeError(
-            f"BIDS filter file '{value}' must map query names to entity filters, "
-            'e.g. {"dwi": {"acquisition": "ortho"}}'
-        )
-    unknown = set(filters) - {"dwi"}
-    if unknown:
-        raise argparse.ArgumentTypeError(
-            f"BIDS filter file '{value}' names unknown queries {sorted(unknown)}; "
-            "the only query is 'dwi'"
-        )
-    return filters
-
-
-def _remission(value: str) -> tuple[str, float]:
-    name, sep, number = value.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(
-            f"'{value}' is not OUTCOME=THRESHOLD (for example madrs=12)"
-        )
-    try:
-        return name.strip(), float(number)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"threshold in '{value}' is not a number") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,8 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--participant_label",
         dest="participant_label",
         nargs="+",
-        type=_label_type("sub"),
-        default=list(_config_default("participant_label")),
+        type=label_type("sub"),
+        default=list(config_default("participant_label")),
         metavar="LABEL",
         help="participants to process, with or without 'sub-' (default: all)",
     )
@@ -221,15 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--session_label",
         dest="session_label",
         nargs="+",
-        type=_label_type("ses"),
-        default=list(_config_default("session_label")),
+        type=label_type("ses"),
+        default=list(config_default("session_label")),
         metavar="LABEL",
         help="sessions to process, with or without 'ses-' (default: all)",
     )
     sel.add_argument(
         "--bids-filter-file",
         dest="bids_filters",
-        type=_bids_filters,
+        type=bids_filters,
         default=None,
         metavar="FILE",
         help='JSON file of pybids filters for the DWI query, e.g. {"dwi": {"acquisition": "ortho"}}',
@@ -244,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--bids-database-dir",
         type=Path,
-        default=_config_default("bids_database_dir"),
+        default=config_default("bids_database_dir"),
         metavar="DIR",
         help="directory for a pybids database, reused by later runs (faster on large datasets)",
     )
@@ -254,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-w",
         "--work-dir",
         type=Path,
-        default=_config_default("work_dir"),
+        default=config_default("work_dir"),
         metavar="DIR",
         help="nipype working directory; rerunning with the same one resumes "
         "(default: OUTPUT_DIR/../work or ./work)",
@@ -264,14 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-cpus",
         "--nthreads",
         dest="nprocs",
-        type=_positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         metavar="N",
         help="maximum number of processes run at once by the MultiProc plugin",
     )
     run.add_argument(
         "--omp-nthreads",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="threads per process for numerical libraries (default: min(nprocs, 8))",
@@ -280,20 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem-gb",
         "--mem_gb",
         dest="mem_gb",
-        type=_positive_float,
-        default=_config_default("mem_gb"),
+        type=positive_float,
+        default=config_default("mem_gb"),
         metavar="GB",
         help="upper bound on memory used by the MultiProc plugin (default: all available)",
     )
     run.add_argument(
         "--plugin",
         choices=NIPYPE_PLUGINS,
-        default=_config_default("plugin"),
+        default=config_default("plugin"),
         help="nipype execution plugin; SLURM/SLURMGraph/SGE/PBS hand nodes to a scheduler",
     )
     run.add_argument(
         "--plugin-args",
-        type=_json_or_file,
+        type=json_or_file,
         default=None,
         metavar="JSON|FILE",
         help="arguments for the plugin, as inline JSON or a JSON/YAML file "
@@ -320,14 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--verbose",
         dest="verbosity",
         action="count",
-        default=_config_default("verbosity"),
+        default=config_default("verbosity"),
         help="more log messages (-vv for debugging) and a progress line per finished node group",
     )
     run.add_argument(
         "-q",
         "--quiet",
         action="store_true",
-        default=_config_default("quiet"),
+        default=config_default("quiet"),
         help="no progress display and only warnings and errors in the log",
     )
 
@@ -335,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--denoise",
         choices=DENOISE_METHODS,
-        default=_config_default("denoise"),
+        default=config_default("denoise"),
         help="denoising before any interpolation: MP-PCA (Veraart 2016), Patch2Self, or none",
     )
     prep.add_argument(
@@ -353,27 +231,27 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument(
         "--fit-method",
         choices=FIT_METHODS,
-        default=_config_default("fit_method"),
+        default=config_default("fit_method"),
         help="tensor fitting method",
     )
     prep.add_argument(
         "--b0-threshold",
         type=float,
-        default=_config_default("b0_threshold"),
+        default=config_default("b0_threshold"),
         metavar="B",
         help="b-values at or below this count as b=0 (s/mm^2)",
     )
     prep.add_argument(
         "--dti-max-bval",
-        type=_positive_float,
-        default=_config_default("dti_max_bval"),
+        type=positive_float,
+        default=config_default("dti_max_bval"),
         metavar="B",
         help="fit the tensor to b=0 and shells at or below this b-value (s/mm^2)",
     )
     prep.add_argument(
         "--combine-runs",
         choices=["separate", "average"],
-        default=_config_default("combine_runs"),
+        default=config_default("combine_runs"),
         help="with several DWI runs (run-<n>, same acq-/dir-) in a session: 'separate' "
         "processes each run as its own series (one ROI table per run); 'average' denoises each "
         "run, joins them, motion-corrects every volume to one reference and fits one tensor to "
@@ -383,38 +261,38 @@ def build_parser() -> argparse.ArgumentParser:
     reg = parser.add_argument_group("Participant level: templates, atlases and ROIs")
     reg.add_argument(
         "--template",
-        default=_config_default("template"),
+        default=config_default("template"),
         metavar="NAME",
         help="template space (TemplateFlow name). Without TemplateFlow files, the "
         "nilearn-shipped MNI152NLin2009aSym is used and recorded",
     )
     reg.add_argument(
         "--atlas",
-        default=_config_default("atlas"),
+        default=config_default("atlas"),
         metavar="NAME|FILE",
         help="ROI set: 'ketamine7' (7 ROIs of the reference study) or a NIfTI label image "
         "in template space with a TSV of labels (see --atlas-labels)",
     )
     reg.add_argument(
         "--atlas-labels",
-        type=_existing_file,
-        default=_config_default("atlas_labels"),
+        type=existing_file,
+        default=config_default("atlas_labels"),
         metavar="TSV",
         help="labels of a user atlas: columns 'index' and 'name' (default: the atlas "
         "path with .tsv)",
     )
     reg.add_argument(
         "--csf-md-threshold",
-        type=_threshold_or_none,
-        default=_config_default("csf_md_threshold"),
+        type=threshold_or_none,
+        default=config_default("csf_md_threshold"),
         metavar="MD|none",
         help="exclude ROI voxels whose MD exceeds this (um^2/ms) as CSF-contaminated "
         "(healthy grey matter is 0.7-0.9, CSF 3.0); 'none' keeps every voxel",
     )
     reg.add_argument(
         "--gm-threshold",
-        type=_fraction_or_none,
-        default=_config_default("gm_threshold"),
+        type=fraction_or_none,
+        default=config_default("gm_threshold"),
         metavar="P|none",
         help="keep ROI voxels whose grey-matter probability (the template's, warped into the "
         "session) is at least P; 'none' keeps white matter and CSF inside the atlas labels",
@@ -427,136 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
         "within-subject midpoint space (not recommended: biased change)",
     )
 
-    grp = parser.add_argument_group("Group level")
-    grp.add_argument(
-        "--roi-statistic",
-        choices=list(ROI_STATISTICS),
-        default=_config_default("roi_statistic"),
-        help="ROI summary of each session entering the models: the median or mean of the ROI's "
-        "voxels, their grey-matter-fraction-weighted mean (gm_weighted_mean), the grey-matter "
-        "MD of the tissue-mixture fit (pv_gm), or the mean/median weighted by each voxel's "
-        "grey-matter volume fraction of the ROI (roi_gm_weighted_mean, roi_gm_weighted_median); "
-        "see docs/participant.md (default: %(default)s)",
-    )
-    grp.add_argument(
-        "--baseline-session",
-        type=_label_type("ses"),
-        default=_config_default("baseline_session"),
-        metavar="LABEL",
-        help="baseline session label (default: earliest by acq_time in sessions.tsv, else by label)",
-    )
-    grp.add_argument(
-        "--followup-session",
-        type=_label_type("ses"),
-        default=_config_default("followup_session"),
-        metavar="LABEL",
-        help="follow-up session label (default: the other/latest session)",
-    )
-    grp.add_argument(
-        "--outcome-sessions",
-        nargs="+",
-        type=_session_name,
-        default=_config_default("outcome_sessions"),
-        metavar="LABEL",
-        help="sessions at which outcome change, percent improvement, response and remission "
-        "are computed, one set of models each (default: the follow-up session)",
-    )
-    grp.add_argument(
-        "--outcome-baseline-session",
-        type=_session_name,
-        default=_config_default("outcome_baseline_session"),
-        metavar="LABEL",
-        help="session the outcomes are compared with (default: the baseline session)",
-    )
-    grp.add_argument(
-        "--sessions",
-        nargs="+",
-        type=_session_name,
-        default=_config_default("sessions"),
-        metavar="LABEL",
-        help="order of more than two sessions, earliest first (default: by acq_time in "
-        "sessions.tsv); sessions not listed are ignored",
-    )
-    grp.add_argument(
-        "--group-column",
-        default=_config_default("group_column"),
-        metavar="COLUMN",
-        help="participants.tsv column holding the arm",
-    )
-    grp.add_argument(
-        "--treatment-label",
-        default=_config_default("treatment_label"),
-        metavar="VALUE",
-        help="value of the group column for the treatment arm (treatment = 1)",
-    )
-    grp.add_argument(
-        "--control-label",
-        default=_config_default("control_label"),
-        metavar="VALUE",
-        help="value of the group column for the control arm (default: the other value)",
-    )
-    grp.add_argument(
-        "--outcomes",
-        nargs="+",
-        default=_config_default("outcomes"),
-        metavar="COLUMN",
-        help="per-session clinical scores (default: those of madrs, qids_sr present)",
-    )
-    grp.add_argument(
-        "--covariates",
-        nargs="*",
-        default=_config_default("covariates"),
-        metavar="COLUMN",
-        help="model covariates (default: baseline outcome score, age, sex where present): "
-        "participants.tsv columns, <outcome>_baseline or <outcome>_change of another "
-        "per-session score; give the option with no value for none",
-    )
-    grp.add_argument(
-        "--params",
-        nargs="+",
-        default=list(_config_default("params")),
-        metavar="PARAM",
-        help="predictors: tensor parameters (md, fa, ad, rd) or any numeric per-session "
-        "column (e.g. a plasma metabolite)",
-    )
-    grp.add_argument(
-        "--min-coverage",
-        type=_fraction,
-        default=_config_default("min_coverage"),
-        metavar="FRACTION",
-        help="drop a participant's ROI from the models when its coverage is below this",
-    )
-    grp.add_argument(
-        "--response-threshold",
-        type=_positive_float,
-        default=_config_default("response_threshold"),
-        metavar="PERCENT",
-        help="response = at least this percent improvement from baseline",
-    )
-    grp.add_argument(
-        "--remission-threshold",
-        dest="remission_thresholds",
-        nargs="+",
-        type=_remission,
-        default=None,
-        metavar="OUTCOME=SCORE",
-        help="remission = score at or below the threshold "
-        f"(default: {' '.join(f'{k}={v:g}' for k, v in DEFAULT_REMISSION.items())})",
-    )
-    grp.add_argument(
-        "--n-permutations",
-        type=int,
-        default=_config_default("n_permutations"),
-        metavar="N",
-        help="permutations for the p-value of the cross-validated prediction (0: skip)",
-    )
-    grp.add_argument(
-        "--seed",
-        type=int,
-        default=_config_default("seed"),
-        metavar="S",
-        help="random seed for the cross-validation and permutations",
-    )
+    add_group_arguments(parser)
     return parser
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bids_ketamine import __version__
-from bids_ketamine.cli.parser import _positive_int as positive_int
+from bids_ketamine.cli.arg_types import positive_int
 from bids_ketamine.simulate.trial import TrialDesign
 from bids_ketamine.utils.labels import bare_label
 

@@ -394,7 +394,9 @@ def register_to_template(
     moving_img = as_volume(moving_img, "moving_img")
     template_img = as_volume(template_img, "template_img")
     moving = float_data(moving_img)
-    static = float_data(template_img)
+    # C order, as template_b0_contrast returns it: the last bits of DIPY's SyN depend on the
+    # memory order, and a template read from a file is in NIfTI's (Fortran) order
+    static = np.ascontiguousarray(float_data(template_img))
     moving_mask = moving > 0 if moving_mask is None else np.asarray(
         as_volume(moving_mask, "moving_mask").dataobj) > 0
     static_mask = static > 0 if template_mask is None else np.asarray(
