@@ -35,7 +35,7 @@ cross-correlation metric, both on brain-masked images.  The default fixed image 
 than white) image synthesised from the template's tissue probability maps at the working
 resolution (2.5 mm), because a DWI b=0 does not look like a T1w image.
 
-Kept as one module (~400 lines): the template contrast and the template registration (affine,
+Kept as one module (~440 lines): the template contrast and the template registration (affine,
 SyN, saving and loading the mapping) that uses it.  The midpoint space is computed in
 :mod:`bids_ketamine.dwi.midpoint` (re-exported here), the image and grid helpers both use in
 :mod:`bids_ketamine.dwi.worldgrid`.

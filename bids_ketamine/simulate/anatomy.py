@@ -14,6 +14,9 @@ At acquisition resolution, tissue *fractions* come from supersampling: each outp
 split into ``n x n x n`` points (``n`` = voxel size / template voxel size), each point is
 mapped into template space and takes the nearest template label; fractions are the counts
 divided by ``n**3``, so partial volume arises as it does in a scanner.
+
+Kept as one module (~460 lines): the simulated anatomy (labels, fibre orientation, partial
+volume) is one packed template-space representation shared by all three steps.
 """
 
 from __future__ import annotations

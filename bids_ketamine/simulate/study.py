@@ -9,6 +9,9 @@ calls it).  Layout of what it writes::
       sub-<s>/ses-<t>/dwi/sub-<s>_ses-<t>_dwi.nii.gz (.bval .bvec .json)
       sourcedata/simulation/truth.json  truth.tsv
       sourcedata/simulation/sub-<s>/ses-<t>/   truth maps on the session's grid (see below)
+
+Kept as one module (~475 lines): the entry point that writes the dataset and its ground truth,
+whose files must agree with each other.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ Generative model (documented in docs/simulation.md and recorded in truth.json):
   the ``change`` of the group level's change.tsv).  The follow-up score is
   ``clip(round(baseline + change), 0, scale_max)``.  ``--null`` sets every md and interaction
   coefficient to 0.
+
+Kept as one module (~440 lines): the generative model of the trial in one place, as
+docs/simulation.md and truth.json describe it (design, MD changes, clinical model).
 """
 
 from __future__ import annotations
