@@ -51,21 +51,23 @@ def positive_int(value: str) -> int:
     return number
 
 
-def positive_float(value: str) -> float:
+def as_number(value: str) -> float:
+    """A number (``'<value>' is not a number`` otherwise)."""
     try:
-        number = float(value)
+        return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
+
+
+def positive_float(value: str) -> float:
+    number = as_number(value)
     if number <= 0:
         raise argparse.ArgumentTypeError(f"'{value}' must be greater than 0")
     return number
 
 
 def fraction(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{value}' is not a number") from None
+    number = as_number(value)
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"'{value}' must lie between 0 and 1")
     return number

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bids_ketamine import __version__
-from bids_ketamine.cli.arg_types import positive_int
+from bids_ketamine.cli.arg_types import as_number, positive_int
 from bids_ketamine.simulate.trial import TrialDesign
 from bids_ketamine.utils.labels import bare_label
 
@@ -40,10 +40,7 @@ def _ratio(text: str) -> tuple:
 
 
 def _finite(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    value = as_number(text)
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"'{text}' is not a finite number")
     return value
