@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -10,9 +12,11 @@ import pytest
 from scipy import ndimage
 
 from bids_ketamine.dwi.registration import (
+    CONVENTIONS,
     TemplateRegistration,
     midpoint_space,
     register_to_template,
+    sidecar_path,
     template_b0_contrast,
 )
 from bids_ketamine.dwi.rigid import matrix_power_half, params_to_matrix, resample, rotation_angle
@@ -178,6 +182,12 @@ def test_register_to_template_recovers_labels(template_case, tmp_path):
     np.testing.assert_array_equal(
         loaded.from_template(case["labels"], case["subject"], order=0).get_fdata(), back
     )
+    # as the workflow passes it: three files, each with a sidecar stating its convention
+    from_files = TemplateRegistration.from_files(paths["affine"], paths["warp"], paths["invwarp"])
+    np.testing.assert_array_equal(from_files.mapping.forward, loaded.mapping.forward)
+    for key in ("affine", "warp", "invwarp"):
+        sidecar = json.loads(Path(sidecar_path(paths[key])).read_text())
+        assert sidecar["Convention"] == CONVENTIONS[key]
     affine = np.loadtxt(paths["affine"])
     field = np.asarray(nib.load(paths["warp"]).dataobj)[:, :, :, 0, :]
     tpl = case["template"]

@@ -129,3 +129,57 @@ def _trace(edges, node: str, field: str) -> tuple[str, str]:
 def _pairs(connections):
     """Connections as (source field, destination field), a connection function dropped."""
     return {(src[0] if isinstance(src, tuple) else src, dst) for src, dst in connections}
+
+
+def test_longitudinal_wf_wiring():
+    """init_longitudinal_wf: the midpoint of the series' b=0 images, registered to the template's
+    contrast; the outputs are the rigid transforms and the registration files."""
+    from bids_ketamine.workflows.longitudinal import init_longitudinal_wf
+
+    workflow = init_longitudinal_wf(3, template="MNI152NLin2009cAsym")
+    edges = _edges(workflow._graph)
+    assert set(workflow.get_node("inputnode").inputs.copyable_trait_names()) == {
+        "b0_files", "mask_files", "template_b0_file"}
+    assert _pairs(edges[("inputnode", "midpoint")]) == {("b0_files", "b0_files"), ("mask_files", "mask_files")}
+    assert _pairs(edges[("inputnode", "template_registration")]) == {("template_b0_file", "fixed_file")}
+    assert _pairs(edges[("template_registration", "outputnode")]) == {(f, f) for f in REGISTRATION_FIELDS}
+    assert ("xfm_files", "xfm_files") in _pairs(edges[("midpoint", "outputnode")])
+    assert "3 series" in workflow.visit_desc() and "midpoint" in workflow.visit_desc()
+    assert "midpoint" not in init_longitudinal_wf(1, template="MNI152NLin2009cAsym").visit_desc()
+
+
+@pytest.mark.parametrize("gm_threshold", [0.5, None])
+def test_roi_wf_wiring(tmp_path, gm_threshold):
+    """init_roi_wf: one shared selection for all series; per series the atlas (and, restricted
+    to grey matter, the tissue maps and ROI weights) warped in with that series' transforms."""
+    from bids_ketamine.workflows.roi import SERIES_FIELDS, init_roi_wf
+
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant",
+                    gm_threshold=gm_threshold)
+    keys = ["a", "b"]
+    files = {name: tmp_path / name for name in ("atlas.nii.gz", "labels.tsv", "gm.nii.gz", "wm.nii.gz", "csf.nii.gz")}
+    for path in files.values():
+        path.touch()  # the interfaces check that their fixed inputs exist
+    workflow = init_roi_wf(config, keys, atlas_file=str(files["atlas.nii.gz"]), labels_file=str(files["labels.tsv"]),
+                           atlas_name="x", gm_file=str(files["gm.nii.gz"]), wm_file=str(files["wm.nii.gz"]),
+                           csf_file=str(files["csf.nii.gz"]))
+    edges = _edges(workflow._graph)
+    names = {node.name for node in workflow._graph.nodes()}
+    assert sum(name == "shared_selection" for name in names) == 1
+    for index, key in enumerate(keys):
+        warped = {"atlas", "gm", "wm", "csf"} if gm_threshold is not None else {"atlas"}
+        assert {name.split("_to_native")[0] for name in names if name.endswith(f"_to_native_{key}")} == warped
+        assert (f"roi_weights_{key}" in names) == (gm_threshold is not None)
+        for tissue in warped:
+            connections = edges[("inputnode", f"{tissue}_to_native_{key}")]
+            picked = {src[0]: src[2] for src, _ in connections if isinstance(src, tuple)}
+            assert picked == {"xfm_files": (index,), "b0_files": (index,)}  # this series' transform and grid
+            assert {(f, f) for f in REGISTRATION_FIELDS} <= _pairs(connections)
+        statistics = {dst: src for src, dst in edges[("inputnode", f"roistats_{key}")]}
+        assert {field[:-1] for field in SERIES_FIELDS if field[:-6] in ("mask", "fa", "md", "ad", "rd")} \
+            == set(statistics)
+        assert all(src[2] == (index,) for src in statistics.values())
+        assert ("out_file", f"in{index + 1}") in edges[(f"roistats_{key}", "merge_roistats")]
+    methods = workflow.visit_desc()
+    assert ("grey-matter probability" in methods) == (gm_threshold is not None)
+    assert "The voxel selection was shared by the participant's sessions" in methods
