@@ -80,6 +80,13 @@ def test_participant_graph(tmp_path, denoise, longitudinal, gm_threshold, n_sess
         assert ("out_file", f"in{position + 1}") in edges[(f"{roi}.roistats_{key}", f"{roi}.merge_roistats")]
         ((source, sink_field),) = edges[(f"{roi}.merge_roistats", f"derivatives_{key}_wf.ds_roistats_file")]
         assert (source[0], source[2], sink_field) == ("out", (position,), "in_file")
+        # each sink gets this series' file, through the lists of the sub-workflows
+        sink = f"derivatives_{key}_wf.ds_{{}}"
+        assert _trace(edges, sink.format("dseg_file"), "in_file") == (f"{roi}.atlas_to_native_{key}", "out_file")
+        assert _trace(edges, sink.format("roistats_file"), "in_file") == (f"{roi}.roistats_{key}", "out_file")
+        for param in ("fa", "md"):
+            assert _trace(edges, sink.format(f"tpl_{param}_file"), "in_file") == (
+                f"template_maps{suffix}_wf.maps_to_template_{key}", "out_files")
         # the participant's shared voxel selection feeds every series' statistics
         shared = _pairs(edges[(f"{roi}.shared_selection", f"{roi}.roistats_{key}")])
         assert {("shared_md_files", "shared_md_file"), ("shared_mask_files", "shared_mask_file")} <= shared

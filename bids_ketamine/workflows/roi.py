@@ -67,6 +67,7 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
         (merge_tables, outputnode, [("out", "roistats_files")]),
         (merge_dseg, outputnode, [("out", "dseg_files")]),
     ])
+    # template-space images brought into each series' grid: (file, interpolation order)
     template_inputs = {"atlas": (atlas_file, 0)}
     if gm_restricted:
         template_inputs["gm"] = (gm_file, 1)
@@ -93,16 +94,17 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
             to_native = pe.Node(WarpFromTemplate(in_file=path, order=order),
                                 name=f"{tissue}_to_native_{key}", mem_gb=1.0)
             warps.append(to_native)
-            field = "dseg_file" if tissue == "atlas" else f"{tissue}_file"
-            workflow.connect([(to_native, roistats, [("out_file", field)])])
+            if tissue == "atlas":  # labels (nearest neighbour): also an output of the series
+                workflow.connect([(to_native, roistats, [("out_file", "dseg_file")]),
+                                  (to_native, merge_dseg, [("out_file", f"in{index + 1}")])])
+            else:
+                workflow.connect([(to_native, roistats, [("out_file", f"{tissue}_file")])])
         if gm_restricted:
             # each ROI's grey-matter volume fraction per voxel (roi_gm_weighted_mean/median)
             roi_weights = pe.Node(ROIWeights(atlas_file=atlas_file, gm_file=gm_file, labels_file=labels_file),
                                   name=f"roi_weights_{key}", mem_gb=2.0)
             warps.append(roi_weights)
             workflow.connect([(roi_weights, roistats, [("out_file", "roi_weights_file")])])
-        dseg = workflow.get_node(f"atlas_to_native_{key}")
-        workflow.connect([(dseg, merge_dseg, [("out_file", f"in{index + 1}")])])
         for node in warps:
             workflow.connect([
                 (inputnode, node, [(("xfm_files", pick, index), "rigid_file")]
