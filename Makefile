@@ -24,13 +24,13 @@ system-deps:
 
 test: system-deps
 	$(PYTHON) -m pip install -q -e '.[test]'
-	$(PYTHON) -m pytest -m "(slow or not slow) and not container" -p no:cacheprovider -n 2 --dist loadfile --durations=25
+	$(PYTHON) -m pytest -m "slow or not slow" -p no:cacheprovider -n 2 --dist loadfile --durations=25
 
 test-fast:
 	$(PYTHON) -m pytest
 
-# The container test: builds the Docker image with buildah (base from mmdebstrap) and runs it;
-# needs root, Debian's mirror and PyPI (docs/hpc.md, "The container test"). Not part of
-# `make test` yet: a cold build adds several minutes to a suite at its 30-minute budget.
+# The container test alone (it is part of `make test` too): builds the Docker image with buildah
+# (base from mmdebstrap) and runs it; needs root, Debian's mirror and PyPI (docs/hpc.md,
+# "The container test").
 test-container: system-deps
 	$(PYTHON) -m pytest -m container -p no:cacheprovider -s tests/test_container.py

@@ -19,6 +19,7 @@ from bids_ketamine.config import Config
 from bids_ketamine.derivatives import config_path, methods_path
 from bids_ketamine.errors import InputError
 from bids_ketamine.utils.atomic import atomic_write_text
+from bids_ketamine.utils.multiproc import MultiProcPlugin
 from bids_ketamine.utils.progress import display_options
 from bids_ketamine.utils.workflow_progress import CALLBACK_PLUGINS, WorkflowProgress, expected_nodes
 from bids_ketamine.workflows.base import init_bids_ketamine_wf, preflight
@@ -94,7 +95,10 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
         progress = WorkflowProgress(expected_nodes(workflow), **display)
         plugin_args["status_callback"] = progress
     try:
-        workflow.run(plugin=config.plugin, plugin_args=plugin_args)
+        # MultiProc through our subclass: nipype's spends a core on garbage collection
+        plugin = (MultiProcPlugin(plugin_args=plugin_args) if config.plugin == "MultiProc"
+                  else config.plugin)
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
     except RuntimeError as err:
         LOGGER.error("Some nodes failed: %s", str(err).splitlines()[0])
         if config.stop_on_first_crash:
