@@ -130,7 +130,8 @@ def tissue_fractions(t1w, mask, *, pure_posterior: float = 0.9,
         raise ValueError(f"pure_posterior must lie in (0.5, 1], got {pure_posterior}")
     img = checked_volume(t1w)
     inside = _mask_array(mask, img)
-    posteriors = atropos_posteriors(img, inside.astype(np.uint8), mrf_weight=mrf_weight)
+    posteriors = atropos_posteriors(img, nib.Nifti1Image(inside.astype(np.uint8), img.affine),
+                                    mrf_weight=mrf_weight)
     data = np.asanyarray(img.dataobj, dtype=np.float32)
     means = {}
     for name in TISSUE_NAMES:
