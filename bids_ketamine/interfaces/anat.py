@@ -88,8 +88,32 @@ class WithinSubjectTemplate(SimpleInterface):
         return runtime
 
 
+class _RoughMaskInputSpec(BaseInterfaceInputSpec):
+    t1w_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+
+
+class _RoughMaskOutputSpec(TraitedSpec):
+    mask_file = File(exists=True, desc="brain-sized region of the T1w")
+
+
+class RoughBrainMask(SimpleInterface):
+    """Brain region from morphology (:func:`bids_ketamine.anat.brain_mask.rough_brain_mask`)."""
+
+    input_spec = _RoughMaskInputSpec
+    output_spec = _RoughMaskOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.anat.brain_mask import rough_brain_mask
+
+        mask = rough_brain_mask(self.inputs.t1w_file)
+        self._results["mask_file"] = str(atomic_write_nifti(mask, Path(runtime.cwd) /
+                                                            "rough_brain_mask.nii.gz"))
+        return runtime
+
+
 class _RegistrationInputSpec(_ThreadsInputSpec):
     t1w_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+    t1w_mask = File(exists=True, desc="brain region of the T1w (the T1w is cut to it)")
     template_t1w = File(exists=True, mandatory=True, desc="template T1w (fixed)")
     template_mask = File(exists=True, desc="template brain mask (metric region)")
     space = traits.Str(mandatory=True, desc="template space name (sidecar)")
@@ -118,7 +142,8 @@ class TemplateRegistration(SimpleInterface):
         prefix = Path(runtime.cwd) / f"from-T1w_to-{self.inputs.space}_"
         mask = self.inputs.template_mask or None
         xfm = register_to_template(self.inputs.t1w_file, self.inputs.template_t1w, str(prefix),
-                                   template_mask=mask, transform=self.inputs.transform)
+                                   template_mask=mask, t1w_mask=self.inputs.t1w_mask or None,
+                                   transform=self.inputs.transform)
         sidecar = transform_sidecar(xfm, self.inputs.space, str(prefix) + "xfm.json",
                                     transform=self.inputs.transform)
         self._results.update(affine_file=str(xfm.affine), warp_file=str(xfm.warp),

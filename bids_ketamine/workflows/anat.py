@@ -9,6 +9,7 @@ from nipype.pipeline import engine as pe
 from bids_ketamine.config import Config
 from bids_ketamine.interfaces.anat import (
     BiasFieldCorrection,
+    RoughBrainMask,
     TemplateBrainMask,
     TemplateRegistration,
     TissueFractions,
@@ -64,7 +65,8 @@ def init_anat_wf(config: Config, *, n_t1w: int = 1, name: str = "anat_wf"):
         "Anatomical data were processed with ANTsPy: each T1-weighted image was corrected for "
         "intensity non-uniformity (N4); the anatomy was processed once, on "
         f"{sessions}. It was registered to the {template.name} template (affine, then symmetric "
-        "diffeomorphic SyN); the brain was extracted by carrying the template's brain mask into "
+        "diffeomorphic SyN, at 2 mm, after cutting the T1w to a brain-sized region found by "
+        "morphology); the brain was extracted by carrying the template's brain mask into "
         "the T1w through that registration; grey-matter, white-matter and CSF partial-volume "
         "maps came from a three-class Atropos segmentation (k-means initialisation, Markov "
         "random field) with two-compartment intensity mixing in voxels of uncertain class."
@@ -76,6 +78,7 @@ def init_anat_wf(config: Config, *, n_t1w: int = 1, name: str = "anat_wf"):
     n4 = pe.MapNode(BiasFieldCorrection(n_threads=threads), iterfield=["t1w_file"],
                     name="bias_field_correction", n_procs=threads, mem_gb=1.5)
     within = pe.Node(WithinSubjectTemplate(), name="within_subject_template", mem_gb=2.0)
+    rough = pe.Node(RoughBrainMask(), name="rough_brain_mask", mem_gb=1.0)
     register = pe.Node(TemplateRegistration(n_threads=threads, template_t1w=str(template.t1w),
                                             template_mask=str(template.mask), space=template.name),
                        name="template_registration", n_procs=threads, mem_gb=2.0)
@@ -88,7 +91,9 @@ def init_anat_wf(config: Config, *, n_t1w: int = 1, name: str = "anat_wf"):
     workflow.connect([
         (inputnode, n4, [("t1w_files", "t1w_file")]),
         (n4, within, [("corrected_file", "t1w_files")]),
+        (within, rough, [("template_file", "t1w_file")]),
         (within, register, [("template_file", "t1w_file")]),
+        (rough, register, [("mask_file", "t1w_mask")]),
         (within, brain, [("template_file", "t1w_file")]),
         (register, brain, xfm_fields),
         (within, tissues, [("template_file", "t1w_file")]),
