@@ -135,26 +135,27 @@ def test_anat_workflow_recovers_simulated_tissues(simulated_t1w, tmp_path):
     workflow.base_dir = str(tmp_path / "work")
     workflow.inputs.inputnode.t1w_files = [str(t1w_path)]
     result = workflow.run(plugin="Linear")
-    outputs = {node.name: node for node in result.nodes()}
-    outputnode = outputs["outputnode"].result.outputs
+    # nipype drops the identity outputnode from the executed graph: read the nodes behind it
+    results = {node.name: node.result.outputs for node in result.nodes()}
+    tissues, registration = results["tissue_fractions"], results["template_registration"]
 
     truth = simulated_t1w.anatomy.fractions
     true_brain = sum(truth.values()) > 0.5
-    mask = nib.load(outputnode.brain_mask).get_fdata() > 0
+    mask = nib.load(results["brain_mask"].mask_file).get_fdata() > 0
     dice = 2 * np.sum(mask & true_brain) / (mask.sum() + true_brain.sum())
     assert dice >= 0.95, f"brain mask Dice {dice:.3f}"
     region = mask | true_brain
-    for name, key in (("gm", "gm_probseg"), ("wm", "wm_probseg"), ("csf", "csf_probseg")):
-        estimate = nib.load(getattr(outputnode, key)).get_fdata()
+    for name in ("gm", "wm", "csf"):
+        estimate = nib.load(getattr(tissues, f"{name}_file")).get_fdata()
         error = float(np.mean(np.abs(estimate - truth[name])[region]))
         assert error <= 0.12, f"{name} mean absolute fraction error {error:.3f}"
     # the transforms are written with the sidecar that states their convention
     import json
 
-    sidecar = json.loads(Path(outputnode.template_xfm_sidecar).read_text())
+    sidecar = json.loads(Path(registration.sidecar_file).read_text())
     assert sidecar["ToSpace"] == OFFLINE_TEMPLATE and "LPS" in sidecar["Convention"]
-    for key in ("template_affine", "template_warp", "template_inverse_warp"):
-        assert Path(getattr(outputnode, key)).is_file()
+    for key in ("affine_file", "warp_file", "inverse_warp_file"):
+        assert Path(getattr(registration, key)).name in sidecar["Files"].values()
 
 
 @pytest.mark.slow
@@ -228,3 +229,34 @@ def test_real_t1w_volumes_plausible(tmp_path):
     wm_ml = float(fractions["wm"].get_fdata().sum()) * ml
     assert 500.0 <= gm_ml <= 800.0, f"GM volume {gm_ml:.0f} ml"
     assert 350.0 <= wm_ml <= 700.0, f"WM volume {wm_ml:.0f} ml"
+
+
+@pytest.mark.slow
+def test_simulator_t1w_option_leaves_every_other_file_identical(tmp_path):
+    import hashlib
+
+    from bids_ketamine.simulate import simulate_trial
+    from bids_ketamine.simulate.study import t1w_truth_paths
+
+    def digests(root: Path) -> dict:
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.rglob("*")) if p.is_file()}
+
+    plain = simulate_trial(tmp_path / "plain", n_subjects=1, seed=3, progress=False)
+    with_t1w = simulate_trial(tmp_path / "t1w", n_subjects=1, seed=3, progress=False, t1w=True,
+                              t1w_voxel_mm=2.0)
+    before, after = digests(plain), digests(with_t1w)
+    added = sorted(set(after) - set(before))
+    assert set(before) <= set(after)
+    assert {name: after[name] for name in before} == before
+    assert "sub-01/ses-pre/anat/sub-01_ses-pre_T1w.nii.gz" in added
+    truth = t1w_truth_paths(with_t1w, "01", "post")
+    fractions = {k: nib.load(truth[k]).get_fdata() for k in ("gm", "wm", "csf")}
+    image = nib.load(with_t1w / "sub-01" / "ses-post" / "anat" / "sub-01_ses-post_T1w.nii.gz")
+    assert image.shape == fractions["gm"].shape
+    total = sum(fractions.values())
+    assert total.max() <= 1.0 + 1e-6 and 0.9e6 < total.sum() * 8.0 < 2.2e6  # brain 0.9-2.2 litres
+    # tissue contrast: pure WM brighter than pure GM brighter than pure CSF
+    data = image.get_fdata()
+    means = [np.median(data[fractions[k] > 0.99]) for k in ("csf", "gm", "wm")]
+    assert means[0] < means[1] < means[2]

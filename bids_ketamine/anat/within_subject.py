@@ -45,7 +45,7 @@ def _normalised(img: nib.Nifti1Image) -> nib.Nifti1Image:
     return nib.Nifti1Image(data / max(float(np.median(head)), 1e-12), img.affine)
 
 
-def within_subject_template(t1ws, *, factors=(4, 2), voxel_size: float | None = None
+def within_subject_template(t1ws, *, factors=(8, 4, 2), voxel_size: float | None = None
                             ) -> WithinSubjectTemplate:
     """Unbiased within-subject template of a participant's T1w images.
 
@@ -53,8 +53,9 @@ def within_subject_template(t1ws, *, factors=(4, 2), voxel_size: float | None = 
     ----------
     t1ws : sequence of paths or nibabel images
         One bias-corrected T1w per session (at least one).
-    factors : sequence of int
-        Pyramid factors of the rigid registrations (coarse to fine).
+    factors : sequence of 3 int
+        Pyramid factors of the rigid registrations (coarse to fine; the finest level at
+        half the T1w's resolution is enough for a rigid fit and four times cheaper).
     voxel_size : float, optional
         Voxel size of the template grid (the finest input voxel size by default).
 
