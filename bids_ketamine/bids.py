@@ -415,7 +415,8 @@ def _t1w_preference(entities: dict[str, str], path: Path) -> tuple:
     return (special, -run_number, path.name)
 
 
-def collect_t1w(layout, subject: str, session_label: tuple[str, ...] = ()) -> list[T1wImage]:
+def collect_t1w(layout, subject: str, session_label: tuple[str, ...] = (),
+                bids_filters: dict[str, Any] | None = None) -> list[T1wImage]:
     """The T1w image of each session of a participant, one per session.
 
     Several T1w images in one session: one is picked deterministically (no
@@ -429,18 +430,25 @@ def collect_t1w(layout, subject: str, session_label: tuple[str, ...] = ()) -> li
         Participant label without ``sub-``.
     session_label : tuple of str
         Sessions to keep (empty: all).
+    bids_filters : dict, optional
+        The ``--bids-filter-file`` content; its ``"t1w"`` entry adds entity filters
+        (fMRIPrep's key).
 
     Returns
     -------
     list of T1wImage
         Sorted by session; empty when the participant has no T1w.
     """
+    filters = {key: value for key, value in dict((bids_filters or {}).get("t1w", {})).items()
+               if key not in ("subject", "datatype", "suffix", "extension")}
     by_session: dict[str | None, list[tuple[Path, dict[str, str]]]] = {}
     for path, entities in dataset_files(layout, extension=[".nii", ".nii.gz"]):
         if (entities.get("subject") != subject or entities.get("datatype") != "anat"
                 or entities.get("suffix") != "T1w"):
             continue
         if session_label and entities.get("session") not in session_label:
+            continue
+        if not matches_filters(entities, filters):
             continue
         by_session.setdefault(entities.get("session"), []).append((path, entities))
     found = []

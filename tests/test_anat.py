@@ -103,6 +103,9 @@ def test_collect_t1w_one_per_session_logged(tmp_path, caplog):
                      "(not used: sub-01_ses-pre_run-1_T1w.nii.gz, sub-01_ses-pre_rec-norm_run-3_T1w.nii.gz)"]
     assert collect_t1w(load_layout(root, validate=False), "01", ("post",))[0].session == "post"
     assert collect_t1w(load_layout(root, validate=False), "02") == []
+    filtered = collect_t1w(load_layout(root, validate=False), "01",
+                           bids_filters={"t1w": {"run": 1}})
+    assert [t.path.name for t in filtered] == ["sub-01_ses-pre_run-1_T1w.nii.gz"]
 
 
 # --- simulation ------------------------------------------------------------------------------
