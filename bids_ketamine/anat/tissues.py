@@ -51,16 +51,32 @@ def atropos_posteriors(t1w, mask, *, mrf_weight: float = 0.1,
     ants = require_ants()
     img = checked_volume(t1w)
     mask_data = _mask_array(mask, img)
-    image = to_ants(img)
-    brain = to_ants(nib.Nifti1Image(mask_data.astype(np.float32), img.affine))
+    # Atropos runs on the mask's bounding box (a third of a head-sized T1w's voxels)
+    box = _bounding_box(mask_data, margin=2)
+    corner = np.array([b.start for b in box] + [1.0])
+    box_affine = img.affine.copy()
+    box_affine[:3, 3] = (img.affine @ corner)[:3]
+    data = np.asanyarray(img.dataobj, dtype=np.float32)
+    image = to_ants(nib.Nifti1Image(np.ascontiguousarray(data[box]), box_affine))
+    brain = to_ants(nib.Nifti1Image(mask_data[box].astype(np.float32), box_affine))
     result = ants.atropos(a=image, x=brain, i="kmeans[3]", m=f"[{float(mrf_weight)},1x1x1]",
                           c=f"[{int(iterations)},0]", verbose=0)
-    posteriors = [np.asanyarray(to_nibabel(p).dataobj, dtype=np.float32) * mask_data
-                  for p in result["probabilityimages"]]
-    data = np.asanyarray(img.dataobj, dtype=np.float32)
+    posteriors = []
+    for probability in result["probabilityimages"]:
+        full = np.zeros(img.shape, dtype=np.float32)
+        full[box] = np.asanyarray(to_nibabel(probability).dataobj, dtype=np.float32)
+        posteriors.append(full * mask_data)
     means = [float(np.sum(p * data) / max(float(np.sum(p)), 1e-12)) for p in posteriors]
     order = np.argsort(means)
     return {name: posteriors[index] for name, index in zip(TISSUE_NAMES, order)}
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple:
+    """Slices of the smallest block holding ``mask``, widened by ``margin`` voxels."""
+    index = np.argwhere(mask)
+    low = np.maximum(index.min(axis=0) - margin, 0)
+    high = np.minimum(index.max(axis=0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(low, high))
 
 
 def _mask_array(mask, img) -> np.ndarray:
