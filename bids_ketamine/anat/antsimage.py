@@ -10,7 +10,7 @@ import numpy as np
 
 from bids_ketamine.utils.images import as_image
 
-__all__ = ["require_ants", "checked_volume", "to_ants", "to_nibabel"]
+__all__ = ["require_ants", "set_threads", "checked_volume", "to_ants", "to_nibabel"]
 
 
 def require_ants():
@@ -19,7 +19,8 @@ def require_ants():
         import ants
     except ImportError:
         raise ImportError(
-            "the anatomical workflow needs ANTsPy: pip install antspyx"
+            "the anatomical (T1w) workflow needs ANTsPy: pip install 'bids_ketamine[anat]' "
+            "(or pip install antspyx)"
         ) from None
     return ants
 
