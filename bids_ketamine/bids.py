@@ -389,6 +389,84 @@ def _dwi_series(root: Path, path: Path, entities: dict[str, str]) -> DwiSeries:
     )
 
 
+@dataclass(frozen=True)
+class T1wImage:
+    """The T1w image used for one session of a participant (issue 19).
+
+    Attributes
+    ----------
+    subject, session : str
+        Labels without prefixes (``session`` None in a dataset without sessions).
+    path : Path
+        The image chosen.
+    candidates : tuple of Path
+        Every T1w image of the session (the chosen one among them).
+    """
+
+    subject: str
+    session: str | None
+    path: Path
+    candidates: tuple = ()
+
+
+def _t1w_preference(entities: dict[str, str], path: Path) -> tuple:
+    """Sort key: images without ``rec-``/``ce-`` (plain acquisitions) first, then the
+    highest run number (a repeated run is usually the better one), then the file name."""
+    run = entities.get("run", "")
+    run_number = int(run) if run.isdigit() else -1
+    special = sum(1 for key in ("reconstruction", "ceagent") if key in entities)
+    return (special, -run_number, path.name)
+
+
+def collect_t1w(layout, subject: str, session_label: tuple[str, ...] = (),
+                bids_filters: dict[str, Any] | None = None) -> list[T1wImage]:
+    """The T1w image of each session of a participant, one per session.
+
+    Several T1w images in one session: one is picked deterministically (no
+    reconstruction or contrast-agent entity first, then the highest ``run-``, then the file
+    name) and the choice is logged with the alternatives.
+
+    Parameters
+    ----------
+    layout : BIDSLayout
+    subject : str
+        Participant label without ``sub-``.
+    session_label : tuple of str
+        Sessions to keep (empty: all).
+    bids_filters : dict, optional
+        The ``--bids-filter-file`` content; its ``"t1w"`` entry adds entity filters
+        (fMRIPrep's key).
+
+    Returns
+    -------
+    list of T1wImage
+        Sorted by session; empty when the participant has no T1w.
+    """
+    filters = {key: value for key, value in dict((bids_filters or {}).get("t1w", {})).items()
+               if key not in ("subject", "datatype", "suffix", "extension")}
+    by_session: dict[str | None, list[tuple[Path, dict[str, str]]]] = {}
+    for path, entities in dataset_files(layout, extension=[".nii", ".nii.gz"]):
+        if (entities.get("subject") != subject or entities.get("datatype") != "anat"
+                or entities.get("suffix") != "T1w"):
+            continue
+        if session_label and entities.get("session") not in session_label:
+            continue
+        if not matches_filters(entities, filters):
+            continue
+        by_session.setdefault(entities.get("session"), []).append((path, entities))
+    found = []
+    for session in sorted(by_session, key=lambda s: s or ""):
+        images = sorted(by_session[session], key=lambda item: _t1w_preference(item[1], item[0]))
+        chosen = images[0][0]
+        if len(images) > 1:
+            LOGGER.info("sub-%s%s: %d T1w images, using %s (not used: %s)", subject,
+                        f" ses-{session}" if session else "", len(images), chosen.name,
+                        ", ".join(path.name for path, _ in images[1:]))
+        found.append(T1wImage(subject=subject, session=session, path=chosen,
+                              candidates=tuple(path for path, _ in images)))
+    return found
+
+
 def log_unused_inputs(subject: str, images: list[tuple[Path, dict[str, str]]]) -> None:
     """Log, once per participant, the images present that this version does not use (T1w, field maps)."""
     unused: dict[str, list[str]] = {}

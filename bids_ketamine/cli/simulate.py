@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar=("MM", "DEG"),
                         help="SD of the head repositioning between sessions per axis, clipped at "
                              "2.5 SD (default 3 3; 2 2 gives up to 5 mm / 5 degrees)")
+    parser.add_argument("--t1w", nargs="?", type=_finite, const=1.0, default=None, metavar="MM",
+                        help="also write a T1w in each session's anat/ (voxel size MM, default 1), "
+                             "with its true tissue fractions and bias field in the truth folder")
     parser.add_argument("--no-noise", action="store_true", help="write noise-free data")
     parser.add_argument("--no-motion", action="store_true", help="no per-volume motion")
     parser.add_argument("--no-images", action="store_true",
@@ -147,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = simulate_trial(args.output_dir, args.n_subjects, args.seed, args.preset,
                               overwrite=args.overwrite, progress=not args.quiet,
                               images=not args.no_images,
-                              atlas_image=args.atlas_image, **options)
+                              atlas_image=args.atlas_image, t1w=args.t1w is not None,
+                              t1w_voxel_mm=args.t1w or 1.0, **options)
     except (ValueError, FileExistsError) as err:
         parser.error(" ".join(str(err).split()))
     if not args.quiet:

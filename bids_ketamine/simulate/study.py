@@ -7,6 +7,7 @@ calls it).  Layout of what it writes::
       dataset_description.json  README  participants.tsv  participants.json  sessions.json
       sub-<s>/sub-<s>_sessions.tsv
       sub-<s>/ses-<t>/dwi/sub-<s>_ses-<t>_dwi.nii.gz (.bval .bvec .json)
+      sub-<s>/ses-<t>/anat/sub-<s>_ses-<t>_T1w.nii.gz (.json)   only with --t1w
       sourcedata/simulation/truth.json  truth.tsv
       sourcedata/simulation/sub-<s>/ses-<t>/   truth maps on the session's grid (see below)
 
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bids_ketamine import __version__
+from bids_ketamine.config import OFFLINE_TEMPLATE
 from bids_ketamine.simulate.anatomy import ROI_GREY_MATTER_DEFINITION, load_template_anatomy
 from bids_ketamine.simulate.effects import (
     draw_effects,
@@ -52,9 +54,12 @@ from bids_ketamine.simulate.writer import (
     write_tsv,
 )
 
-__all__ = ["simulate_trial", "truth_map_paths"]
+__all__ = ["simulate_trial", "truth_map_paths", "t1w_truth_paths"]
 
 TRUTH_DIR = Path("sourcedata") / "simulation"
+
+#: White-matter SNR of the simulated T1w (``--t1w``).
+T1W_SNR = 40.0
 
 
 def truth_map_paths(root: Path, subject: str, session: str, atlas_name: str = "ketamine7") -> dict:
@@ -109,6 +114,7 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
                    overwrite: bool = False, progress: bool = True, images: bool = True,
                    atlas_image=None,
                    roi_names=None, atlas_name: str = "ketamine7", template=None,
+                   t1w: bool = False, t1w_voxel_mm: float = 1.0,
                    **options) -> Path:
     """Simulate a two-arm trial and write it as a BIDS dataset with its ground truth.
 
@@ -135,6 +141,13 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
         Atlas label used in the truth maps' names.
     template : bids_ketamine.resources.Template, optional
         Default: the offline MNI152NLin2009aSym template.
+    t1w : bool
+        Also write a T1w image in each session's ``anat/`` (``--t1w``;
+        :mod:`bids_ketamine.simulate.t1w`), with its true tissue fractions and bias field in
+        the truth folder.  Drawn from its own random stream: every other file is the same
+        as without it.
+    t1w_voxel_mm : float
+        The T1w's isotropic voxel size.
     **options
         Any field of :class:`~bids_ketamine.simulate.trial.TrialDesign`: ``snr``,
         ``motion``, ``md_change_ketamine``, ``md_change_saline``, ``arm_ratio``,
@@ -195,6 +208,10 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
             )
             _write_session(root, participant, session, result, sidecar, acquisition,
                            subject_transform, pose, gain, atlas_name, anatomy.roi_names)
+            if t1w:
+                _write_t1w(root, participant, session, anatomy, template, subject_transform, pose,
+                           gain, subject_rng(design.seed, participant.index, "t1w", session_index),
+                           t1w_voxel_mm, design)
         _write_sessions_table(root, participant, design, outcomes)
         if effects is not None:
             write_json(effects_path(root / TRUTH_DIR, participant.label), effects)
@@ -298,6 +315,52 @@ def _write_session(root, participant, session, result, sidecar, acquisition, sub
             "about the scanner isocentre)"
         ),
     })
+
+
+def _write_t1w(root, participant, session, anatomy, template, subject_transform, pose, gain, rng,
+               voxel_mm, design):
+    """``--t1w``: the session's T1w (head placed as in its DWI) and its truth."""
+    from bids_ketamine.resources import get_template
+    from bids_ketamine.simulate.t1w import T1W_INTENSITY, simulate_t1w
+
+    template = template or get_template(OFFLINE_TEMPLATE)
+    pose_inverse = np.linalg.inv(pose)
+
+    def scanner_to_template(points):
+        return subject_transform(points @ pose_inverse[:3, :3].T + pose_inverse[:3, 3])
+
+    image = simulate_t1w(anatomy, template.t1w, scanner_to_template, rng=rng,
+                         voxel_size=voxel_mm, gain=gain, orientation=design.orientation,
+                         snr=T1W_SNR if design.noise else None)
+    label = participant.label
+    stem = root / f"sub-{label}" / f"ses-{session}" / "anat" / f"sub-{label}_ses-{session}_T1w"
+    write_nifti(stem.with_name(stem.name + ".nii.gz"), np.rint(image.data), image.affine, np.int16)
+    write_json(stem.with_name(stem.name + ".json"), {"Modality": "MR", "MRAcquisitionType": "3D",
+                                                     "SimulatedBy": "bids-ketamine-simulate --t1w"})
+    paths = t1w_truth_paths(root, label, session)
+    for tissue in ("gm", "wm", "csf"):
+        write_nifti(paths[tissue], image.anatomy.fractions[tissue], image.affine, np.float32)
+    write_nifti(paths["bias"], image.bias, image.affine, np.float32)
+    write_json(paths["description"], {
+        "intensity": T1W_INTENSITY, "snr_wm": T1W_SNR if design.noise else None,
+        "voxel_mm": voxel_mm, "receiver_gain": round(gain, 8),
+        "model": "T1w = gain * bias * (sum_t f_t I_t + (1 - f_brain) * template T1w outside the "
+                 "brain) + Rician noise of SD I_wm / snr_wm",
+    })
+
+
+def t1w_truth_paths(root: Path, subject: str, session: str) -> dict:
+    """Paths of one session's T1w truth (``--t1w``; on the T1w's grid): ``gm``, ``wm``,
+    ``csf`` volume fractions, ``bias`` (the multiplicative field), ``description`` (JSON)."""
+    folder = Path(root) / TRUTH_DIR / f"sub-{subject}" / f"ses-{session}"
+    prefix = f"sub-{subject}_ses-{session}_space-T1w"
+    return {
+        "gm": folder / f"{prefix}_label-GM_probseg.nii.gz",
+        "wm": folder / f"{prefix}_label-WM_probseg.nii.gz",
+        "csf": folder / f"{prefix}_label-CSF_probseg.nii.gz",
+        "bias": folder / f"{prefix}_desc-bias_T1w.nii.gz",
+        "description": folder / f"sub-{subject}_ses-{session}_desc-t1w_truth.json",
+    }
 
 
 def _write_sessions_table(root, participant, design, outcomes):

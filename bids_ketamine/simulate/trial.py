@@ -52,7 +52,8 @@ __all__ = [
 ]
 
 #: Stream identifiers of the per-subject random generators (never reorder).
-STREAMS = {"arms": 0, "biology": 1, "clinical": 2, "geometry": 3, "session": 4, "effects": 5}
+STREAMS = {"arms": 0, "biology": 1, "clinical": 2, "geometry": 3, "session": 4, "effects": 5,
+           "t1w": 6}
 
 #: MD effect models (``--effect-model``; :mod:`bids_ketamine.simulate.effects`).
 EFFECT_MODELS = ("roi", "blobs")
