@@ -24,7 +24,7 @@ system-deps:
 
 test: system-deps
 	$(PYTHON) -m pip install -q -e '.[test]'
-	$(PYTHON) -m pytest -m "slow or not slow" -p no:cacheprovider -n 2 --dist loadfile --durations=25
+	$(PYTHON) -m pytest -m "slow or not slow" -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast:
 	$(PYTHON) -m pytest
