@@ -21,7 +21,7 @@ from conftest import make_tiny_bids, write_tiny_dwi
 
 from bids_ketamine.bids import collect_dwi, load_layout
 from bids_ketamine.config import Config
-from bids_ketamine.workflows.base import preflight
+from bids_ketamine.cli.preflight import preflight
 
 
 def _config(root, tmp_path, **options) -> Config:

@@ -22,7 +22,8 @@ from bids_ketamine.utils.atomic import atomic_write_text
 from bids_ketamine.utils.multiproc import MultiProcPlugin
 from bids_ketamine.utils.progress import display_options
 from bids_ketamine.utils.workflow_progress import CALLBACK_PLUGINS, WorkflowProgress, expected_nodes
-from bids_ketamine.workflows.base import init_bids_ketamine_wf, preflight
+from bids_ketamine.cli.preflight import preflight
+from bids_ketamine.workflows.base import init_bids_ketamine_wf
 from bids_ketamine.workflows.outputs import output_path
 
 LOGGER = logging.getLogger("bids_ketamine.workflows.base")
