@@ -17,6 +17,7 @@ from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
 from bids_ketamine.workflows.dwi_preproc import series_mem_gb
 
+# the logger name the preflight messages have always had (users and tests filter on it)
 LOGGER = logging.getLogger("bids_ketamine.workflows.base")
 
 
