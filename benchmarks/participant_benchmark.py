@@ -8,10 +8,11 @@ Default: one simulated realistic-preset session (2 mm, 6 b=0 + 64 directions).
 Usage::
 
     python benchmarks/participant_benchmark.py [--preset realistic|small] [--sessions 1|2]
-        [--nprocs 2] [--bids-dir DIR --participant-label LABEL]
+        [--t1w MM] [--nprocs 2] [--bids-dir DIR --participant-label LABEL]
 
 Targets (issue "Performance"): the whole participant level of one realistic session in under
-5 minutes wall on 2 cores, peak RSS under 4 GB.
+5 minutes wall on 2 cores, peak RSS under 4 GB.  Issue 19: a realistic 2-session subject with
+a T1w in each session (``--sessions 2 --t1w 1``) in under 8 minutes.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--participant-label", default="01")
     parser.add_argument("--session-label", default=None,
                         help="with --bids-dir: process this session only (default: all)")
+    parser.add_argument("--t1w", type=float, default=None, metavar="MM",
+                        help="simulate a T1w of this voxel size in each session (the anatomical path)")
     parser.add_argument("--keep", type=Path, default=None, help="keep outputs in this folder")
     args = parser.parse_args(argv)
 
@@ -72,7 +75,8 @@ def main(argv=None) -> dict:
             bids_dir = root / "bids"
             if not bids_dir.exists():
                 subprocess.run(["bids-ketamine-simulate", str(bids_dir), "--n-subjects", "1", "--seed", "11",
-                                "--preset", args.preset, "--quiet"], check=True)
+                                "--preset", args.preset, "--quiet"]
+                               + (["--t1w", str(args.t1w)] if args.t1w else []), check=True)
         command = ["bids-ketamine", str(bids_dir), str(root / "out"), "participant", "-w", str(root / "work"),
                    "--participant-label", args.participant_label, "--nprocs", str(args.nprocs),
                    "--omp-nthreads", str(args.nprocs), "--resource-monitor"]
@@ -90,6 +94,7 @@ def main(argv=None) -> dict:
         row = {
             "dataset": str(args.bids_dir or f"simulated {args.preset}"),
             "sessions": args.sessions if args.bids_dir is None else (args.session_label or "all"),
+            "t1w_mm": args.t1w,
             "nprocs": args.nprocs,
             "wall_s": round(wall, 1),
             "peak_rss_gb": round(peak_gb, 2),
@@ -98,6 +103,8 @@ def main(argv=None) -> dict:
         }
     RESULTS.mkdir(exist_ok=True)
     name = "participant_" + (args.preset if args.bids_dir is None else Path(args.bids_dir).name)
+    name += f"_{args.sessions}ses" if args.bids_dir is None and args.sessions == 2 else ""
+    name += "_t1w" if args.t1w else ""
     (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
     print(f"participant level: {row['wall_s']} s wall, peak RSS {row['peak_rss_gb']} GB "
           f"(load average {row['load_avg_1min']})")

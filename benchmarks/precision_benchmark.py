@@ -133,6 +133,9 @@ def summarise(change: pd.DataFrame, null: pd.DataFrame) -> list[dict]:
         per_roi = {roi: float(np.corrcoef(rows[stat], rows["ideal"])[0, 1])
                    for roi, rows in change.groupby("roi") if rows[stat].notna().sum() > 2}
         ideal_sd = change.groupby("roi")["ideal"].std()
+        # the per-ROI criterion applies where the ideal change varies by >= 1 % of MD
+        varying = [per_roi[roi] for roi in per_roi if ideal_sd.get(roi, 0.0) >= 1.0]
+        residual = (change[stat] - change["ideal"]).groupby(change["roi"]).std(ddof=1)
         false = null[["roi", stat]].dropna()
         worst = false.loc[false[stat].abs().idxmax()] if len(false) else None
         out.append({
@@ -141,7 +144,9 @@ def summarise(change: pd.DataFrame, null: pd.DataFrame) -> list[dict]:
             "r_pooled": float(np.corrcoef(pooled[stat], pooled["ideal"])[0, 1]),
             "r_min_roi": min(per_roi.values()) if per_roi else float("nan"),
             "r_per_roi": per_roi,
+            "r_min_roi_varying": min(varying) if varying else float("nan"),
             "ideal_sd_per_roi": ideal_sd.round(3).to_dict(),
+            "residual_sd_per_roi": residual.round(3).to_dict(),
             "residual_sd_pct": float((pooled[stat] - pooled["ideal"]).std(ddof=1)),
             "null_sd_pct": float(np.sqrt(np.mean(false[stat] ** 2))) if len(false) else float("nan"),
             "null_worst_pct": float(abs(worst[stat])) if worst is not None else float("nan"),
@@ -151,13 +156,14 @@ def summarise(change: pd.DataFrame, null: pd.DataFrame) -> list[dict]:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| motion (mean FD) | subjects | statistic | r pooled | r worst ROI | residual SD | "
-             "null: false change SD, worst |", "|---|---|---|---|---|---|---|"]
+    lines = ["| motion (mean FD) | subjects | statistic | r pooled | r worst ROI (ideal SD >= 1 %) | "
+             "residual SD | null: false change SD, worst |", "|---|---|---|---|---|---|---|"]
     for level, entry in results["levels"].items():
         for row in entry["summary"]:
             lines.append(
                 f"| {level} ({entry['mean_fd_mm']:.2f} mm) | {entry['n_subjects']} | {row['statistic']} | "
-                f"{row['r_pooled']:.2f} | {row['r_min_roi']:.2f} | {row['residual_sd_pct']:.2f} % | "
+                f"{row['r_pooled']:.2f} | {row['r_min_roi']:.2f} ({row.get('r_min_roi_varying', float('nan')):.2f}) | "
+                f"{row['residual_sd_pct']:.2f} % | "
                 f"{row['null_sd_pct']:.2f} %, {row['null_worst_roi']} {row['null_worst_pct']:.2f} % |")
     return "\n".join(lines) + "\n"
 

@@ -292,8 +292,9 @@ def _matches(requested: tuple[str, ...], available: list[str], what: str, where:
     return list(requested)
 
 
-#: Datatypes present in datasets that this version does not use yet (logged once per participant).
-UNUSED_DATATYPES = ("anat", "fmap")
+#: Datatypes present in datasets that this version does not use yet (logged once per participant;
+#: the T1w in ``anat/`` is used, :func:`collect_t1w`).
+UNUSED_DATATYPES = ("fmap",)
 
 
 def collect_dwi(
@@ -468,13 +469,13 @@ def collect_t1w(layout, subject: str, session_label: tuple[str, ...] = (),
 
 
 def log_unused_inputs(subject: str, images: list[tuple[Path, dict[str, str]]]) -> None:
-    """Log, once per participant, the images present that this version does not use (T1w, field maps)."""
+    """Log, once per participant, the images present that this version does not use (field maps)."""
     unused: dict[str, list[str]] = {}
     for path, entities in images:
         if entities.get("datatype") in UNUSED_DATATYPES:
             unused.setdefault(entities["datatype"], []).append(entities.get("suffix", path.name))
     if unused:
-        LOGGER.info("sub-%s: inputs present but not used (this version processes DWI only): %s", subject,
+        LOGGER.info("sub-%s: inputs present but not used (no distortion correction yet): %s", subject,
                     "; ".join(f"{datatype}/ {len(names)} image(s) ({', '.join(sorted(set(names)))})"
                               for datatype, names in sorted(unused.items())))
 

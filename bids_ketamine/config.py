@@ -36,6 +36,9 @@ FIT_METHODS = ("wls", "ols", "nlls", "restore")
 ROI_STATISTICS = ("median", "mean", "gm_weighted_mean", "pv_gm", "roi_gm_weighted_mean",
                   "roi_gm_weighted_median")
 DEFAULT_OUTCOMES = ("madrs", "qids_sr")
+#: Inputs ``--ignore`` can leave unused (fMRIPrep's flag): the T1w (DWI-only path) and the
+#: field maps (no susceptibility-distortion correction).
+IGNORABLE_INPUTS = ("t1w", "fieldmaps")
 #: Remission thresholds per scale (score <= threshold), see docs/science.
 DEFAULT_REMISSION = {"madrs": 10.0, "qids_sr": 5.0}
 
@@ -62,6 +65,7 @@ class Config:
     bids_filters: dict[str, Any] = field(default_factory=dict)
     skip_bids_validation: bool = False
     bids_database_dir: Path | None = None
+    ignore: tuple[str, ...] = ()
     # --- execution -------------------------------------------------------------
     work_dir: Path | None = None
     nprocs: int = 1

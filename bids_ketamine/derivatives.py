@@ -31,9 +31,10 @@ _SHORT = {"session": "ses", "acquisition": "acq", "direction": "dir", "run": "ru
 
 #: The one pattern of every participant-level output name (entity order of docs/outputs.md).
 PATH_PATTERN = (
-    "sub-{subject}[/ses-{session}]/dwi/sub-{subject}[_ses-{session}][_acq-{acquisition}]"
-    "[_dir-{direction}][_run-{run}][_space-{space}][_atlas-{atlas}][_from-{from}][_to-{to}]"
-    "[_mode-{mode}][_model-{model}][_param-{param}][_desc-{desc}]_{suffix}{extension}"
+    "sub-{subject}[/ses-{session}]/{datatype<dwi|anat>|dwi}/sub-{subject}[_ses-{session}]"
+    "[_acq-{acquisition}][_dir-{direction}][_run-{run}][_space-{space}][_atlas-{atlas}][_from-{from}]"
+    "[_to-{to}][_mode-{mode}][_model-{model}][_param-{param}][_label-{label}][_desc-{desc}]"
+    "_{suffix}{extension}"
 )
 
 _TENSOR_MAP = {"space": "dwi", "model": "tensor", "suffix": "dwimap", "extension": ".nii.gz"}
@@ -68,9 +69,24 @@ SERIES_SIDECARS: dict[str, dict[str, str]] = {
     "dseg_metadata": dict(SERIES_OUTPUTS["dseg_file"], extension=".json"),
 }
 
-#: Outputs of one participant (not of a series): field -> entities after ``subject``.
+_ANAT = {"datatype": "anat"}
+_T1W_XFM = dict(_ANAT, **{"from": "T1w", "to": "{tpl}", "mode": "image", "suffix": "xfm"})
+
+#: Outputs of one participant (not of a series): field -> entities after ``subject``.  The
+#: anatomical ones (``anat/``, sMRIPrep's names) exist when a T1w was used.
 SUBJECT_OUTPUTS: dict[str, dict[str, str]] = {
     "midpoint_b0": {"space": "midpoint", "desc": "b0", "suffix": "dwiref", "extension": ".nii.gz"},
+    "t1w_preproc": dict(_ANAT, desc="preproc", suffix="T1w", extension=".nii.gz"),
+    "t1w_mask": dict(_ANAT, desc="brain", suffix="mask", extension=".nii.gz"),
+    "t1w_dseg": dict(_ANAT, suffix="dseg", extension=".nii.gz"),
+    **{f"t1w_{tissue.lower()}_probseg": dict(_ANAT, label=tissue, suffix="probseg", extension=".nii.gz")
+       for tissue in ("GM", "WM", "CSF")},
+    "t1w_to_template_affine": dict(_T1W_XFM, desc="affine", extension=".mat"),
+    "t1w_to_template_warp": dict(_T1W_XFM, desc="warp", extension=".nii.gz"),
+    "t1w_to_template_inverse_warp": dict(_T1W_XFM, desc="inversewarp", extension=".nii.gz"),
+    "t1w_to_template_sidecar": dict(_T1W_XFM, extension=".json"),
+    "t1w_to_midpoint_xfm": {"from": "T1w", "to": "midpoint", "mode": "image", "suffix": "xfm",
+                            "extension": ".txt"},
 }
 
 #: Spaces that are not a template.
@@ -159,9 +175,10 @@ def series_path(output_dir: Path, series_entities: dict[str, str], field_name: s
     return Path(output_dir) / build_name(**series_entities, **_fill(spec, names))
 
 
-def subject_path(output_dir: Path, subject: str, field_name: str) -> Path:
-    """The path of one participant-level output (a key of :data:`SUBJECT_OUTPUTS`)."""
-    return Path(output_dir) / build_name(subject=subject, **SUBJECT_OUTPUTS[field_name])
+def subject_path(output_dir: Path, subject: str, field_name: str, **names: str) -> Path:
+    """The path of one participant-level output (a key of :data:`SUBJECT_OUTPUTS`);
+    ``names`` fill its placeholders (``tpl``)."""
+    return Path(output_dir) / build_name(subject=subject, **_fill(SUBJECT_OUTPUTS[field_name], names))
 
 
 def config_path(output_dir: Path, subject: str) -> Path:
@@ -196,7 +213,7 @@ def classify(found: dict[str, str]) -> tuple[str, dict[str, str]] | None:
         tables = (SERIES_OUTPUTS, SERIES_SIDECARS)
     for table in tables:
         for field_name, spec in table.items():
-            values = _match(spec, rest)
+            values = _match({k: v for k, v in spec.items() if k != "datatype"}, rest)
             if values is not None:
                 return field_name, values
     return None

@@ -91,7 +91,7 @@ def copy_tree(src: Path, dst: Path) -> Path:
 #: collection order, so these start at once on different workers instead of last.
 LONGEST_MODULES = ("test_participant.py", "test_container.py", "test_progress.py",
                    "test_participant_real.py", "test_slurm.py", "test_faults.py",
-                   "test_combine_runs.py", "test_anat.py")
+                   "test_combine_runs.py", "test_anat.py", "test_participant_t1w.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -86,8 +86,9 @@ def test_unused_inputs_logged_once_per_participant(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="bids_ketamine.bids"):
         collect_dwi(load_layout(root, validate=False))
     lines = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
-    assert lines == ["sub-01: inputs present but not used (this version processes DWI only): "
-                     "anat/ 2 image(s) (T1w); fmap/ 2 image(s) (magnitude1, phasediff)"]
+    # the T1w is used now (issue 19): only the field maps are reported unused
+    assert lines == ["sub-01: inputs present but not used (no distortion correction yet): "
+                     "fmap/ 2 image(s) (magnitude1, phasediff)"]
 
 
 # --- the real layouts of ../shared/data/bids-layouts --------------------------------------------

@@ -18,31 +18,16 @@ The real-data acceptance tests are in ``test_participant_real.py``.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from participant_runs import run_participant
+from participant_runs import recovered_md, run_participant, swap_sessions, truth_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 N_SUBJECTS = 6
-
-
-def read_roistats(out_dir: Path, param: str = "md") -> pd.DataFrame:
-    """All ROI tables of a run as one long table (participant_id, session, roi, mean, coverage)."""
-    rows = []
-    for path in sorted(out_dir.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
-        subject = path.name.split("_")[0]
-        session = path.name.split("_")[1][4:]
-        table = pd.read_csv(path, sep="\t")
-        table = table[table["param"] == param]
-        rows.append(table.assign(participant_id=subject, session=session))
-    assert rows, f"no ROI tables in {out_dir}"
-    return pd.concat(rows, ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -57,29 +42,15 @@ def simulated_run(tmp_path_factory):
     return bids_dir, out_dir
 
 
-def _truth(bids_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(bids_dir / "sourcedata" / "simulation" / "truth.tsv", sep="\t")
-
-
-#: The ROI statistic the acceptance criteria are checked on (see the module docstring).
-STATISTIC = "median"
-
-
-def _recovered(out_dir: Path, statistic: str = STATISTIC) -> pd.DataFrame:
-    table = read_roistats(out_dir)
-    wide = table.pivot_table(index=["participant_id", "roi"], columns="session", values=statistic)
-    return wide.rename(columns={"pre": "md_baseline", "post": "md_followup"}).reset_index()
-
-
-def test_roi_md_matches_truth(simulated_run):
+def test_roi_md_matchestruth_table(simulated_run):
     bids_dir, out_dir = simulated_run
     for statistic in ("mean", "median"):
-        merged = _truth(bids_dir).merge(_recovered(out_dir, statistic), on=["participant_id", "roi"],
+        merged = truth_table(bids_dir).merge(recovered_md(out_dir, statistic), on=["participant_id", "roi"],
                                         suffixes=("_true", "_est"))
         errors = pd.concat([merged["md_baseline_est"] / merged["md_baseline_true"] - 1,
                             merged["md_followup_est"] / merged["md_followup_true"] - 1])
         print(f"ROI {statistic}: largest relative error {errors.abs().max():.4f}")
-    merged = _truth(bids_dir).merge(_recovered(out_dir), on=["participant_id", "roi"],
+    merged = truth_table(bids_dir).merge(recovered_md(out_dir), on=["participant_id", "roi"],
                                     suffixes=("_true", "_est"))
     assert len(merged) == N_SUBJECTS * 7
     for session in ("md_baseline", "md_followup"):
@@ -89,10 +60,10 @@ def test_roi_md_matches_truth(simulated_run):
         assert relative.abs().max() < 0.05, merged.loc[relative.abs().idxmax()].to_dict()
 
 
-def test_md_change_recovered(simulated_run):
+def test_md_changerecovered_md(simulated_run):
     bids_dir, out_dir = simulated_run
-    truth = _truth(bids_dir)
-    recovered = _recovered(out_dir)
+    truth = truth_table(bids_dir)
+    recovered = recovered_md(out_dir)
     recovered["md_change_est"] = recovered["md_followup"] - recovered["md_baseline"]
     merged = truth.merge(recovered[["participant_id", "roi", "md_change_est"]], on=["participant_id", "roi"])
     summary = []
@@ -109,26 +80,13 @@ def test_md_change_recovered(simulated_run):
 def test_swapping_sessions_flips_change_only(simulated_run, tmp_path):
     """Rename pre <-> post for one subject and rerun: the change flips sign, nothing else."""
     bids_dir, out_dir = simulated_run
-    swapped = tmp_path / "bids"
-    shutil.copytree(bids_dir, swapped, ignore=shutil.ignore_patterns("sourcedata"))
-    subjects = sorted(p.name for p in swapped.glob("sub-*") if p.is_dir())[:1]
-    for subject in subjects:
-        for path in sorted((swapped / subject).rglob("*ses-pre*"), key=lambda p: -len(p.parts)):
-            path.rename(path.with_name(path.name.replace("ses-pre", "ses-tmp")))
-        for path in sorted((swapped / subject).rglob("*ses-post*"), key=lambda p: -len(p.parts)):
-            path.rename(path.with_name(path.name.replace("ses-post", "ses-pre")))
-        for path in sorted((swapped / subject).rglob("*ses-tmp*"), key=lambda p: -len(p.parts)):
-            path.rename(path.with_name(path.name.replace("ses-tmp", "ses-post")))
-        sessions = swapped / subject / f"{subject}_sessions.tsv"
-        if sessions.exists():
-            text = sessions.read_text().replace("pre\t", "tmp\t").replace("post\t", "pre\t")
-            sessions.write_text(text.replace("tmp\t", "post\t"))
+    swapped, subjects = swap_sessions(bids_dir, tmp_path / "bids", n_subjects=1)
     swapped_out = tmp_path / "out"
     run_participant(swapped, swapped_out, tmp_path / "work", "--participant-label", *subjects)
     # every ROI value, the partial-volume-aware columns of issue 20 included
     for statistic in ("median", "mean", "gm_weighted_mean", "pv_gm"):
-        original = _recovered(out_dir, statistic)
-        flipped = _recovered(swapped_out, statistic)
+        original = recovered_md(out_dir, statistic)
+        flipped = recovered_md(swapped_out, statistic)
         merged = original.merge(flipped, on=["participant_id", "roi"], suffixes=("", "_swapped"))
         assert len(merged) == 7
         change = merged["md_followup"] - merged["md_baseline"]

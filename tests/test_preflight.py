@@ -242,3 +242,29 @@ def test_methods_name_a_series_fitted_above_dti_max_bval(tmp_path):
     above = init_tensor_wf(config, dti_max_bval=2500.0).visit_desc()
     assert "lowest shell (b = 2500 s/mm²)" in above and "at or below b = 1500 s/mm²" in above
     assert "lowest shell" not in init_tensor_wf(config, dti_max_bval=1000.0).visit_desc()
+
+
+def test_usable_t1w_ignore_unreadable_and_missing(tmp_path, caplog):
+    """The T1w images a participant's anatomy uses: none with --ignore t1w; an unreadable one is
+    left out with a warning naming it; a participant without one gets one warning."""
+    import logging
+
+    from bids_ketamine.cli.preflight import usable_t1w
+
+    root = make_tiny_bids(tmp_path / "bids", subjects=("01", "02"), sessions=("pre", "post"))
+    anat = root / "sub-01" / "ses-pre" / "anat"
+    anat.mkdir()
+    nib.Nifti1Image(np.ones((10, 10, 10), np.float32), np.eye(4)).to_filename(anat / "sub-01_ses-pre_T1w.nii.gz")
+    broken = root / "sub-01" / "ses-post" / "anat" / "sub-01_ses-post_T1w.nii.gz"
+    broken.parent.mkdir()
+    broken.write_bytes(b"")
+    layout = load_layout(root, validate=False)
+    config = Config(bids_dir=root, output_dir=tmp_path / "out", analysis_level="participant")
+    with caplog.at_level(logging.WARNING):
+        found = usable_t1w(config, layout, ["01", "02"])
+    assert list(found) == ["01"]
+    assert [image.session for image in found["01"]] == ["pre"]
+    messages = " ".join(record.getMessage() for record in caplog.records)
+    assert str(broken) in messages and "--ignore t1w" in messages
+    assert "sub-02: no usable T1w; the DWI-only path is used" in messages
+    assert usable_t1w(config.replace(ignore=("t1w",)), layout, ["01", "02"]) == {}

@@ -308,7 +308,7 @@ def test_participant_report_sections(participant_reports, participant_tree):
     assert page == participant_tree / "sub-01.html"
     parsed = parse_page(page)
     assert parsed.sections == [
-        "summary", "warnings", "series-ses-post", "series-ses-pre", "longitudinal", "methods",
+        "summary", "warnings", "series-ses-post", "series-ses-pre", "anatomy", "longitudinal", "methods",
         "about",
     ]
     text = page.read_text()

@@ -190,3 +190,44 @@ def test_roi_wf_wiring(tmp_path, gm_threshold):
     methods = workflow.visit_desc()
     assert ("grey-matter probability" in methods) == (gm_threshold is not None)
     assert "The voxel selection was shared by the participant's sessions" in methods
+
+
+@pytest.mark.parametrize("longitudinal, n_sessions", [(True, 2), (False, 2), (True, 1)])
+def test_participant_graph_with_t1w(tmp_path, longitudinal, n_sessions):
+    """With a T1w the anatomy runs once per participant, its derivatives are written, and every
+    registration of the DWI reaches the template through it (no b=0-to-template registration):
+    each warping node reads the composed files."""
+    from bids_ketamine.workflows.outputs import ANAT_OUTPUTS
+
+    sessions = ("pre", "post")[:n_sessions]
+    series = [header_only_series(tmp_path / "bids", session) for session in sessions]
+    t1w_files = [str(tmp_path / f"sub-01_ses-{session}_T1w.nii.gz") for session in sessions]
+    config = Config(bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", analysis_level="participant",
+                    work_dir=tmp_path / "work", longitudinal=longitudinal)
+    workflow, _, _ = init_bids_ketamine_wf(config, {"01": series}, {"01": t1w_files})
+    flat = workflow._create_flat_graph()
+    graph = generate_expanded_graph(workflow._create_flat_graph())
+    names = {_name(node) for node in graph.nodes()}
+    edges = _edges(graph)
+    assert sum(name.endswith("template_registration") for name in names) == 1  # the T1w's only
+    assert "anat_wf.template_registration" in names
+    anat_inputnode = [node for node in flat.nodes() if _name(node) == "anat_wf.inputnode"][0]
+    assert anat_inputnode.inputs.t1w_files == t1w_files
+    registrations = ["longitudinal_wf"] if longitudinal else [f"longitudinal_{item.key}_wf" for item in series]
+    for wf in registrations:
+        assert _pairs(edges[("anat_wf.template_registration", f"{wf}.template_through_t1w")]) == {
+            ("affine_file", "affine_file"), ("warp_file", "warp_file"), ("inverse_warp_file", "inverse_warp_file")}
+        assert ("xfm_file", "t1w_xfm_file") in _pairs(edges[(f"{wf}.b0_to_t1w", f"{wf}.template_through_t1w")])
+        assert {("template_file", "t1w_file")} <= _pairs(edges[("anat_wf.within_subject_template", f"{wf}.b0_to_t1w")])
+        assert ("mask_file", "t1w_mask") in _pairs(edges[("anat_wf.brain_mask", f"{wf}.b0_to_t1w")])
+    for item in series:
+        suffix = "" if longitudinal else f"_{item.key}"
+        for node in (f"roi{suffix}_wf.atlas_to_native_{item.key}", f"template_maps{suffix}_wf.maps_to_template_{item.key}"):
+            assert _pairs(edges[(f"longitudinal{suffix}_wf.template_through_t1w", node)]) == {
+                (f, f) for f in REGISTRATION_FIELDS}, node
+    sinks = {name.split(".")[-1] for name in names if name.startswith("anat_derivatives_wf.ds_")}
+    assert sinks == {f"ds_{output}" for output in ANAT_OUTPUTS.values()}
+    assert ("ds_t1w_to_midpoint_xfm" in names) == (longitudinal or n_sessions == 1)
+    methods = workflow.visit_desc()
+    assert "T1-weighted image" in methods and "Atropos" in methods
+    assert ("within-subject template" in methods) == (n_sessions == 2)

@@ -4,13 +4,14 @@ function applies to its input image at the door."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import nibabel as nib
 import numpy as np
 
 from bids_ketamine.utils.images import as_image
 
-__all__ = ["require_ants", "set_threads", "checked_volume", "to_ants", "to_nibabel"]
+__all__ = ["require_ants", "set_threads", "seeded", "checked_volume", "to_ants", "to_nibabel"]
 
 
 def require_ants():
@@ -19,8 +20,8 @@ def require_ants():
         import ants
     except ImportError:
         raise ImportError(
-            "the anatomical (T1w) workflow needs ANTsPy: pip install 'bids_ketamine[anat]' "
-            "(or pip install antspyx)"
+            "the anatomical (T1w) workflow needs ANTsPy, a dependency of bids_ketamine: "
+            "pip install antspyx (or --ignore t1w for the DWI-only path)"
         ) from None
     return ants
 
@@ -29,6 +30,26 @@ def set_threads(n_threads: int | None) -> None:
     """Number of ITK threads of the ANTsPy calls that follow in this process."""
     if n_threads:
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(int(n_threads))
+
+
+@contextmanager
+def seeded(seed: int):
+    """ANTs' random seed for the calls inside the block (restored after).
+
+    ANTsPy 0.6.3 ignores the ``random_seed`` argument of ``ants.registration``; it reads
+    ``ants.config._random_seed`` and passes it as ``--random-seed``.  Without it two runs of
+    the same registration differ (0.6 mm of warp here); with it, and one ITK thread, they are
+    bit-identical.  With several threads they still differ (0.24 mm): ITK fixes its thread
+    count once per process, from ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` at its first use
+    (:func:`set_threads`), so repeatable runs need ``--omp-nthreads 1``, as in fMRIPrep.
+    """
+    ants = require_ants()
+    previous = ants.config._random_seed
+    ants.config._random_seed = int(seed)
+    try:
+        yield
+    finally:
+        ants.config._random_seed = previous
 
 
 def checked_volume(img, name: str = "T1w image") -> nib.Nifti1Image:
@@ -65,7 +86,9 @@ def to_ants(img):
     ants = require_ants()
     img = as_image(img, require_data=True)
     data = np.asanyarray(img.dataobj, dtype=np.float32)
-    return ants.from_nibabel_nifti(nib.Nifti1Image(data, img.affine))
+    converted = nib.Nifti1Image(data, img.affine)
+    converted.header.set_xyzt_units("mm", "sec")  # else ITK warns for every image it reads
+    return ants.from_nibabel_nifti(converted)
 
 
 def to_nibabel(image, dtype=np.float32) -> nib.Nifti1Image:

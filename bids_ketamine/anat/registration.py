@@ -24,7 +24,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from bids_ketamine.anat.antsimage import checked_volume, require_ants, to_ants, to_nibabel
+from bids_ketamine.anat.antsimage import checked_volume, require_ants, seeded, to_ants, to_nibabel
 from bids_ketamine.utils.atomic import atomic_copy, atomic_write_nifti, atomic_write_text
 from bids_ketamine.utils.images import as_image
 
@@ -118,10 +118,9 @@ def register_to_template(t1w, template_t1w, output_prefix, *, template_mask=None
         kwargs["mask"] = ants.iMath(mask_image, "MD", 2)
     prefix = str(output_prefix)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=Path(prefix).parent) as scratch:
+    with tempfile.TemporaryDirectory(dir=Path(prefix).parent) as scratch, seeded(seed):
         result = ants.registration(fixed=fixed, moving=moving, type_of_transform=transform,
-                                   outprefix=str(Path(scratch) / "reg_"), random_seed=int(seed),
-                                   **kwargs)
+                                   outprefix=str(Path(scratch) / "reg_"), **kwargs)
         affine = [f for f in result["fwdtransforms"] if f.endswith(".mat")][0]
         warps = [f for f in result["fwdtransforms"] if f.endswith(".nii.gz")]
         inverse = [f for f in result["invtransforms"] if f.endswith(".nii.gz")]

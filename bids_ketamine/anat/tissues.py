@@ -15,6 +15,8 @@ Two steps:
 
 from __future__ import annotations
 
+import tempfile
+
 import nibabel as nib
 import numpy as np
 
@@ -59,8 +61,16 @@ def atropos_posteriors(t1w, mask, *, mrf_weight: float = 0.1,
     data = np.asanyarray(img.dataobj, dtype=np.float32)
     image = to_ants(nib.Nifti1Image(np.ascontiguousarray(data[box]), box_affine))
     brain = to_ants(nib.Nifti1Image(mask_data[box].astype(np.float32), box_affine))
-    result = ants.atropos(a=image, x=brain, i="kmeans[3]", m=f"[{float(mrf_weight)},1x1x1]",
-                          c=f"[{int(iterations)},0]", verbose=0)
+    # ANTsPy's atropos leaves its probability images in the temporary folder: give it one of
+    # ours, removed afterwards
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory() as scratch:
+        tempfile.tempdir = scratch
+        try:
+            result = ants.atropos(a=image, x=brain, i="kmeans[3]", m=f"[{float(mrf_weight)},1x1x1]",
+                                  c=f"[{int(iterations)},0]", verbose=0)
+        finally:
+            tempfile.tempdir = previous
     posteriors = []
     for probability in result["probabilityimages"]:
         full = np.zeros(img.shape, dtype=np.float32)

@@ -34,6 +34,7 @@ from bids_ketamine.config import (
     DEFAULT_REMISSION,
     DENOISE_METHODS,
     FIT_METHODS,
+    IGNORABLE_INPUTS,
     Config,
 )
 from bids_ketamine.derivatives import TENSOR_PARAMS
@@ -113,12 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON file of pybids filters for the DWI query, e.g. {"dwi": {"acquisition": "ortho"}}',
     )
     sel.add_argument(
-        "--skip-bids-validation",
-        "--skip_bids_validation",
-        dest="skip_bids_validation",
-        action="store_true",
-        help="do not validate the input dataset against the BIDS specification",
+        "--ignore", nargs="+", choices=IGNORABLE_INPUTS, default=list(config_default("ignore")),
+        help="inputs to leave unused: 't1w' processes the DWI alone (b=0-to-template "
+        "registration; default: a participant's T1w is used when present); 'fieldmaps' is "
+        "accepted as in fMRIPrep (this version does not correct distortion yet)",
     )
+    sel.add_argument(
+        "--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation", action="store_true",
+        help="do not validate the input dataset against the BIDS specification")
     sel.add_argument(
         "--bids-database-dir",
         type=Path,
@@ -298,12 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
         "session) is at least P; 'none' keeps white matter and CSF inside the atlas labels",
     )
     reg.add_argument(
-        "--no-longitudinal",
-        dest="longitudinal",
-        action="store_false",
+        "--no-longitudinal", dest="longitudinal", action="store_false",
         help="register each session to the template on its own instead of through the "
-        "within-subject midpoint space (not recommended: biased change)",
-    )
+        "within-subject midpoint space (not recommended: biased change)")
 
     add_group_arguments(parser)
     return parser
@@ -351,6 +351,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         csf_md_threshold=args.csf_md_threshold,
         gm_threshold=args.gm_threshold,
         combine_runs=args.combine_runs,
+        ignore=tuple(dict.fromkeys(args.ignore)),
         longitudinal=args.longitudinal,
         baseline_session=args.baseline_session,
         followup_session=args.followup_session,

@@ -115,3 +115,54 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
     LOGGER.info("Preflight: %d series checked in %.1f s, %d problem(s)", n_checked,
                 time.time() - started, len(problems))
     return usable, problems
+
+
+def usable_t1w(config: Config, layout, subjects) -> dict:
+    """The T1w images each participant's anatomy will use (:func:`bids_ketamine.bids.collect_t1w`).
+
+    From headers only.  Participants without a usable T1w take the DWI-only path, with one
+    warning each; a T1w whose header cannot be read, or that is not 3-D, is left out with a
+    warning naming the file and the fix.  ``--ignore t1w`` returns no T1w at all.
+
+    Returns
+    -------
+    dict
+        Participant -> list of :class:`~bids_ketamine.bids.T1wImage` (participants with at
+        least one usable T1w only).
+    """
+    import nibabel as nib
+
+    from bids_ketamine.bids import collect_t1w
+
+    if "t1w" in config.ignore:
+        LOGGER.info("--ignore t1w: every participant takes the DWI-only path")
+        return {}
+    found = {}
+    for subject in subjects:
+        images = []
+        for image in collect_t1w(layout, subject, config.session_label, config.bids_filters):
+            try:
+                shape = nib.load(str(image.path)).shape
+            except Exception as err:  # nibabel raises several types for unreadable files
+                LOGGER.warning("sub-%s: T1w %s cannot be read (%s); it is not used: re-convert it, or "
+                               "pass --ignore t1w", subject, image.path, str(err).splitlines()[0])
+                continue
+            if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
+                LOGGER.warning("sub-%s: T1w %s has shape %s, not one 3-D volume; it is not used",
+                               subject, image.path, shape)
+                continue
+            images.append(image)
+        if images:
+            found[subject] = images
+        else:
+            LOGGER.warning("sub-%s: no usable T1w; the DWI-only path is used (b=0-to-template "
+                           "registration, the template's tissue maps)", subject)
+    if found:
+        from bids_ketamine.anat.antsimage import require_ants
+
+        try:
+            require_ants()
+        except ImportError as err:
+            LOGGER.warning("%s; the DWI-only path is used for every participant", err)
+            return {}
+    return found

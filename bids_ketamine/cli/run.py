@@ -76,7 +76,7 @@ def run_participant(config: Config) -> int:
     write_dataset_description(config.output_dir, dataset_description())
     from bids_ketamine.cli.workflow import run_participant_workflows
 
-    failed = run_participant_workflows(config, series_by_subject)
+    failed = run_participant_workflows(config, series_by_subject, layout)
     status = build_participant_reports(config, sorted(series_by_subject))
     if failed:
         for item in failed:

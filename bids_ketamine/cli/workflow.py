@@ -22,7 +22,7 @@ from bids_ketamine.utils.atomic import atomic_write_text
 from bids_ketamine.utils.multiproc import MultiProcPlugin
 from bids_ketamine.utils.progress import display_options
 from bids_ketamine.utils.workflow_progress import CALLBACK_PLUGINS, WorkflowProgress, expected_nodes
-from bids_ketamine.cli.preflight import preflight
+from bids_ketamine.cli.preflight import preflight, usable_t1w
 from bids_ketamine.workflows.base import init_bids_ketamine_wf
 from bids_ketamine.workflows.outputs import output_path
 
@@ -41,15 +41,21 @@ def write_run_records(workflow, config: Config, subjects: list[str]) -> None:
                           workflow.get_node(f"sub_{subject}_wf").visit_desc() + "\n")
 
 
-def run_participant_workflows(config: Config, series_by_subject: dict[str, list[DwiSeries]]) -> list[str]:
-    """Check, build and run the participant workflow; return one message per failure."""
+def run_participant_workflows(config: Config, series_by_subject: dict[str, list[DwiSeries]],
+                              layout=None) -> list[str]:
+    """Check, build and run the participant workflow; return one message per failure.
+
+    ``layout`` (the input dataset's) is where the participants' T1w images are looked for;
+    without it every participant takes the DWI-only path.
+    """
     usable, problems = preflight(config, series_by_subject)
     if not usable:
         raise InputError("no DWI series can be processed: " + "; ".join(problems))
     work_dir = config.work_dir or (config.output_dir.parent / "work")
     config = config.replace(work_dir=work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    workflow, template, atlas = init_bids_ketamine_wf(config, usable)
+    t1w_by_subject = usable_t1w(config, layout, list(usable)) if layout is not None else {}
+    workflow, template, atlas = init_bids_ketamine_wf(config, usable, t1w_by_subject)
     workflow.base_dir = str(work_dir)
     crash_dir = work_dir / "crashes"
     workflow.config["execution"] = {

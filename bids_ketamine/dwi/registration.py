@@ -61,6 +61,7 @@ __all__ = [
     "MidpointResult",
     "TemplateRegistration",
     "midpoint_space",
+    "save_matrix",
     "register_to_template",
     "template_b0_contrast",
 ]
@@ -138,6 +139,19 @@ def sidecar_path(path) -> str:
         if path.endswith(extension):
             return path[: -len(extension)] + ".json"
     return path + ".json"
+
+
+def save_matrix(path, matrix, convention: str) -> str:
+    """Write a 4x4 transform as text (one row per line, 10 decimals: ``np.loadtxt`` reads it)
+    with a JSON sidecar stating its ``convention``, both atomically; returns the path."""
+    from bids_ketamine.utils.atomic import atomic_write_text
+
+    matrix = np.asarray(matrix, dtype=float)
+    if matrix.shape != (4, 4):
+        raise ValueError(f"a transform must be a 4x4 matrix, got shape {matrix.shape}")
+    atomic_write_text(path, "".join(" ".join(f"{value:.10f}" for value in row) + "\n" for row in matrix))
+    atomic_write_text(sidecar_path(path), json.dumps({"Convention": convention}, indent=2))
+    return str(path)
 
 
 @dataclass

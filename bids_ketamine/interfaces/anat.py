@@ -1,8 +1,10 @@
 """Anatomical (T1w) interfaces, one :mod:`bids_ketamine.anat` function each.
 
-Transforms are files: the within-subject rigid maps as 4x4 text matrices (template world ->
-session world, RAS mm), the template registration as ANTs/ITK files with a JSON sidecar
-stating their convention (:mod:`bids_ketamine.anat.registration`).
+Transforms are files: the within-subject rigid maps and the T1w -> DWI midpoint map as 4x4
+text matrices (RAS mm), the T1w's template registration as ANTs/ITK files with a JSON sidecar
+stating their convention (:mod:`bids_ketamine.anat.registration`), and the DWI's template
+registration composed through the T1w in the files of the DWI-only path
+(:mod:`bids_ketamine.anat.dwi_to_t1w`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_ketamine.utils.atomic import atomic_write_nifti, atomic_write_text
+from bids_ketamine.utils.atomic import atomic_write_nifti
 
 
 class _ThreadsInputSpec(BaseInterfaceInputSpec):
@@ -65,6 +67,11 @@ class _WithinSubjectOutputSpec(TraitedSpec):
                                   desc="per input: template world -> session world (4x4 text)")
 
 
+#: The convention of the within-subject template's per-session transforms (their sidecars).
+SESSION_CONVENTION = ("4x4 matrix (text): a point's world coordinates (mm, RAS) in the within-subject "
+                      "T1w template -> its world coordinates in the session's T1w")
+
+
 class WithinSubjectTemplate(SimpleInterface):
     """Unbiased within-subject T1w template
     (:func:`bids_ketamine.anat.within_subject.within_subject_template`)."""
@@ -74,17 +81,15 @@ class WithinSubjectTemplate(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_ketamine.anat.within_subject import within_subject_template
+        from bids_ketamine.dwi.registration import save_matrix
 
         result = within_subject_template(list(self.inputs.t1w_files))
         cwd = Path(runtime.cwd)
         self._results["template_file"] = str(atomic_write_nifti(result.template,
                                                                 cwd / "t1w_template.nii.gz"))
-        xfms = []
-        for index, matrix in enumerate(result.transforms):
-            path = cwd / f"from-template_to-t1w{index:02d}_xfm.txt"
-            text = "\n".join(" ".join(f"{v:.10g}" for v in row) for row in np.asarray(matrix))
-            xfms.append(str(atomic_write_text(path, text + "\n")))
-        self._results["xfm_files"] = xfms
+        self._results["xfm_files"] = [
+            save_matrix(cwd / f"from-template_to-t1w{index:02d}_xfm.txt", matrix, SESSION_CONVENTION)
+            for index, matrix in enumerate(result.transforms)]
         return runtime
 
 
@@ -127,7 +132,7 @@ class _RegistrationOutputSpec(TraitedSpec):
     sidecar_file = File(exists=True, desc="JSON stating the convention")
 
 
-class TemplateRegistration(SimpleInterface):
+class T1wTemplateRegistration(SimpleInterface):
     """Nonlinear T1w-to-template registration
     (:func:`bids_ketamine.anat.registration.register_to_template`)."""
 
@@ -223,4 +228,64 @@ class TissueFractions(SimpleInterface):
             path = cwd / f"label-{name}_probseg.nii.gz"
             self._results[f"{key}_file"] = str(atomic_write_nifti(maps[key], path))
         self._results["dseg_file"] = str(atomic_write_nifti(maps["labels"], cwd / "dseg.nii.gz"))
+        return runtime
+
+
+class _B0ToT1wInputSpec(_ThreadsInputSpec):
+    b0_file = File(exists=True, mandatory=True, desc="DWI midpoint b=0")
+    b0_mask = File(exists=True, mandatory=True, desc="its brain mask")
+    t1w_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+    t1w_mask = File(exists=True, mandatory=True, desc="T1w brain mask")
+
+
+class _B0ToT1wOutputSpec(TraitedSpec):
+    xfm_file = File(exists=True, desc="T1w world -> DWI midpoint world (4x4 text, JSON sidecar)")
+
+
+class B0ToT1wRegistration(SimpleInterface):
+    """Rigid b=0 -> T1w registration, mutual information
+    (:func:`bids_ketamine.anat.dwi_to_t1w.register_b0_to_t1w`)."""
+
+    input_spec = _B0ToT1wInputSpec
+    output_spec = _B0ToT1wOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.anat.antsimage import set_threads
+        from bids_ketamine.anat.dwi_to_t1w import T1W_CONVENTION, register_b0_to_t1w
+        from bids_ketamine.dwi.registration import save_matrix
+
+        set_threads(self.inputs.n_threads)
+        matrix = register_b0_to_t1w(self.inputs.b0_file, self.inputs.b0_mask, self.inputs.t1w_file,
+                                    self.inputs.t1w_mask)
+        self._results["xfm_file"] = save_matrix(Path(runtime.cwd) / "from-T1w_to-midpoint_xfm.txt", matrix,
+                                                T1W_CONVENTION)
+        return runtime
+
+
+class _ComposeInputSpec(_TransformsInputSpec):
+    t1w_xfm_file = File(exists=True, mandatory=True, desc="T1w world -> DWI midpoint world (4x4 text)")
+    reference_file = File(exists=True, mandatory=True, desc="DWI midpoint b=0 (the subject grid)")
+
+
+class _ComposeOutputSpec(TraitedSpec):
+    affine_file = File(exists=True, desc="affine part, 4x4 text (template world -> midpoint world)")
+    warp_file = File(exists=True, desc="displacement field pulling midpoint images into the template")
+    inverse_warp_file = File(exists=True, desc="its inverse, pulling template images onto a midpoint grid")
+
+
+class ComposeThroughT1w(SimpleInterface):
+    """The DWI midpoint's template registration composed through the T1w, in the files of the
+    DWI-only path (:func:`bids_ketamine.anat.dwi_to_t1w.compose_through_t1w`)."""
+
+    input_spec = _ComposeInputSpec
+    output_spec = _ComposeOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.anat.dwi_to_t1w import compose_through_t1w
+
+        registration = compose_through_t1w(_transforms(self.inputs), np.loadtxt(self.inputs.t1w_xfm_file),
+                                           self.inputs.reference_file)
+        paths = registration.save(Path(runtime.cwd) / "to_template")
+        self._results.update(affine_file=paths["affine"], warp_file=paths["warp"],
+                             inverse_warp_file=paths["invwarp"])
         return runtime

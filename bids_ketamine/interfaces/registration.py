@@ -18,7 +18,6 @@ more than once.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import nibabel as nib
@@ -33,7 +32,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
-from bids_ketamine.dwi.registration import sidecar_path
+from bids_ketamine.dwi.registration import save_matrix
 from bids_ketamine.utils.images import open_image
 
 #: The convention of the rigid ``from-dwi_to-midpoint`` files (written into their sidecars).
@@ -84,13 +83,8 @@ class MidpointSpace(SimpleInterface):
             # the files hold the inverse: session world -> midpoint world.
             transforms = [np.linalg.inv(t) for t in result.transforms]
             midpoint_img, midpoint_mask = result.template, result.mask
-        xfm_files = []
-        for index, matrix in enumerate(transforms):
-            path = out / f"series{index:02d}_to_midpoint.txt"
-            np.savetxt(path, np.asarray(matrix, dtype=float), fmt="%.10f")
-            Path(sidecar_path(path)).write_text(json.dumps({"Convention": RIGID_CONVENTION}, indent=2))
-            xfm_files.append(str(path))
-        self._results["xfm_files"] = xfm_files
+        self._results["xfm_files"] = [save_matrix(out / f"series{index:02d}_to_midpoint.txt", matrix, RIGID_CONVENTION)
+                                      for index, matrix in enumerate(transforms)]
         self._results["midpoint_file"] = str(out / "midpoint_b0.nii.gz")
         self._results["midpoint_mask"] = str(out / "midpoint_mask.nii.gz")
         nib.Nifti1Image(np.asarray(midpoint_img.dataobj, dtype=np.float32), midpoint_img.affine).to_filename(

@@ -93,6 +93,9 @@ class ParticipantOutputs:
     midpoint_b0: Path | None
     config: dict[str, Any] | None
     config_path: Path
+    #: The anatomical outputs (keys of :data:`~bids_ketamine.derivatives.SUBJECT_OUTPUTS`:
+    #: ``t1w_preproc``, ``t1w_dseg``, ``t1w_to_midpoint_xfm``...), empty without a T1w.
+    anat: dict[str, Path] = field(default_factory=dict)
 
     @property
     def sessions(self) -> list[str]:
@@ -165,6 +168,12 @@ def collect_participant_outputs(output_dir: Path, subject: str) -> ParticipantOu
     folders = [sub_dir / "dwi"] + sorted(p / "dwi" for p in sub_dir.glob("ses-*") if p.is_dir())
     found: dict[str, SeriesOutputs] = {}
     midpoint = None
+    anat: dict[str, Path] = {}
+    anat_dir = sub_dir / "anat"
+    for path in sorted(anat_dir.iterdir()) if anat_dir.is_dir() else []:
+        known = classify(parse_entities(output_dir, path))
+        if known is not None and known[0] in SUBJECT_OUTPUTS:
+            anat[known[0]] = path
     for folder in folders:
         if not folder.is_dir():
             continue
@@ -175,7 +184,10 @@ def collect_participant_outputs(output_dir: Path, subject: str) -> ParticipantOu
                 continue
             field_name, values = known
             if field_name in SUBJECT_OUTPUTS:
-                midpoint = midpoint or path
+                if field_name == "midpoint_b0":
+                    midpoint = path
+                else:
+                    anat[field_name] = path
                 continue
             prefix = series_prefix(entities)
             series = found.setdefault(prefix, SeriesOutputs(
@@ -190,4 +202,5 @@ def collect_participant_outputs(output_dir: Path, subject: str) -> ParticipantOu
         midpoint_b0=midpoint,
         config=read_json(config_file),
         config_path=config_file,
+        anat=anat,
     )

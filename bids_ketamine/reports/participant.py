@@ -112,7 +112,8 @@ class _ParticipantReport(SeriesParts):
         series_sections = [self._series_section(series) for series in self.out.series]
         sections = [self._summary_section(), self._warnings_section()]
         sections += series_sections
-        sections += [self._longitudinal_section(), self._methods_section(), self._about_section()]
+        sections += [self._anatomy_section(), self._longitudinal_section(), self._methods_section(),
+                     self._about_section()]
         n_warn = sum(len(v) for v in self.warnings.values())
         sessions = self.out.sessions
         subtitle = (
@@ -221,6 +222,39 @@ class _ParticipantReport(SeriesParts):
     def _warn(self, series: SeriesOutputs, texts: list[str]) -> None:
         if texts:
             self.warnings.setdefault(series.label, []).extend(texts)
+
+    # ------------------------------------------------------------------ anatomy
+    def _anatomy_section(self) -> Section:
+        """The T1w path (issue 19): the segmentation, and the DWI over the T1w's edges."""
+        anat, subject = self.out.anat, self.out.subject
+        if "t1w_preproc" not in anat:
+            return Section("anatomy", "Anatomy", note(
+                "No T1w was used: the DWI-only path ran (the midpoint b=0 registered to the "
+                "template, the template's tissue maps).", "missing"))
+        parts = []
+        if "t1w_dseg" in anat:
+            parts.append(self._figure(
+                f"sub-{subject}_desc-dseg_T1w.png",
+                lambda out: figures.plot_label_outlines(anat["t1w_preproc"], anat["t1w_dseg"],
+                                                        {1: "CSF", 2: "GM", 3: "WM"}, out),
+                "Bias-corrected T1w with the outlines of its CSF, grey-matter and white-matter "
+                "segmentation. The outlines should follow the tissue boundaries."))
+        b0 = self.out.midpoint_b0 or next((series.files["b0"] for series in self.out.series
+                                           if "b0" in series.files), None)
+        if b0 is not None and "t1w_wm_probseg" in anat and "t1w_to_midpoint_xfm" in anat:
+            matrix = np.loadtxt(anat["t1w_to_midpoint_xfm"])
+            wm = nib.load(str(anat["t1w_wm_probseg"]))
+            wm_in_dwi = nib.Nifti1Image(np.asanyarray(wm.dataobj), matrix @ wm.affine)
+            parts.append(self._figure(
+                f"sub-{subject}_desc-t1wedges_dwiref.png",
+                lambda out: figures.plot_outline(b0, wm_in_dwi, out, level=0.5, display_modes=("z", "y")),
+                "Mean b=0 of the DWI with the white-matter boundary of the T1w carried through the "
+                "b=0-to-T1w registration. The contour should follow the b=0's white-matter edges; "
+                "a consistent offset means a failed registration, local mismatch near the sinuses "
+                "and temporal bone is uncorrected susceptibility distortion."))
+        files = "".join(f"<li>{escape(path.relative_to(self.out.output_dir))}</li>" for path in sorted(anat.values()))
+        parts.append(details(f"Anatomical outputs ({len(anat)})", f"<ul>{files}</ul>"))
+        return Section("anatomy", "Anatomy", "".join(parts))
 
     # ------------------------------------------------------------------ one series
     def _longitudinal_section(self) -> Section:

@@ -43,6 +43,14 @@ REFERENCES: dict[str, str] = {
     "registration with cross-correlation: evaluating automated labeling of elderly and "
     "neurodegenerative brain. Med Image Anal. 2008;12(1):26-41. "
     "doi:10.1016/j.media.2007.06.004",
+    "ants": "Avants BB, Tustison NJ, Song G, Cook PA, Klein A, Gee JC. A reproducible evaluation "
+    "of ANTs similarity metric performance in brain image registration. NeuroImage. "
+    "2011;54(3):2033-2044. doi:10.1016/j.neuroimage.2010.09.025",
+    "n4": "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. IEEE Trans "
+    "Med Imaging. 2010;29(6):1310-1320. doi:10.1109/TMI.2010.2046908",
+    "atropos": "Avants BB, Tustison NJ, Wu J, Cook PA, Gee JC. An open source multivariate framework "
+    "for n-tissue segmentation with evaluation on public data. Neuroinformatics. "
+    "2011;9(4):381-400. doi:10.1007/s12021-011-9109-y",
     "mni2009": "Fonov VS, Evans AC, McKinstry RC, Almli CR, Collins DL. Unbiased nonlinear "
     "average age-appropriate brain templates from birth to adulthood. NeuroImage. "
     "2009;47(Suppl 1):S102. doi:10.1016/S1053-8119(09)70884-5",

@@ -1,5 +1,6 @@
-"""The anatomical (T1w) workflow of one participant (issue 19; not yet wired into the
-participant workflow)."""
+"""The anatomical (T1w) workflow of one participant: run when the participant has a T1w
+(``--ignore t1w`` skips it), its template registration then replaces the b=0-based one
+(:func:`bids_ketamine.workflows.longitudinal.init_longitudinal_wf`)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from bids_ketamine.interfaces.anat import (
     BiasFieldCorrection,
     RoughBrainMask,
     TemplateBrainMask,
-    TemplateRegistration,
+    T1wTemplateRegistration,
     TissueFractions,
     WithinSubjectTemplate,
 )
 from bids_ketamine.resources import get_template
+from bids_ketamine.workflows.literate import LiterateWorkflow
 
 OUTPUT_FIELDS = ["t1w_preproc", "t1w_to_session_xfms", "brain_mask", "gm_probseg", "wm_probseg",
                  "csf_probseg", "dseg", "template_affine", "template_warp",
@@ -57,18 +59,18 @@ def init_anat_wf(config: Config, *, n_t1w: int = 1, name: str = "anat_wf"):
         raise ValueError(f"init_anat_wf needs at least one T1w, got n_t1w={n_t1w}")
     template = get_template(config.template)
     threads = config.omp_nthreads
-    workflow = pe.Workflow(name=name)
+    workflow = LiterateWorkflow(name=name)
     sessions = "one session's T1w" if n_t1w == 1 else (
         f"the unbiased within-subject template of the {n_t1w} sessions' T1w images (each rigidly "
         "registered to their midpoint, no session privileged)")
     workflow.__desc__ = (
-        "Anatomical data were processed with ANTsPy: each T1-weighted image was corrected for "
-        "intensity non-uniformity (N4); the anatomy was processed once, on "
+        "Anatomical data were processed with ANTsPy [@ants]: each T1-weighted image was corrected for "
+        "intensity non-uniformity (N4) [@n4]; the anatomy was processed once, on "
         f"{sessions}. It was registered to the {template.name} template (affine, then symmetric "
-        "diffeomorphic SyN, at 2 mm, after cutting the T1w to a brain-sized region found by "
+        "diffeomorphic SyN [@syn], at 2 mm, after cutting the T1w to a brain-sized region found by "
         "morphology); the brain was extracted by carrying the template's brain mask into "
         "the T1w through that registration; grey-matter, white-matter and CSF partial-volume "
-        "maps came from a three-class Atropos segmentation (k-means initialisation, Markov "
+        "maps came from a three-class Atropos segmentation [@atropos] (k-means initialisation, Markov "
         "random field) with two-compartment intensity mixing in voxels of uncertain class."
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_files"]), name="inputnode")
@@ -79,7 +81,7 @@ def init_anat_wf(config: Config, *, n_t1w: int = 1, name: str = "anat_wf"):
                     name="bias_field_correction", n_procs=threads, mem_gb=1.5)
     within = pe.Node(WithinSubjectTemplate(), name="within_subject_template", mem_gb=2.0)
     rough = pe.Node(RoughBrainMask(), name="rough_brain_mask", mem_gb=1.0)
-    register = pe.Node(TemplateRegistration(n_threads=threads, template_t1w=str(template.t1w),
+    register = pe.Node(T1wTemplateRegistration(n_threads=threads, template_t1w=str(template.t1w),
                                             template_mask=str(template.mask), space=template.name),
                        name="template_registration", n_procs=threads, mem_gb=2.0)
     brain = pe.Node(TemplateBrainMask(n_threads=threads, template_mask=str(template.mask)),

@@ -6,7 +6,9 @@ Per participant (:func:`init_single_subject_wf`):
    and its tensor fitted (:func:`~bids_ketamine.workflows.tensor.init_tensor_wf`) in its own space;
 2. the series' mean b=0 images are registered to their unbiased within-subject midpoint
    (all sessions and acquisitions of the subject, none privileged), and the midpoint image to the
-   template (affine + SyN): one template warp shared by every session
+   template: through the participant's T1w when there is one (the anatomy processed once,
+   :func:`~bids_ketamine.workflows.anat.init_anat_wf`; rigid b=0 -> T1w composed with the T1w's
+   SyN), else directly (affine + SyN on the b=0): one template warp shared by every session
    (:func:`~bids_ketamine.workflows.longitudinal.init_longitudinal_wf`);
 3. the atlas is brought into each series' native grid (nearest neighbour) through that shared
    path, and ROI statistics are taken there, on maps that were never interpolated, with a voxel
@@ -35,11 +37,13 @@ from bids_ketamine.config import Config
 from bids_ketamine.derivatives import subject_path
 from bids_ketamine.interfaces.io import DerivativesSink
 from bids_ketamine.interfaces.registration import REGISTRATION_FIELDS, TemplateReference
+from bids_ketamine.workflows.anat import init_anat_wf
 from bids_ketamine.workflows.connections import pick
 from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb, set_series_inputs
 from bids_ketamine.workflows.literate import LiterateWorkflow
 from bids_ketamine.workflows.longitudinal import init_longitudinal_wf
-from bids_ketamine.workflows.outputs import init_series_derivatives_wf
+from bids_ketamine.workflows.longitudinal import ANAT_FIELDS
+from bids_ketamine.workflows.outputs import ANAT_OUTPUTS, init_anat_derivatives_wf, init_series_derivatives_wf
 from bids_ketamine.workflows.roi import init_roi_wf
 from bids_ketamine.workflows.template_maps import init_template_maps_wf
 from bids_ketamine.workflows.tensor import init_tensor_wf
@@ -50,7 +54,8 @@ LOGGER = logging.getLogger(__name__)
 def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config, *,
                            template: str, atlas_file: str, labels_file: str, atlas_name: str,
                            gm_file: str | None = None, provenance: dict | None = None,
-                           wm_file: str | None = None, csf_file: str | None = None):
+                           wm_file: str | None = None, csf_file: str | None = None,
+                           t1w_files: list[str] | None = None):
     """Build the workflow of one participant (wiring only).
 
     Every series is preprocessed, its tensor fitted and its derivatives written; the series
@@ -78,6 +83,10 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
         fractions of the partial-volume-aware ROI values (issue 20).
     provenance : dict, optional
         Template and atlas files used, recorded in the atlas sidecar of every series.
+    t1w_files : list of str, optional
+        The participant's T1w images (one per session, :func:`bids_ketamine.bids.collect_t1w`):
+        the anatomy is processed once (:func:`init_anat_wf`) and the DWI reaches the template
+        through it.  None or empty: the DWI-only path.
 
     Inputs
     ------
@@ -94,6 +103,7 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
     workflow.__postdesc__ = "Group-level models use statsmodels [@statsmodels]."
     inputnode = pe.Node(niu.IdentityInterface(fields=["template_b0_file", "template_grid_file"]),
                         name="inputnode")
+    anat = _init_anat(workflow, subject, config, t1w_files, template) if t1w_files else None
     series_wfs = [_init_series_wfs(workflow, item, config, template=template, atlas_name=atlas_name,
                                    labels_file=labels_file, provenance=provenance) for item in series]
     groups = [list(range(len(series)))] if config.longitudinal else [[i] for i in range(len(series))]
@@ -103,7 +113,10 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
         preprocs = [series_wfs[index][0] for index in members]
         tensors = [series_wfs[index][1] for index in members]
         longitudinal = init_longitudinal_wf(len(members), template=template, omp_nthreads=config.omp_nthreads,
-                                            name=f"longitudinal{suffix}_wf")
+                                            anatomical=anat is not None, name=f"longitudinal{suffix}_wf")
+        if anat is not None:
+            workflow.connect([(anat, longitudinal, [(f"outputnode.{source}", f"inputnode.{target}")
+                                                    for source, target in zip(ANAT_SOURCES, ANAT_FIELDS)])])
         roi = init_roi_wf(config, keys, atlas_file=atlas_file, labels_file=labels_file, atlas_name=atlas_name,
                           gm_file=gm_file, wm_file=wm_file, csf_file=csf_file, name=f"roi{suffix}_wf")
         template_maps = init_template_maps_wf(keys, template=template, name=f"template_maps{suffix}_wf")
@@ -129,6 +142,11 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                 config.output_dir, subject, "midpoint_b0"))), name="ds_midpoint_b0",
                 run_without_submitting=True)
             workflow.connect([(longitudinal, ds_midpoint, [("outputnode.midpoint_file", "in_file")])])
+        if len(groups) == 1 and anat is not None:  # T1w -> midpoint (one series: its own space)
+            ds_t1w_xfm = pe.Node(DerivativesSink(out_path=str(subject_path(
+                config.output_dir, subject, "t1w_to_midpoint_xfm"))), name="ds_t1w_to_midpoint_xfm",
+                run_without_submitting=True)
+            workflow.connect([(longitudinal, ds_t1w_xfm, [("outputnode.t1w_xfm_file", "in_file")])])
         for position, index in enumerate(members):
             derivatives = series_wfs[index][2]
             workflow.connect([
@@ -139,6 +157,21 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                                     (("outputnode.roistats_files", pick, position), "inputnode.roistats_file")]),
             ])
     return workflow
+
+
+#: :func:`init_anat_wf` outputs feeding :data:`~bids_ketamine.workflows.longitudinal.ANAT_FIELDS`.
+ANAT_SOURCES = ("t1w_preproc", "brain_mask", "template_affine", "template_warp", "template_inverse_warp")
+
+
+def _init_anat(workflow, subject: str, config: Config, t1w_files: list[str], template: str):
+    """Add the participant's anatomical workflow and its derivatives to ``workflow``; return it."""
+    anat = init_anat_wf(config, n_t1w=len(t1w_files), name="anat_wf")
+    anat.inputs.inputnode.t1w_files = [str(path) for path in t1w_files]
+    derivatives = init_anat_derivatives_wf(subject, config.output_dir, template=template,
+                                           name="anat_derivatives_wf")
+    workflow.connect([(anat, derivatives, [(f"outputnode.{field}", f"inputnode.{field}")
+                                           for field in ANAT_OUTPUTS])])
+    return anat
 
 
 def _init_series_wfs(workflow, item: DwiSeries, config: Config, *, template: str, atlas_name: str,
@@ -216,8 +249,13 @@ def series_summary(source, bval_file, warnings, protocol_warnings, options):
     ).to_dict()
 
 
-def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
-    """Build the whole participant-level workflow (one sub-workflow per participant)."""
+def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiSeries]],
+                          t1w_by_subject: dict[str, list] | None = None):
+    """Build the whole participant-level workflow (one sub-workflow per participant).
+
+    ``t1w_by_subject`` maps a participant to its T1w images (:class:`bids_ketamine.bids.T1wImage`
+    or paths); participants absent from it take the DWI-only path.
+    """
     from bids_ketamine.atlas import get_atlas
     from bids_ketamine.resources import get_template
 
@@ -235,6 +273,7 @@ def init_bids_ketamine_wf(config: Config, series_by_subject: dict[str, list[DwiS
             subject, series, config, template=template.name, atlas_file=str(atlas.image),
             labels_file=str(labels_file), atlas_name=atlas.name, gm_file=str(template.gm),
             wm_file=str(template.wm), csf_file=str(template.csf),
+            t1w_files=[str(getattr(image, "path", image)) for image in (t1w_by_subject or {}).get(subject, [])],
             provenance={"Template": template.provenance(), "Atlas": atlas.provenance,
                         "AtlasFile": str(atlas.image)})
         workflow.connect([(template_reference, single_subject, [

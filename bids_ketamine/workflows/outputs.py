@@ -49,3 +49,32 @@ def init_series_derivatives_wf(series: DwiSeries, output_dir: Path, *, template:
         workflow.connect([(inputnode, sink, [(field, "content")])])
     return workflow
 
+
+
+#: :func:`~bids_ketamine.workflows.anat.init_anat_wf` output -> its participant-level output
+#: (a key of :data:`bids_ketamine.derivatives.SUBJECT_OUTPUTS`).
+ANAT_OUTPUTS = {
+    "t1w_preproc": "t1w_preproc",
+    "brain_mask": "t1w_mask",
+    "dseg": "t1w_dseg",
+    "gm_probseg": "t1w_gm_probseg",
+    "wm_probseg": "t1w_wm_probseg",
+    "csf_probseg": "t1w_csf_probseg",
+    "template_affine": "t1w_to_template_affine",
+    "template_warp": "t1w_to_template_warp",
+    "template_inverse_warp": "t1w_to_template_inverse_warp",
+    "template_xfm_sidecar": "t1w_to_template_sidecar",
+}
+
+
+def init_anat_derivatives_wf(subject: str, output_dir: Path, *, template: str,
+                             name: str = "anat_derivatives_wf"):
+    """Build the workflow that writes a participant's anatomical derivatives (``anat/``):
+    the inputs are :data:`ANAT_OUTPUTS`' keys, each copied atomically to its name."""
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=list(ANAT_OUTPUTS)), name="inputnode")
+    for field, output in ANAT_OUTPUTS.items():
+        target = derivatives.subject_path(output_dir, subject, output, tpl=template)
+        sink = pe.Node(DerivativesSink(out_path=str(target)), name=f"ds_{output}", run_without_submitting=True)
+        workflow.connect([(inputnode, sink, [(field, "in_file")])])
+    return workflow
