@@ -155,8 +155,8 @@ def usable_t1w(config: Config, layout, subjects) -> dict:
         if images:
             found[subject] = images
         else:
-            LOGGER.warning("sub-%s: no usable T1w; the DWI-only path is used (b=0-to-template "
-                           "registration, the template's tissue maps)", subject)
+            LOGGER.warning("sub-%s: no usable T1w; the DWI-only path is used (the mean b=0 "
+                           "registered to the template directly)", subject)
     if found:
         from bids_ketamine.anat.antsimage import require_ants
 

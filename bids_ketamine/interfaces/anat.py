@@ -22,6 +22,7 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from bids_ketamine.interfaces.registration import RegistrationFilesSpec
 from bids_ketamine.utils.atomic import atomic_write_nifti
 
 
@@ -267,18 +268,12 @@ class _ComposeInputSpec(_TransformsInputSpec):
     reference_file = File(exists=True, mandatory=True, desc="DWI midpoint b=0 (the subject grid)")
 
 
-class _ComposeOutputSpec(TraitedSpec):
-    affine_file = File(exists=True, desc="affine part, 4x4 text (template world -> midpoint world)")
-    warp_file = File(exists=True, desc="displacement field pulling midpoint images into the template")
-    inverse_warp_file = File(exists=True, desc="its inverse, pulling template images onto a midpoint grid")
-
-
 class ComposeThroughT1w(SimpleInterface):
     """The DWI midpoint's template registration composed through the T1w, in the files of the
     DWI-only path (:func:`bids_ketamine.anat.dwi_to_t1w.compose_through_t1w`)."""
 
     input_spec = _ComposeInputSpec
-    output_spec = _ComposeOutputSpec
+    output_spec = RegistrationFilesSpec
 
     def _run_interface(self, runtime):
         from bids_ketamine.anat.dwi_to_t1w import compose_through_t1w

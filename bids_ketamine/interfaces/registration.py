@@ -131,10 +131,15 @@ class _TemplateRegistrationInputSpec(BaseInterfaceInputSpec):
     n_threads = traits.Int(1, usedefault=True, desc="threads")
 
 
-class _TemplateRegistrationOutputSpec(TraitedSpec):
+class RegistrationFilesSpec(TraitedSpec):
+    """The files of a midpoint -> template registration (:data:`REGISTRATION_FIELDS`)."""
+
     affine_file = File(exists=True, desc="affine part, 4x4 text (template world -> midpoint world)")
     warp_file = File(exists=True, desc="displacement field pulling midpoint images into the template")
     inverse_warp_file = File(exists=True, desc="its inverse, pulling template images onto a midpoint grid")
+
+
+class _TemplateRegistrationOutputSpec(RegistrationFilesSpec):
     warped_file = File(exists=True, desc="moving image in template space (for QC)")
 
 

@@ -41,8 +41,7 @@ from bids_ketamine.workflows.anat import init_anat_wf
 from bids_ketamine.workflows.connections import pick
 from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_gb, set_series_inputs
 from bids_ketamine.workflows.literate import LiterateWorkflow
-from bids_ketamine.workflows.longitudinal import init_longitudinal_wf
-from bids_ketamine.workflows.longitudinal import ANAT_FIELDS
+from bids_ketamine.workflows.longitudinal import ANAT_FIELDS, init_longitudinal_wf
 from bids_ketamine.workflows.outputs import ANAT_OUTPUTS, init_anat_derivatives_wf, init_series_derivatives_wf
 from bids_ketamine.workflows.roi import init_roi_wf
 from bids_ketamine.workflows.template_maps import init_template_maps_wf
