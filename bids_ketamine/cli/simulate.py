@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--t1w", nargs="?", type=_finite, const=1.0, default=None, metavar="MM",
                         help="also write a T1w in each session's anat/ (voxel size MM, default 1), "
                              "with its true tissue fractions and bias field in the truth folder")
+    parser.add_argument("--distortion", type=_finite, default=0.0, metavar="HZ",
+                        help="distort every DWI series by a susceptibility field peaking at HZ over "
+                             "the frontal sinus and the temporal bones (e.g. 100; default 0: none); "
+                             "the field is written to the truth folder")
+    parser.add_argument("--reverse-pe", action="store_true",
+                        help="with --distortion: also write the b=0 volumes with the opposite phase "
+                             "encoding (fmap/*_dir-PA_epi, IntendedFor the DWI)")
     parser.add_argument("--no-noise", action="store_true", help="write noise-free data")
     parser.add_argument("--no-motion", action="store_true", help="no per-volume motion")
     parser.add_argument("--no-images", action="store_true",
@@ -151,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                               overwrite=args.overwrite, progress=not args.quiet,
                               images=not args.no_images,
                               atlas_image=args.atlas_image, t1w=args.t1w is not None,
-                              t1w_voxel_mm=args.t1w or 1.0, **options)
+                              t1w_voxel_mm=args.t1w or 1.0, distortion_hz=args.distortion,
+                              reverse_pe=args.reverse_pe, **options)
     except (ValueError, FileExistsError) as err:
         parser.error(" ".join(str(err).split()))
     if not args.quiet:

@@ -33,6 +33,8 @@ __all__ = ["Preset", "PRESETS", "Acquisition", "make_acquisition", "SimulatedSes
 
 #: Largest value an int16 image can hold.
 _INT16_MAX = 32767
+#: b-values at or below this are b=0 volumes (the reverse phase-encoded reference repeats them).
+_B0_MAX = 50.0
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,11 @@ class SimulatedSession:
         Per-volume motion parameters (mm, degrees).
     noise_sigma : float
         Standard deviation of the Gaussian components of the Rician noise (0: none).
+    field_hz : ndarray float 3D or None
+        With ``distortion``: the susceptibility field on the session's grid (Hz).
+    reverse_b0 : ndarray int16 4D or None
+        With ``distortion`` and ``reverse_rng``: every b=0 volume again, distorted with the
+        opposite phase-encoding polarity (a reverse phase-encoded reference, PEPOLAR).
     """
 
     data: np.ndarray
@@ -184,6 +191,10 @@ class SimulatedSession:
     md_groups: np.ndarray
     motion: np.ndarray
     noise_sigma: float
+    #: The B0 field on the session's grid (Hz) when the series was distorted, else None.
+    field_hz: np.ndarray | None = None
+    #: With ``reverse_rng``: the b=0 volumes read out with the opposite polarity (int16 4D).
+    reverse_b0: np.ndarray | None = None
 
 
 def _support_box(brain: np.ndarray, affine: np.ndarray, matrices: np.ndarray):
@@ -223,6 +234,8 @@ def simulate_session(
     gain: float = 1.0,
     interpolation_order: int = 3,
     gm_md_field: np.ndarray | None = None,
+    distortion=None,
+    reverse_rng: np.random.Generator | None = None,
 ) -> SimulatedSession:
     """Simulate one DWI series.
 
@@ -253,6 +266,12 @@ def simulate_session(
     gm_md_field : ndarray, optional
         GM MD on the template grid (``--effect-model blobs``); replaces ``md_groups`` for the
         grey-matter signal (``md_groups`` still names the truth's per-group values).
+    distortion : bids_ketamine.simulate.distortion.Distortion, optional
+        Susceptibility distortion along the phase-encoding axis (the field follows the head's
+        session pose; :mod:`bids_ketamine.simulate.distortion`).  None: undistorted.
+    reverse_rng : numpy.random.Generator, optional
+        With ``distortion``: also simulate the b=0 volumes with the opposite polarity, their
+        noise drawn from this generator (so the series itself is the same with or without).
 
     Returns
     -------
@@ -297,13 +316,26 @@ def simulate_session(
     box, box_affine = _support_box(model.brain, acquisition.affine, matrices)
     data = np.empty(acquisition.shape + (n_volumes,), dtype=np.int16)
     moved = np.zeros(acquisition.shape)
+    field_hz, epi, reverse = None, None, None
+    if distortion is not None:
+        from bids_ketamine.simulate.distortion import distortion_map, susceptibility_field
+
+        voxels = np.indices(acquisition.shape, dtype=float).reshape(3, -1).T
+        world = voxels @ acquisition.affine[:3, :3].T + acquisition.affine[:3, 3]
+        field_hz = susceptibility_field(scanner_to_template(world), distortion.peak_hz).reshape(acquisition.shape)
+        epi = distortion_map(field_hz, distortion)
+        reverse = distortion_map(field_hz, distortion.reversed()) if reverse_rng is not None else None
+    reverse_b0 = []
     for volume, (bvalue, gradient, matrix) in enumerate(zip(acquisition.bvals, acquisition.gradients,
                                                             matrices)):
         # The tissue turned with the head: the gradient in the static head's frame.
         static = model.volume(bvalue, matrix[:3, :3].T @ gradient)
         moved[box] = apply_motion(static[box], box_affine, matrix, order=interpolation_order)
-        noisy = add_rician_noise(moved, sigma, rng)
+        noisy = add_rician_noise(moved if epi is None else epi.apply(moved), sigma, rng)
         data[..., volume] = np.clip(np.rint(noisy), 0, _INT16_MAX).astype(np.int16)
+        if epi is not None and reverse is not None and bvalue <= _B0_MAX:
+            opposite = add_rician_noise(reverse.apply(moved), sigma, reverse_rng)
+            reverse_b0.append(np.clip(np.rint(opposite), 0, _INT16_MAX).astype(np.int16))
     return SimulatedSession(
         data=data,
         affine=acquisition.affine,
@@ -316,4 +348,6 @@ def simulate_session(
         md_groups=md_groups,
         motion=motion,
         noise_sigma=sigma,
+        field_hz=field_hz,
+        reverse_b0=np.stack(reverse_b0, axis=-1) if reverse_b0 else None,
     )

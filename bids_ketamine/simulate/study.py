@@ -8,6 +8,7 @@ calls it).  Layout of what it writes::
       sub-<s>/sub-<s>_sessions.tsv
       sub-<s>/ses-<t>/dwi/sub-<s>_ses-<t>_dwi.nii.gz (.bval .bvec .json)
       sub-<s>/ses-<t>/anat/sub-<s>_ses-<t>_T1w.nii.gz (.json)   only with --t1w
+      sub-<s>/ses-<t>/fmap/sub-<s>_ses-<t>_dir-PA_epi.nii.gz (.json)   only with --reverse-pe
       sourcedata/simulation/truth.json  truth.tsv
       sourcedata/simulation/sub-<s>/ses-<t>/   truth maps on the session's grid (see below)
 
@@ -68,7 +69,8 @@ def truth_map_paths(root: Path, subject: str, session: str, atlas_name: str = "k
     Keys: ``gm``, ``wm``, ``csf`` (volume fractions), ``rois`` (ROI labels, most frequent
     atlas label per voxel), ``roi_gm`` (each ROI's grey-matter voxels, the definition in
     truth.json), ``gm_md`` (true GM MD, um^2/ms), ``wm_direction`` (unit WM fibre direction,
-    scanner RAS axes, 4D), ``motion`` (per-volume motion table), ``transforms`` (JSON).
+    scanner RAS axes, 4D), ``motion`` (per-volume motion table), ``transforms`` (JSON),
+    ``fieldmap`` (with ``--distortion``: the susceptibility field, Hz).
     """
     folder = Path(root) / TRUTH_DIR / f"sub-{subject}" / f"ses-{session}"
     prefix = f"sub-{subject}_ses-{session}"
@@ -82,6 +84,7 @@ def truth_map_paths(root: Path, subject: str, session: str, atlas_name: str = "k
         "wm_direction": folder / f"{prefix}_space-dwi_desc-whitematter_param-direction_dwimap.nii.gz",
         "motion": folder / f"{prefix}_desc-motion_timeseries.tsv",
         "transforms": folder / f"{prefix}_desc-transforms.json",
+        "fieldmap": folder / f"{prefix}_space-dwi_desc-susceptibility_fieldmap.nii.gz",
     }
 
 
@@ -115,6 +118,7 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
                    atlas_image=None,
                    roi_names=None, atlas_name: str = "ketamine7", template=None,
                    t1w: bool = False, t1w_voxel_mm: float = 1.0,
+                   distortion_hz: float = 0.0, reverse_pe: bool = False,
                    **options) -> Path:
     """Simulate a two-arm trial and write it as a BIDS dataset with its ground truth.
 
@@ -148,6 +152,15 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
         as without it.
     t1w_voxel_mm : float
         The T1w's isotropic voxel size.
+    distortion_hz : float
+        Peak of the susceptibility field (Hz; ``--distortion``, 0: none): every DWI series is
+        distorted along its phase-encoding axis (the sidecar's ``PhaseEncodingDirection`` and
+        ``TotalReadoutTime``; :mod:`bids_ketamine.simulate.distortion`), and the field on each
+        session's grid is written to the truth folder.
+    reverse_pe : bool
+        With ``distortion_hz``: also write the b=0 volumes read out with the opposite polarity
+        as ``fmap/*_dir-PA_epi.nii.gz`` (``IntendedFor`` the session's DWI), from their own
+        random stream.
     **options
         Any field of :class:`~bids_ketamine.simulate.trial.TrialDesign`: ``snr``,
         ``motion``, ``md_change_ketamine``, ``md_change_saline``, ``arm_ratio``,
@@ -166,6 +179,8 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
     FileExistsError
         If ``output_dir`` is not empty and ``overwrite`` is false.
     """
+    if distortion_hz < 0 or (reverse_pe and not distortion_hz):
+        raise ValueError(f"distortion_hz must be >= 0 (got {distortion_hz}) and reverse_pe needs it > 0")
     unknown = set(options) - set(TrialDesign.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown simulation options: {', '.join(sorted(unknown))}")
@@ -179,6 +194,7 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
     from tqdm.auto import tqdm
 
     sidecar = dwi_sidecar(acquisition.preset, acquisition.shape)
+    distortion = _distortion(sidecar, distortion_hz)
     truth_rows = []
     iterator = tqdm(participants, desc="simulating", unit="subject",
                     disable=not progress or len(participants) < 2)
@@ -204,10 +220,14 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
                 anatomy, acquisition, md_groups=participant.md_groups(session_index),
                 tissue=tissue, subject_transform=subject_transform,
                 session_pose=pose, motion=motion, snr=design.effective_snr, rng=draws, gain=gain,
-                gm_md_field=field,
+                gm_md_field=field, distortion=distortion,
+                reverse_rng=(subject_rng(design.seed, participant.index, "reverse_pe", session_index)
+                             if reverse_pe else None),
             )
             _write_session(root, participant, session, result, sidecar, acquisition,
                            subject_transform, pose, gain, atlas_name, anatomy.roi_names)
+            if distortion is not None:
+                _write_distortion(root, participant.label, session, result, sidecar, distortion, atlas_name)
             if t1w:
                 _write_t1w(root, participant, session, anatomy, template, subject_transform, pose,
                            gain, subject_rng(design.seed, participant.index, "t1w", session_index),
@@ -315,6 +335,32 @@ def _write_session(root, participant, session, result, sidecar, acquisition, sub
             "about the scanner isocentre)"
         ),
     })
+
+
+def _distortion(sidecar: dict, peak_hz: float):
+    """The distortion of every series (the sidecar's phase encoding), or None without one."""
+    if not peak_hz:
+        return None
+    from bids_ketamine.simulate.distortion import Distortion
+
+    direction = sidecar["PhaseEncodingDirection"]
+    return Distortion(float(peak_hz), float(sidecar["TotalReadoutTime"]), axis="ijk".index(direction[0]),
+                      sign=-1 if direction.endswith("-") else 1)
+
+
+def _write_distortion(root, label, session, result, sidecar, distortion, atlas_name):
+    """``--distortion``: the field (Hz) in the truth folder; ``--reverse-pe``: the b=0 volumes
+    read out with the opposite polarity as a BIDS ``epi`` field map for the DWI."""
+    write_nifti(truth_map_paths(root, label, session, atlas_name)["fieldmap"], result.field_hz,
+                result.affine, np.float32)
+    if result.reverse_b0 is None:
+        return
+    stem = root / f"sub-{label}" / f"ses-{session}" / "fmap" / f"sub-{label}_ses-{session}_dir-PA_epi"
+    write_nifti(stem.with_name(stem.name + ".nii.gz"), result.reverse_b0, result.affine,
+                repetition_time=sidecar["RepetitionTime"])
+    write_json(stem.with_name(stem.name + ".json"), dict(
+        sidecar, PhaseEncodingDirection=distortion.reversed().phase_encoding_direction,
+        IntendedFor=[f"ses-{session}/dwi/sub-{label}_ses-{session}_dwi.nii.gz"]))
 
 
 def _write_t1w(root, participant, session, anatomy, template, subject_transform, pose, gain, rng,
