@@ -1,0 +1,108 @@
+"""What uncorrected susceptibility distortion does to the ROI MD (issue 19), with and without a T1w.
+
+Simulates the same subjects twice (``--preset small``, a 2 mm T1w per session, repositioning
+SD 2 mm / 2 degrees): once distorted (``--distortion 100 --reverse-pe``: a field over the
+frontal sinus and the temporal bones, up to 4.6 voxels of displacement in grey matter), once
+not; runs the participant level on each through the T1w path and the DWI-only path
+(``--ignore t1w``); and compares each session's ROI MD (``median``) with the truth, and the MD
+change across participants with the true change.  The app does not correct distortion yet: the
+distorted rows are the "without correction" baseline the correction will be judged against.
+
+Usage::
+
+    python benchmarks/distortion_benchmark.py [--workdir /tmp/distortion] [--n-subjects 3]
+    python benchmarks/distortion_benchmark.py --evaluate-only --workdir /tmp/distortion
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RESULTS = Path(__file__).parent / "results"
+CONDITIONS = {"distorted": ["--distortion", "100", "--reverse-pe"], "undistorted": []}
+PATHS = {"t1w": [], "dwi-only": ["--ignore", "t1w"]}
+
+
+def _run(command: list[str], log: Path | None = None) -> None:
+    print("+", " ".join(command), flush=True)
+    if log is None:
+        subprocess.run(command, check=True)
+        return
+    with open(log, "w") as out:
+        subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT)
+
+
+def simulate_and_process(workdir: Path, n_subjects: int, seed: int) -> None:
+    for condition, options in CONDITIONS.items():
+        bids = workdir / f"bids_{condition}"
+        if not (bids / "sourcedata" / "simulation" / "truth.tsv").exists():
+            _run([sys.executable, "-m", "bids_ketamine.cli.simulate", str(bids), "--overwrite", "--quiet",
+                  "--n-subjects", str(n_subjects), "--seed", str(seed), "--preset", "small", "--t1w", "2",
+                  "--repositioning", "2", "2", *options])
+        for path, extra in PATHS.items():
+            out = workdir / f"out_{condition}_{path}"
+            if not list(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
+                _run([sys.executable, "-m", "bids_ketamine.cli.run", str(bids), str(out), "participant",
+                      "-w", str(workdir / f"work_{condition}_{path}"), "--nprocs", "2", "--omp-nthreads", "1",
+                      *extra], workdir / f"log_{condition}_{path}.txt")
+
+
+def evaluate(workdir: Path) -> pd.DataFrame:
+    """Per condition and path: the largest and median absolute ROI MD error (percent of the
+    truth, both sessions) and r(recovered change, true change) pooled over participants x ROIs."""
+    rows = []
+    for condition in CONDITIONS:
+        truth = pd.read_csv(workdir / f"bids_{condition}" / "sourcedata" / "simulation" / "truth.tsv", sep="\t")
+        for path in PATHS:
+            tables = []
+            for table_path in sorted((workdir / f"out_{condition}_{path}").glob("sub-*/ses-*/dwi/*_roistats.tsv")):
+                subject, session = table_path.name.split("_")[:2]
+                table = pd.read_csv(table_path, sep="\t")
+                tables.append(table[table["param"] == "md"].assign(participant_id=subject, session=session[4:]))
+            if not tables:
+                continue
+            wide = pd.concat(tables).pivot_table(index=["participant_id", "roi"], columns="session",
+                                                 values="median").reset_index()
+            merged = truth.merge(wide, on=["participant_id", "roi"])
+            errors = pd.concat([merged["pre"] / merged["md_baseline"] - 1,
+                                merged["post"] / merged["md_followup"] - 1]).abs() * 100
+            by_roi = pd.concat([(merged["pre"] / merged["md_baseline"] - 1).abs(),
+                                (merged["post"] / merged["md_followup"] - 1).abs()]).groupby(
+                pd.concat([merged["roi"], merged["roi"]])).max() * 100
+            change = merged["post"] - merged["pre"]
+            rows.append({"condition": condition, "path": path, "n": len(merged),
+                         "max_error_pct": round(float(errors.max()), 2),
+                         "median_error_pct": round(float(errors.median()), 2),
+                         "worst_roi": str(by_roi.idxmax()),
+                         "r_change": round(float(np.corrcoef(change, merged["md_change"])[0, 1]), 3),
+                         "max_error_by_roi_pct": by_roi.round(2).to_dict()})
+    return pd.DataFrame(rows)
+
+
+def main(argv=None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/distortion_benchmark"))
+    parser.add_argument("--n-subjects", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=5)
+    parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    if not args.evaluate_only:
+        simulate_and_process(args.workdir, args.n_subjects, args.seed)
+    table = evaluate(args.workdir)
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "distortion.json").write_text(json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
+    print(table.drop(columns=["max_error_by_roi_pct"]).to_string(index=False))
+    return table
+
+
+if __name__ == "__main__":
+    main()
