@@ -18,7 +18,7 @@ with the images, assumed normal and independent across participants and ROIs.
 Usage::
 
     python benchmarks/power_benchmark.py --precision benchmarks/results/precision.json \
-        --level moderate --replicates 300 [--effect-scale 3]
+        --level moderate --replicates 300
 """
 
 from __future__ import annotations
@@ -35,25 +35,14 @@ RESULTS = Path(__file__).parent / "results"
 TRUTH = "truth (no error)"
 
 
-def outcome_models(effect_scale: float = 1.0) -> tuple:
-    """The simulator's outcome models, every imaging coefficient multiplied by ``effect_scale``."""
-    import dataclasses
-
-    from bids_ketamine.simulate.trial import default_outcome_models
-
-    return tuple(dataclasses.replace(model, md={k: v * effect_scale for k, v in model.md.items()},
-                                     interaction={k: v * effect_scale for k, v in model.interaction.items()})
-                 for model in default_outcome_models())
-
-
-def trial_table(seed: int, n_subjects: int, rois, effect_scale: float = 1.0) -> pd.DataFrame:
+def trial_table(seed: int, n_subjects: int, rois) -> pd.DataFrame:
     """One simulated trial: per participant x ROI the true MD change (um^2/ms), the baseline MD
     and the MADRS change, with treatment, baseline MADRS and age."""
-    from bids_ketamine.simulate.trial import TrialDesign, draw_participants
+    from bids_ketamine.simulate.trial import TrialDesign, default_outcome_models, draw_participants
 
     design = TrialDesign(n_subjects=n_subjects, seed=seed)
     rows = []
-    for person in draw_participants(design, list(rois), outcome_models(effect_scale)):
+    for person in draw_participants(design, list(rois), default_outcome_models()):
         for index, roi in enumerate(rois):
             rows.append({"participant": person.label, "roi": roi,
                          "treatment": float(person.group == "ketamine"),
@@ -64,8 +53,7 @@ def trial_table(seed: int, n_subjects: int, rois, effect_scale: float = 1.0) -> 
     return pd.DataFrame(rows)
 
 
-def power(precision: dict, level: str, statistics, n_subjects: int, replicates: int, seed: int,
-          effect_scale: float = 1.0) -> pd.DataFrame:
+def power(precision: dict, level: str, statistics, n_subjects: int, replicates: int, seed: int) -> pd.DataFrame:
     """Share of replicates with p < 0.05 for the treatment x MD change term, per statistic and ROI."""
     from bids_ketamine.config import KETAMINE7_ROIS
     from bids_ketamine.group.models import fit_ols, interaction_terms
@@ -80,7 +68,7 @@ def power(precision: dict, level: str, statistics, n_subjects: int, replicates: 
     terms = interaction_terms("md", ["madrs_baseline", "age"])
     hits = {(name, roi): 0 for name in (TRUTH, *statistics) for roi in KETAMINE7_ROIS}
     for replicate in range(replicates):
-        table = trial_table(seed + replicate, n_subjects, KETAMINE7_ROIS, effect_scale)
+        table = trial_table(seed + replicate, n_subjects, KETAMINE7_ROIS)
         for name in (TRUTH, *statistics):
             error_pct = 0.0 if name == TRUTH else rng.normal(size=len(table)) * table["roi"].map(residual_sd[name])
             frame = table.assign(md_change=table["md_change"] + error_pct / 100.0 * table["md_baseline"])
@@ -100,22 +88,16 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--n-subjects", type=int, default=40)
     parser.add_argument("--replicates", type=int, default=500)
     parser.add_argument("--seed", type=int, default=1000)
-    parser.add_argument("--effect-scale", type=float, default=1.0,
-                        help="multiply the simulator's imaging coefficients (1: its default effects)")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     precision = json.loads(args.precision.read_text())
-    table = power(precision, args.level, args.statistics, args.n_subjects, args.replicates, args.seed,
-                  args.effect_scale)
+    table = power(precision, args.level, args.statistics, args.n_subjects, args.replicates, args.seed)
     args.results.mkdir(parents=True, exist_ok=True)
-    name = "power.json" if args.effect_scale == 1.0 else f"power_effect-x{args.effect_scale:g}.json"
-    (args.results / name).write_text(json.dumps({
+    (args.results / "power.json").write_text(json.dumps({
         "n_subjects": args.n_subjects, "replicates": args.replicates, "level": args.level,
-        "effect_scale": args.effect_scale,
         "precision": str(args.precision), "power": table.round(3).to_dict(orient="index")}, indent=2) + "\n")
     markdown = table.round(3).to_markdown() if hasattr(table, "to_markdown") else table.round(3).to_string()
     print(f"interaction power (p < 0.05), {args.n_subjects} subjects, {args.replicates} replicates, "
-          f"imaging effects x{args.effect_scale:g}, "
           f"measurement error of the '{args.level}' level:")
     print(markdown)
     return table
