@@ -98,6 +98,11 @@ def register_b0_to_t1w(b0, b0_mask, t1w, t1w_mask, *, seed: int = 1) -> np.ndarr
             raise ValueError(f"the {name} brain mask is empty")
         data = np.where(inside.reshape(img.shape), np.asanyarray(img.dataobj), 0.0).astype(np.float32)
         images[name] = to_ants(nib.Nifti1Image(data, img.affine))
+    # the T1w at the b=0's voxel size: a rigid fit needs no more detail than the b=0 has
+    # (a 1 mm T1w against a 2 mm b=0: 32 s -> a few seconds)
+    b0_voxel = float(min(images["b=0"].spacing))
+    if min(images["T1w"].spacing) < b0_voxel:
+        images["T1w"] = ants.resample_image(images["T1w"], (b0_voxel,) * 3, use_voxels=False, interp_type=0)
     with tempfile.TemporaryDirectory() as scratch, seeded(seed):
         result = ants.registration(fixed=images["T1w"], moving=images["b=0"], type_of_transform="Rigid",
                                    aff_metric="mattes", outprefix=f"{scratch}/b0_to_t1w_")
