@@ -3,11 +3,12 @@
 A feature at ``u`` (voxels along the phase-encoding axis) appears at ``u + s d(u)`` in the
 first image and at ``u - s d(u)`` in the second, ``d = field x TotalReadoutTime`` (voxels) and
 ``s`` the first image's polarity (+1 for ``j``, -1 for ``j-``).  The two images are registered
-with ANTs' SyN restricted to the phase-encoding axis (``antsRegistration --restrict-deformation``,
-the approach of TOPUP-less PEPOLAR in SDCflows), in the images' index space so that the axis is
-the voxel axis whatever the obliquity.  The forward warp ``w`` (second image sampled at
-``x + w(x)`` matches the first at ``x``) is ``-2 s d`` at the first image's positions; the field
-on the undistorted grid follows by a fixed-point inversion.
+to each other with ANTs' SyN restricted to the phase-encoding axis (``antsRegistration
+--restrict-deformation``; the same idea as AFNI's ``3dQwarp -plusminus``, without FSL's TOPUP),
+in the images' index space so that the axis is the voxel axis whatever the obliquity.  The
+forward warp ``w`` (second image sampled at ``x + w(x)`` matches the first at ``x``) is
+``-2 s d`` at the first image's positions; the field on the undistorted grid follows by a
+fixed-point inversion.
 
 Not yet in the participant workflow (issue 19): this module estimates the field; applying it to
 every DWI volume (with the Jacobian) and choosing the method from the dataset come next.
