@@ -42,7 +42,7 @@ def simulated_run(tmp_path_factory):
     return bids_dir, out_dir
 
 
-def test_roi_md_matchestruth_table(simulated_run):
+def test_roi_md_matches_truth(simulated_run):
     bids_dir, out_dir = simulated_run
     for statistic in ("mean", "median"):
         merged = truth_table(bids_dir).merge(recovered_md(out_dir, statistic), on=["participant_id", "roi"],
@@ -60,7 +60,7 @@ def test_roi_md_matchestruth_table(simulated_run):
         assert relative.abs().max() < 0.05, merged.loc[relative.abs().idxmax()].to_dict()
 
 
-def test_md_changerecovered_md(simulated_run):
+def test_md_change_recovered(simulated_run):
     bids_dir, out_dir = simulated_run
     truth = truth_table(bids_dir)
     recovered = recovered_md(out_dir)
