@@ -1,16 +1,16 @@
-"""What uncorrected susceptibility distortion does to the ROI MD (issue 19), with and without a T1w.
+"""What susceptibility distortion does to the ROI MD, corrected or not (issue 19), with and without a T1w.
 
 Simulates the same subjects twice (``--preset small``, a 2 mm T1w per session, repositioning
 SD 2 mm / 2 degrees): once distorted (``--distortion 100 --reverse-pe``: a field over the
 frontal sinus and the temporal bones, up to 4.6 voxels of displacement in grey matter), once
 not; runs the participant level on each through the T1w path and the DWI-only path
-(``--ignore t1w``); and compares each session's ROI MD (``median``) with the truth, and the MD
-change across participants with the true change.  The app does not correct distortion yet: the
-distorted rows are the "without correction" baseline the correction will be judged against.
+(``--ignore t1w``), the distorted data with the PEPOLAR correction and without it (``--ignore
+fieldmaps``); and compares each session's ROI MD (``median``) with the truth, and the MD change
+across participants with the true change.
 
 Usage::
 
-    python benchmarks/distortion_benchmark.py [--workdir /tmp/distortion] [--n-subjects 3]
+    python benchmarks/distortion_benchmark.py [--workdir /tmp/distortion] [--n-subjects 3] [--paths dwi-only ...]
     python benchmarks/distortion_benchmark.py --evaluate-only --workdir /tmp/distortion
 """
 
@@ -27,7 +27,10 @@ import pandas as pd
 
 RESULTS = Path(__file__).parent / "results"
 CONDITIONS = {"distorted": ["--distortion", "100", "--reverse-pe"], "undistorted": []}
-PATHS = {"t1w": [], "dwi-only": ["--ignore", "t1w"]}
+#: Processing arms: the T1w path or the DWI-only path, each with the correction (when the data
+#: have reverse phase-encoded b=0 images) or without it.
+PATHS = {"t1w": [], "dwi-only": ["--ignore", "t1w"],
+         "t1w-uncorrected": ["--ignore", "fieldmaps"], "dwi-only-uncorrected": ["--ignore", "t1w", "fieldmaps"]}
 
 
 def _run(command: list[str], log: Path | None = None) -> None:
@@ -39,14 +42,20 @@ def _run(command: list[str], log: Path | None = None) -> None:
         subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT)
 
 
-def simulate_and_process(workdir: Path, n_subjects: int, seed: int) -> None:
+def _arms(condition: str, paths) -> list[str]:
+    """The arms run on a condition: without reverse phase-encoded data "uncorrected" is the same run."""
+    return [path for path in paths if condition == "distorted" or not path.endswith("-uncorrected")]
+
+
+def simulate_and_process(workdir: Path, n_subjects: int, seed: int, paths=tuple(PATHS)) -> None:
     for condition, options in CONDITIONS.items():
         bids = workdir / f"bids_{condition}"
         if not (bids / "sourcedata" / "simulation" / "truth.tsv").exists():
             _run([sys.executable, "-m", "bids_ketamine.cli.simulate", str(bids), "--overwrite", "--quiet",
                   "--n-subjects", str(n_subjects), "--seed", str(seed), "--preset", "small", "--t1w", "2",
                   "--repositioning", "2", "2", *options])
-        for path, extra in PATHS.items():
+        for path in _arms(condition, paths):
+            extra = PATHS[path]
             out = workdir / f"out_{condition}_{path}"
             if not list(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
                 _run([sys.executable, "-m", "bids_ketamine.cli.run", str(bids), str(out), "participant",
@@ -60,7 +69,7 @@ def evaluate(workdir: Path) -> pd.DataFrame:
     rows = []
     for condition in CONDITIONS:
         truth = pd.read_csv(workdir / f"bids_{condition}" / "sourcedata" / "simulation" / "truth.tsv", sep="\t")
-        for path in PATHS:
+        for path in _arms(condition, PATHS):
             tables = []
             for table_path in sorted((workdir / f"out_{condition}_{path}").glob("sub-*/ses-*/dwi/*_roistats.tsv")):
                 subject, session = table_path.name.split("_")[:2]
@@ -92,14 +101,16 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--n-subjects", type=int, default=3)
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--evaluate-only", action="store_true")
-    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
+                        help="processing arms to run (default: all)")
+    parser.add_argument("--results", type=Path, default=RESULTS / "distortion.json")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
-        simulate_and_process(args.workdir, args.n_subjects, args.seed)
+        simulate_and_process(args.workdir, args.n_subjects, args.seed, args.paths)
     table = evaluate(args.workdir)
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "distortion.json").write_text(json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
     print(table.drop(columns=["max_error_by_roi_pct"]).to_string(index=False))
     return table
 

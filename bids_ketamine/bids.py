@@ -53,6 +53,9 @@ class DwiSeries:
         Warnings of the preflight, recorded in the series' sidecar and report.
     mem_gb : float, optional
         Memory estimate (GB) of the series' heavy nodes, from its headers (set by the preflight).
+    fieldmap : FieldmapPlan, optional
+        How its susceptibility distortion is corrected (set by the preflight,
+        :func:`bids_ketamine.cli.preflight.plan_fieldmaps`); None: not corrected.
     """
 
     subject: str
@@ -67,6 +70,7 @@ class DwiSeries:
     fit_bval: float | None = field(default=None, hash=False, compare=False)
     notes: tuple[str, ...] = field(default=(), hash=False, compare=False)
     mem_gb: float | None = field(default=None, hash=False, compare=False)
+    fieldmap: "FieldmapPlan | None" = field(default=None, hash=False, compare=False)
 
     @property
     def sources(self) -> list[Path]:
@@ -90,6 +94,86 @@ class DwiSeries:
         if self.session:
             path = path / f"ses-{self.session}"
         return path / "dwi"
+
+
+@dataclass(frozen=True)
+class FieldmapPlan:
+    """The susceptibility-distortion correction of one DWI series (issue 19).
+
+    Attributes
+    ----------
+    method : str
+        ``"pepolar"``: the field from b=0 images of opposite phase-encoding polarity.
+    reference_files : tuple of str
+        The reverse phase-encoded images: ``fmap/*_epi`` images, or DWI runs of the session
+        phase-encoded the other way.
+    reference_bvals : tuple of str
+        Per reference, its ``.bval`` file when only its b=0 volumes are to be used (a DWI run),
+        or ``""`` to use every volume (an ``epi`` image).
+    axis, sign : int
+        Phase-encoding voxel axis and polarity of the DWI in RAS+ voxel order
+        (:func:`bids_ketamine.dwi.sdc.ras_phase_encoding`).
+    total_readout_time : float
+        BIDS ``TotalReadoutTime`` (s) of the DWI.
+    phase_encoding_direction : str
+        BIDS ``PhaseEncodingDirection`` of the DWI as stored.
+    """
+
+    method: str
+    reference_files: tuple[str, ...]
+    reference_bvals: tuple[str, ...]
+    axis: int
+    sign: int
+    total_readout_time: float
+    phase_encoding_direction: str
+
+    def metadata(self) -> dict[str, Any]:
+        """The sidecar of the estimated field (BIDS field-map derivative)."""
+        return {"Units": "Hz", "Method": self.method, "Sources": list(self.reference_files),
+                "TotalReadoutTime": self.total_readout_time,
+                "PhaseEncodingDirection": self.phase_encoding_direction}
+
+
+def _names_the_series(value: Any, subject_dir: Path, root: Path, series: Path) -> bool:
+    """``IntendedFor`` (a path relative to the subject folder, or a BIDS URI) names ``series``."""
+    targets = value if isinstance(value, list) else [value]
+    for target in targets:
+        if not isinstance(target, str):
+            continue
+        path = root / target[len("bids::"):] if target.startswith("bids::") else subject_dir / target
+        if os.path.normpath(path) == os.path.normpath(series):
+            return True
+    return False
+
+
+def collect_pepolar(root: Path, series: DwiSeries) -> list[tuple[Path, dict[str, Any]]]:
+    """The ``fmap/*_epi`` images meant for a DWI series, with their merged sidecars.
+
+    An ``epi`` image belongs to the series when its ``IntendedFor`` names the series' image
+    (relative to the subject folder or as a ``bids::`` URI), or when its ``B0FieldIdentifier``
+    is the series' ``B0FieldSource``.  Looked for in the series' session (or subject) folder.
+
+    Returns
+    -------
+    list of (Path, dict)
+        Sorted by file name.
+    """
+    root = Path(root)
+    subject_dir = root / f"sub-{series.subject}"
+    folder = (subject_dir / f"ses-{series.session}" if series.session else subject_dir) / "fmap"
+    image = (series.runs[0] if series.runs else series).dwi
+    wanted_source = series.sidecar.get("B0FieldSource")
+    found = []
+    for path in sorted(folder.glob("*_epi.nii*")) if folder.is_dir() else []:
+        entities = relative_entities(root, path)
+        sidecar = merged_sidecar(inherited_files(root, path, entities, ".json"))
+        identifier = sidecar.get("B0FieldIdentifier")
+        identifiers = identifier if isinstance(identifier, list) else [identifier]
+        sources = wanted_source if isinstance(wanted_source, list) else [wanted_source]
+        if (_names_the_series(sidecar.get("IntendedFor"), subject_dir, root, image)
+                or (wanted_source and any(i in sources for i in identifiers if i))):
+            found.append((path, sidecar))
+    return found
 
 
 def check_bids_dir(bids_dir: Path) -> None:

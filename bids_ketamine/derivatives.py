@@ -31,7 +31,7 @@ _SHORT = {"session": "ses", "acquisition": "acq", "direction": "dir", "run": "ru
 
 #: The one pattern of every participant-level output name (entity order of docs/outputs.md).
 PATH_PATTERN = (
-    "sub-{subject}[/ses-{session}]/{datatype<dwi|anat>|dwi}/sub-{subject}[_ses-{session}]"
+    "sub-{subject}[/ses-{session}]/{datatype<dwi|anat|fmap>|dwi}/sub-{subject}[_ses-{session}]"
     "[_acq-{acquisition}][_dir-{direction}][_run-{run}][_space-{space}][_atlas-{atlas}][_from-{from}]"
     "[_to-{to}][_mode-{mode}][_model-{model}][_param-{param}][_label-{label}][_desc-{desc}]"
     "_{suffix}{extension}"
@@ -60,6 +60,9 @@ SERIES_OUTPUTS: dict[str, dict[str, str]] = {
     "dseg_tsv": {"space": "dwi", "atlas": "{atlas}", "suffix": "dseg", "extension": ".tsv"},
     "roistats_file": {"atlas": "{atlas}", "model": "tensor", "suffix": "roistats",
                       "extension": ".tsv"},
+    # with a susceptibility-distortion correction only (:data:`FIELDMAP_OUTPUTS`)
+    "field_file": {"datatype": "fmap", "desc": "preproc", "suffix": "fieldmap", "extension": ".nii.gz"},
+    "uncorrected_b0_file": {"space": "dwi", "desc": "uncorrected", "suffix": "dwiref", "extension": ".nii.gz"},
 }
 
 #: JSON sidecars of one series: field -> entities.
@@ -67,7 +70,13 @@ SERIES_SIDECARS: dict[str, dict[str, str]] = {
     "preproc_metadata": dict(SERIES_OUTPUTS["dwi_file"], extension=".json"),
     "model_metadata": {"space": "dwi", "model": "tensor", "suffix": "dwimap", "extension": ".json"},
     "dseg_metadata": dict(SERIES_OUTPUTS["dseg_file"], extension=".json"),
+    "field_metadata": dict(SERIES_OUTPUTS["field_file"], extension=".json"),
 }
+
+#: Outputs of a series whose susceptibility distortion was corrected (issue 19): the field in Hz
+#: (SDCflows' ``desc-preproc_fieldmap``) with its sidecar (``Units``, ``Method``, ``Sources``),
+#: and the mean b=0 before the correction (the report's "before").
+FIELDMAP_OUTPUTS = ("field_file", "field_metadata", "uncorrected_b0_file")
 
 _ANAT = {"datatype": "anat"}
 _T1W_XFM = dict(_ANAT, **{"from": "T1w", "to": "{tpl}", "mode": "image", "suffix": "xfm"})
@@ -206,7 +215,8 @@ def classify(found: dict[str, str]) -> tuple[str, dict[str, str]] | None:
         :data:`SUBJECT_OUTPUTS`; ``values`` the placeholders of its name (``tpl``, ``atlas``,
         ``denoise``).  None for a file that is not an output of this package.
     """
-    rest = {k: v for k, v in found.items() if k not in SERIES_ENTITIES and k != "datatype"}
+    # pybids' "fmap" entity repeats the suffix of field maps
+    rest = {k: v for k, v in found.items() if k not in SERIES_ENTITIES and k not in ("datatype", "fmap")}
     if "session" not in found:
         tables = (SUBJECT_OUTPUTS, SERIES_OUTPUTS, SERIES_SIDECARS)
     else:

@@ -40,7 +40,7 @@ def _split_into_two_runs(folder, prefix, rng):
 def test_two_runs_fitted_as_one_series(tmp_path):
     from bids_ketamine.simulate import simulate_trial
 
-    bids_dir = simulate_trial(tmp_path / "bids", n_subjects=2, seed=11, preset="small", progress=False)
+    bids_dir = simulate_trial(tmp_path / "bids", n_subjects=1, seed=11, preset="small", progress=False)
     folder = bids_dir / "sub-01" / "ses-pre" / "dwi"
     n_volumes = _split_into_two_runs(folder, "sub-01_ses-pre", np.random.default_rng(0))
     out_dir = tmp_path / "out"

@@ -308,17 +308,17 @@ def _finish(proc: subprocess.Popen, work: Path, timeout: float) -> None:
     assert proc.returncode == 0, f"bids-ketamine failed ({proc.returncode}):\n{log[-4000:]}"
 
 
-def _derivative_files(root: Path) -> set[str]:
-    return {str(p.relative_to(root)) for pattern in ("sub-*/**/*.nii.gz", "sub-*/**/*.tsv")
+def _derivative_files(root: Path, label: str = "*") -> set[str]:
+    return {str(p.relative_to(root)) for pattern in (f"sub-{label}/**/*.nii.gz", f"sub-{label}/**/*.tsv")
             for p in root.glob(pattern) if "figures" not in p.parts}
 
 
-def _assert_same_derivatives(expected: Path, actual: Path) -> None:
+def _assert_same_derivatives(expected: Path, actual: Path, label: str) -> None:
     import nibabel as nib
 
-    files = _derivative_files(expected)
-    assert files, f"no derivatives in {expected}"
-    assert _derivative_files(actual) == files
+    files = _derivative_files(expected, label)
+    assert files, f"no derivatives of sub-{label} in {expected}"
+    assert _derivative_files(actual, label) == files
     assert any(name.endswith("_roistats.tsv") for name in files)
     for name in sorted(files):
         if name.endswith(".tsv"):
@@ -339,22 +339,33 @@ def _assert_same_derivatives(expected: Path, actual: Path) -> None:
                                        rtol=0, atol=1e-6, err_msg=name)
 
 
+@pytest.fixture(scope="module")
+def concurrent_run(simulated_bids, tmp_path_factory) -> Path:
+    """Both participants run at once, each its own process, into one output folder (the
+    default plugin); also the reference of the Slurm run."""
+    root = tmp_path_factory.mktemp("concurrent")
+    out = root / "derivatives"
+    procs = {label: _run_participant(simulated_bids, out, root / f"work_{label}",
+                                     "--participant-label", label)
+             for label in _participants(simulated_bids)}
+    for label, proc in procs.items():
+        _finish(proc, root / f"work_{label}", timeout=1700)
+    return out
+
+
 @pytest.mark.timeout(3600)
-def test_participant_level_on_slurm_equals_multiproc(slurm_cluster, simulated_bids, tmp_path):
-    """One participant (both sessions) through the SLURM plugin: the derivatives of MultiProc."""
-    runs = {}
+def test_participant_level_on_slurm_equals_multiproc(slurm_cluster, simulated_bids,
+                                                     concurrent_run, tmp_path):
+    """One participant (both sessions) through the SLURM plugin: the derivatives of the run
+    without Slurm."""
     earlier_jobs = {job["RawJobID"] for job in slurm_cluster.completed_jobs()}
-    one = ["--participant-label", _participants(simulated_bids)[0]]
-    for plugin, extra in (
-        ("MultiProc", ["--plugin", "MultiProc", *one]),
-        ("SLURM", ["--plugin", "SLURM", "--plugin-args",
-                   json.dumps({"sbatch_args": "--time=1:00:00 --mem=2G"}), *one]),
-    ):
-        out = tmp_path / plugin / "derivatives"
-        proc = _run_participant(simulated_bids, out, tmp_path / plugin / "work", *extra)
-        _finish(proc, tmp_path / plugin / "work", timeout=1700)
-        runs[plugin] = out
-    _assert_same_derivatives(runs["MultiProc"], runs["SLURM"])
+    label = _participants(simulated_bids)[0]
+    out = tmp_path / "SLURM" / "derivatives"
+    proc = _run_participant(simulated_bids, out, tmp_path / "SLURM" / "work", "--plugin", "SLURM",
+                            "--plugin-args", json.dumps({"sbatch_args": "--time=1:00:00 --mem=2G"}),
+                            "--participant-label", label)
+    _finish(proc, tmp_path / "SLURM" / "work", timeout=1700)
+    _assert_same_derivatives(concurrent_run, out, label)
     # Every node of the SLURM run was one Slurm job (one batch script each), all succeeded.
     batch_scripts = list((tmp_path / "SLURM" / "work").rglob("batch/batchscript_*.sh"))
     new_jobs = [job for job in slurm_cluster.completed_jobs()
@@ -388,19 +399,12 @@ def _expected_outputs(out: Path, bids: Path, label: str) -> list[Path]:
     return found
 
 
-@pytest.mark.timeout(3600)
-def test_concurrent_participants_into_one_output_dir(simulated_bids, tmp_path):
+def test_concurrent_participants_into_one_output_dir(simulated_bids, concurrent_run):
     from bids_ketamine.config import KETAMINE7_ROIS
 
     labels = _participants(simulated_bids)
     assert len(labels) == 2
-    out = tmp_path / "derivatives"
-    procs = {label: _run_participant(simulated_bids, out, tmp_path / f"work_{label}",
-                                     "--participant-label", label)
-             for label in labels}
-    for label, proc in procs.items():
-        _finish(proc, tmp_path / f"work_{label}", timeout=1700)
-
+    out = concurrent_run
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     assert description["GeneratedBy"][0]["Name"] == "bids_ketamine"

@@ -53,6 +53,7 @@ def test_participant_graph(tmp_path, denoise, longitudinal, gm_threshold, n_sess
         sinks = {name.split(".")[-1] for name in names if name.startswith(f"derivatives_{key}_wf.ds_")}
         expected = {f"ds_{f}" for f in derivatives.SERIES_OUTPUTS if not (f == "noise_file" and denoise == "none")}
         expected |= {f"ds_{f}" for f in derivatives.SERIES_SIDECARS}
+        expected -= {f"ds_{f}" for f in derivatives.FIELDMAP_OUTPUTS}  # no field-map data here
         assert sinks == expected
         inputnode = f"derivatives_{key}_wf.inputnode"
         fed = {dst for (_, b), pairs in inputnode_edges.items() if b == inputnode for _, dst in pairs}
@@ -231,3 +232,49 @@ def test_participant_graph_with_t1w(tmp_path, longitudinal, n_sessions):
     methods = workflow.visit_desc()
     assert "T1-weighted image" in methods and "Atropos" in methods
     assert ("within-subject template" in methods) == (n_sessions == 2)
+
+
+@pytest.mark.parametrize("degibbs", [True, False])
+def test_participant_graph_with_pepolar_fieldmap(tmp_path, degibbs):
+    """A series with a PEPOLAR plan is unwarped between denoising (Gibbs removal) and motion
+    correction, its field is written to fmap/ with a sidecar, and the methods say so; a series
+    without one keeps the plain chain."""
+    import dataclasses
+
+    from bids_ketamine.bids import FieldmapPlan
+
+    reference = tmp_path / "bids" / "sub-01" / "ses-pre" / "fmap" / "sub-01_ses-pre_dir-PA_epi.nii.gz"
+    reference.parent.mkdir(parents=True)
+    reference.write_bytes(b"")
+    plan = FieldmapPlan(method="pepolar", reference_files=(str(reference),), reference_bvals=("",), axis=1, sign=-1,
+                        total_readout_time=0.05, phase_encoding_direction="j-")
+    corrected = dataclasses.replace(header_only_series(tmp_path / "bids", "pre"), fieldmap=plan)
+    plain = header_only_series(tmp_path / "bids", "post")
+    config = Config(bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", analysis_level="participant",
+                    work_dir=tmp_path / "work", degibbs=degibbs)
+    workflow, _, _ = init_bids_ketamine_wf(config, {"01": [corrected, plain]})
+    graph = generate_expanded_graph(workflow._create_flat_graph())
+    names = {_name(node) for node in graph.nodes()}
+    edges = _edges(graph)
+    pre, post = f"dwi_preproc_{corrected.key}_wf", f"dwi_preproc_{plain.key}_wf"
+    before = "degibbs" if degibbs else "denoise"
+    assert ("dwi_file", "dwi_file") in _pairs(edges[(f"{pre}.{before}", f"{pre}.fieldmap_wf.pepolar_field")])
+    assert ("dwi_file", "dwi_file") in _pairs(edges[(f"{pre}.{before}", f"{pre}.fieldmap_wf.unwarp")])
+    assert ("field_file", "field_file") in _pairs(edges[(f"{pre}.fieldmap_wf.pepolar_field",
+                                                         f"{pre}.fieldmap_wf.unwarp")])
+    assert ("dwi_file", "dwi_file") in _pairs(edges[(f"{pre}.fieldmap_wf.unwarp", f"{pre}.motion_correct")])
+    assert (f"{pre}.{before}", f"{pre}.motion_correct") not in edges
+    assert ("dwi_file", "dwi_file") in _pairs(edges[(f"{post}.{before}", f"{post}.motion_correct")])
+    assert not [name for name in names if name.startswith(f"{post}.fieldmap_wf")]
+    node = [n for n in graph.nodes() if _name(n) == f"{pre}.fieldmap_wf.pepolar_field"][0]
+    assert node.inputs.reference_files == [str(reference)]
+    assert (node.inputs.axis, node.inputs.sign, node.inputs.total_readout_time) == (1, -1, 0.05)
+    sinks = {name: [n for n in graph.nodes() if _name(n) == name][0] for name in names if ".ds_field" in name}
+    assert sorted(sinks) == [f"derivatives_{corrected.key}_wf.ds_field_file",
+                             f"derivatives_{corrected.key}_wf.ds_field_metadata"]
+    assert ("b0_file", "in_file") in _pairs(edges[(f"{pre}.fieldmap_wf.pepolar_field",
+                                                  f"derivatives_{corrected.key}_wf.ds_uncorrected_b0_file")])
+    path = sinks[f"derivatives_{corrected.key}_wf.ds_field_file"].inputs.out_path
+    assert path == str(tmp_path / "out" / "sub-01" / "ses-pre" / "fmap" / "sub-01_ses-pre_desc-preproc_fieldmap.nii.gz")
+    assert sinks[f"derivatives_{corrected.key}_wf.ds_field_metadata"].inputs.content["Units"] == "Hz"
+    assert "reverse phase-encoded" in workflow.visit_desc()

@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument(
         "--ignore", nargs="+", choices=IGNORABLE_INPUTS, default=list(config_default("ignore")),
         help="inputs to leave unused: 't1w' processes the DWI alone (b=0-to-template "
-        "registration; default: a participant's T1w is used when present); 'fieldmaps' is "
-        "accepted as in fMRIPrep (this version does not correct distortion yet)",
+        "registration; default: a participant's T1w is used when present); 'fieldmaps' leaves "
+        "susceptibility distortion uncorrected (default: corrected by PEPOLAR when reverse "
+        "phase-encoded b=0 images are present)",
     )
     sel.add_argument(
         "--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation", action="store_true",

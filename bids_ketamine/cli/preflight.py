@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -166,3 +167,121 @@ def usable_t1w(config: Config, layout, subjects) -> dict:
             LOGGER.warning("%s; the DWI-only path is used for every participant", err)
             return {}
     return found
+
+
+def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
+                   found: dict[str, list[DwiSeries]] | None = None) -> dict[str, list[DwiSeries]]:
+    """Decide each series' susceptibility-distortion correction, from headers and sidecars.
+
+    A series is corrected by PEPOLAR (:mod:`bids_ketamine.dwi.sdc`) with, in this order:
+
+    1. ``fmap/*_epi`` images meant for it (:func:`bids_ketamine.bids.collect_pepolar`), every
+       volume, when phase-encoded the opposite way along the same axis;
+    2. otherwise the b=0 volumes of the session's other DWI runs phase-encoded the opposite way
+       (a reverse phase-encoding run such as ``acq-rpe_dir-PA``, or the PA run of an AP/PA pair:
+       each run of the pair corrects the other).
+
+    An ``epi`` image that cannot serve (same polarity, another axis, another readout time, no
+    ``PhaseEncodingDirection``), or a series without ``PhaseEncodingDirection`` or
+    ``TotalReadoutTime`` beside one, gives a warning that names the file and the fix.  Series
+    without field-map data stay uncorrected (one log line per participant).  ``--ignore
+    fieldmaps`` corrects nothing.
+
+    Parameters
+    ----------
+    config : Config
+    usable : dict
+        Participant -> the series to process (:func:`preflight`).
+    found : dict, optional
+        Participant -> every DWI series found, reverse phase-encoding runs included (those
+        :func:`preflight` sets aside); default ``usable``.
+
+    Returns
+    -------
+    dict
+        ``usable`` with :attr:`~bids_ketamine.bids.DwiSeries.fieldmap` set where a correction applies.
+    """
+    from bids_ketamine.bids import collect_pepolar
+
+    if "fieldmaps" in config.ignore:
+        LOGGER.info("--ignore fieldmaps: no susceptibility-distortion correction")
+        return usable
+    found = usable if found is None else found
+    planned: dict[str, list[DwiSeries]] = {}
+    for subject, series in usable.items():
+        planned[subject] = []
+        for item in series:
+            epi = [(path, metadata, "") for path, metadata in collect_pepolar(config.bids_dir, item)]
+            own = {run.dwi for run in item.runs or (item,)}
+            runs = [(other.dwi, other.sidecar, str(other.bval)) for other in found.get(subject, [])
+                    if other.session == item.session and other.dwi not in own and other.bval is not None]
+            plan = _pepolar_plan(item, epi, explicit=True) if epi else None
+            if plan is None and runs:
+                plan = _pepolar_plan(item, runs, explicit=False)
+            planned[subject].append(dataclasses.replace(item, fieldmap=plan) if plan else item)
+        if not any(item.fieldmap for item in planned[subject]):
+            LOGGER.info("sub-%s: no field-map data for the DWI: susceptibility distortion is not corrected",
+                        subject)
+    return planned
+
+
+def _pepolar_plan(item: DwiSeries, references, *, explicit: bool):
+    """The PEPOLAR plan of one series from ``(path, sidecar, bval file or "")`` references, or
+    None.  ``explicit`` references (``epi`` images meant for the series) that cannot serve are
+    reported; other DWI runs of the session are simply passed over unless they are of the
+    opposite polarity."""
+    import nibabel as nib
+
+    from bids_ketamine.bids import FieldmapPlan
+    from bids_ketamine.dwi.sdc import ras_phase_encoding
+
+    first = (item.runs[0] if item.runs else item)
+    direction = item.sidecar.get("PhaseEncodingDirection")
+    readout = item.sidecar.get("TotalReadoutTime")
+    sidecar = first.sidecar_files[-1] if first.sidecar_files else first.dwi
+    if direction is None or readout is None:
+        if explicit:
+            LOGGER.warning("%s: field-map data %s found, but %s has no %s; distortion is not corrected: "
+                           "add PhaseEncodingDirection and TotalReadoutTime (s) to the DWI sidecar",
+                           item.prefix, references[0][0].name, sidecar,
+                           "PhaseEncodingDirection" if direction is None else "TotalReadoutTime")
+        return None
+    try:
+        axis, sign = ras_phase_encoding(direction, nib.load(str(first.dwi)).affine)
+    except ValueError as err:
+        LOGGER.warning("%s: %s in %s; distortion is not corrected: fix the sidecar", item.prefix, err, sidecar)
+        return None
+    usable_files, bval_files = [], []
+    for path, metadata, bval in references:
+        other = metadata.get("PhaseEncodingDirection")
+        if other is None:
+            if explicit:
+                LOGGER.warning("%s: %s has no PhaseEncodingDirection in its sidecar; it is not used: add it",
+                               item.prefix, path)
+            continue
+        try:
+            other_axis, other_sign = ras_phase_encoding(other, nib.load(str(path)).affine)
+        except Exception as err:  # nibabel raises several types for unreadable files; bad direction
+            LOGGER.warning("%s: %s cannot be used (%s); it is not used for distortion correction: "
+                           "fix its sidecar or re-convert it, or pass --ignore fieldmaps", item.prefix, path,
+                           str(err).splitlines()[0])
+            continue
+        if other_axis != axis or other_sign != -sign:
+            if explicit:
+                LOGGER.warning("%s: %s is phase-encoded %s, not opposite to the DWI's %s; it is not used "
+                               "for PEPOLAR", item.prefix, path, other, direction)
+            continue
+        other_readout = metadata.get("TotalReadoutTime", readout)
+        if abs(float(other_readout) - float(readout)) > 0.01 * float(readout):
+            LOGGER.warning("%s: %s has TotalReadoutTime %s s but the DWI %s s; it is not used (PEPOLAR "
+                           "needs one readout time)", item.prefix, path, other_readout, readout)
+            continue
+        usable_files.append(str(path))
+        bval_files.append(bval)
+    if not usable_files:
+        return None
+    LOGGER.info("%s: susceptibility distortion corrected by PEPOLAR with %s", item.prefix,
+                ", ".join(Path(path).name for path in usable_files))
+    return FieldmapPlan(method="pepolar", reference_files=tuple(usable_files),
+                        reference_bvals=tuple(bval_files), axis=axis, sign=sign,
+                        total_readout_time=float(readout), phase_encoding_direction=str(direction))

@@ -22,7 +22,7 @@ from bids_ketamine.utils.atomic import atomic_write_text
 from bids_ketamine.utils.multiproc import MultiProcPlugin
 from bids_ketamine.utils.progress import display_options
 from bids_ketamine.utils.workflow_progress import CALLBACK_PLUGINS, WorkflowProgress, expected_nodes
-from bids_ketamine.cli.preflight import preflight, usable_t1w
+from bids_ketamine.cli.preflight import plan_fieldmaps, preflight, usable_t1w
 from bids_ketamine.workflows.base import init_bids_ketamine_wf
 from bids_ketamine.workflows.outputs import output_path
 
@@ -55,6 +55,7 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
     config = config.replace(work_dir=work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     t1w_by_subject = usable_t1w(config, layout, list(usable)) if layout is not None else {}
+    usable = plan_fieldmaps(config, usable, series_by_subject)
     workflow, template, atlas = init_bids_ketamine_wf(config, usable, t1w_by_subject)
     workflow.base_dir = str(work_dir)
     crash_dir = work_dir / "crashes"

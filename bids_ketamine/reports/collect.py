@@ -27,6 +27,7 @@ _FILE_KEYS = {
     "dwi_file": "preproc", "preproc_metadata": "preproc_json", "bval_file": "bval",
     "bvec_file": "bvec", "b0_file": "b0", "mask_file": "mask", "noise_file": "noise",
     "motion_file": "motion", "model_metadata": "tensor_json", "midpoint_xfm": "xfm_midpoint",
+    "field_file": "field", "field_metadata": "field_json", "uncorrected_b0_file": "uncorrected_b0",
 }
 #: Field -> attribute of :class:`AtlasOutputs`.
 _ATLAS_KEYS = {"dseg_file": "dseg", "dseg_tsv": "dseg_tsv", "roistats_file": "roistats"}
@@ -59,7 +60,8 @@ class SeriesOutputs:
         The session label, without ``ses-``.
     files : dict of str to Path
         Single files by role: ``preproc``, ``preproc_json``, ``bval``, ``bvec``, ``b0``,
-        ``mask``, ``noise``, ``motion``, ``tensor_json``, ``xfm_midpoint``.
+        ``mask``, ``noise``, ``motion``, ``tensor_json``, ``xfm_midpoint``; with a distortion
+        correction ``field``, ``field_json`` (in ``fmap/``) and ``uncorrected_b0``.
     maps : dict of str to Path
         DWI-space tensor maps by parameter (``fa``, ``md``, ``ad``, ``rd``).
     template_maps : dict of str to dict of str to Path
@@ -165,7 +167,8 @@ def collect_participant_outputs(output_dir: Path, subject: str) -> ParticipantOu
             f"'{sub_dir}' does not exist: run the participant level for sub-{label} "
             f"into '{output_dir}' before building its report"
         )
-    folders = [sub_dir / "dwi"] + sorted(p / "dwi" for p in sub_dir.glob("ses-*") if p.is_dir())
+    folders = [sub_dir / kind for kind in ("dwi", "fmap")] + sorted(
+        p / kind for p in sub_dir.glob("ses-*") if p.is_dir() for kind in ("dwi", "fmap"))
     found: dict[str, SeriesOutputs] = {}
     midpoint = None
     anat: dict[str, Path] = {}

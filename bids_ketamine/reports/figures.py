@@ -185,6 +185,14 @@ def plot_map(
     return _save(display, out_file)
 
 
+def plot_field(img, out_file: Path, *, extent=None) -> Path:
+    """Axial slices of a B0 field map (Hz): :func:`plot_map` with a diverging colour map and a
+    window symmetric about zero (the largest of :func:`robust_range`'s bounds)."""
+    low, high = robust_range(img, (1.0, 99.0))
+    limit = max(abs(low), abs(high), 1.0)
+    return plot_map(img, out_file, cmap="RdBu_r", vmin=-limit, vmax=limit, extent=extent)
+
+
 def plot_outline(
     background,
     outline,

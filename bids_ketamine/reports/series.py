@@ -18,7 +18,7 @@ import pandas as pd
 
 from bids_ketamine.derivatives import SeriesSummary
 from bids_ketamine.reports import figures, qc
-from bids_ketamine.reports.collect import SeriesOutputs
+from bids_ketamine.reports.collect import SeriesOutputs, read_json
 from bids_ketamine.reports.html import (
     Column,
     Section,
@@ -51,6 +51,7 @@ class SeriesParts:
         parts = [
             self._noise_part(series),
             self._motion_part(series),
+            self._distortion_part(series),
             self._mask_part(series),
             self._tensor_part(series),
             self._template_part(series),
@@ -111,6 +112,39 @@ class SeriesParts:
             light=True,
         )
         return head + f'<div class="stats">{boxes}</div>' + fig
+
+    def _distortion_part(self, series: SeriesOutputs) -> str:
+        head = "<h3>Susceptibility distortion</h3>"
+        field_map, before, after, mask = (series.files.get(key) for key in ("field", "uncorrected_b0", "b0", "mask"))
+        if field_map is None:
+            return head + note("Not corrected: the dataset has no field-map data for this series "
+                               "(or <code>--ignore fieldmaps</code> was given). Regions next to the "
+                               "sinuses and the temporal bone may be displaced along the "
+                               "phase-encoding axis.", "info")
+        metadata = read_json(series.files.get("field_json")) or {}
+        sources = ", ".join(Path(str(path)).name for path in metadata.get("Sources", []))
+        text = (f"Corrected by {escape(str(metadata.get('Method', 'an unknown method')).upper())} "
+                f"from {escape(sources or 'unrecorded files')}; phase encoding "
+                f"{escape(str(metadata.get('PhaseEncodingDirection', '?')))}, total readout time "
+                f"{escape(format_number(metadata.get('TotalReadoutTime'), 4))} s.")
+        parts = [head, f"<p>{text}</p>", self._figure(
+            f"{series.prefix}_desc-fieldmap_dwi.png",
+            lambda out: figures.plot_field(field_map, out, extent=mask),
+            "Estimated B0 field (Hz) on the corrected grid: largest next to the frontal sinus and "
+            "the temporal bones, near zero elsewhere. Displacement (voxels) = field x total "
+            "readout time, along the phase-encoding axis.")]
+        if before is not None and after is not None and mask is not None:
+            for what, image, caption in (
+                ("sdcbefore", before, "Mean b=0 before the correction (and before motion correction)"),
+                ("sdcafter", after, "Mean b=0 after the correction and motion correction"),
+            ):
+                parts.append(self._figure(
+                    self._name(series, what),
+                    lambda out, p=image: figures.plot_outline(p, mask, out, display_modes=("x", "z")),
+                    f"{caption}, with the brain mask of the corrected series (red). Before, the frontal "
+                    "pole and the temporal lobes stretch or pile up along the phase-encoding axis; "
+                    "after, they should fill the outline."))
+        return "".join(parts)
 
     def _mask_part(self, series: SeriesOutputs) -> str:
         head = "<h3>Brain mask</h3>"

@@ -179,7 +179,8 @@ def _init_series_wfs(workflow, item: DwiSeries, config: Config, *, template: str
     return the preprocessing, tensor and derivatives workflows."""
     mem_gb = item.mem_gb if item.mem_gb is not None else series_mem_gb(0, 0)
     runs = item.runs or (item,)
-    preproc = init_dwi_preproc_wf(config, mem_gb=mem_gb, n_runs=len(runs), name=f"dwi_preproc_{item.key}_wf")
+    preproc = init_dwi_preproc_wf(config, mem_gb=mem_gb, n_runs=len(runs), fieldmap=item.fieldmap,
+                                  name=f"dwi_preproc_{item.key}_wf")
     set_series_inputs(preproc, item)
     tensor = init_tensor_wf(config, mem_gb=mem_gb, dti_max_bval=item.fit_bval, name=f"tensor_{item.key}_wf")
     summary = pe.Node(niu.Function(function=series_summary,
@@ -209,7 +210,8 @@ def _init_series_wfs(workflow, item: DwiSeries, config: Config, *, template: str
         (summary, derivatives, [("summary", "inputnode.preproc_metadata")]),
         (preproc, derivatives, [(f"outputnode.{f}", f"inputnode.{f}") for f in
                                 ("dwi_file", "bval_file", "bvec_file", "b0_file", "mask_file", "motion_file")
-                                + (("noise_file",) if config.denoise != "none" else ())]),
+                                + (("noise_file",) if config.denoise != "none" else ())
+                                + (("field_file", "uncorrected_b0_file") if item.fieldmap is not None else ())]),
         (tensor, derivatives, [(f"outputnode.{f}", f"inputnode.{f}") for f in
                                ("fa_file", "md_file", "ad_file", "rd_file")]
          + [("outputnode.metadata", "inputnode.model_metadata")]),

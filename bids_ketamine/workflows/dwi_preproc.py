@@ -5,11 +5,13 @@ from __future__ import annotations
 from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
+from bids_ketamine.bids import FieldmapPlan
 from bids_ketamine.config import Config
 from bids_ketamine.interfaces.denoise import Degibbs, Denoise
 from bids_ketamine.interfaces.io import ConcatenateRuns, LoadDWI
 from bids_ketamine.interfaces.mask import BrainMask
 from bids_ketamine.interfaces.motion import MotionCorrect
+from bids_ketamine.workflows.fieldmap import init_fieldmap_wf
 from bids_ketamine.workflows.literate import LiterateWorkflow
 
 #: Memory (GB) per million voxel-volumes of the heaviest steps, measured on the realistic preset.
@@ -17,14 +19,16 @@ _GB_PER_MVOX = 0.08
 
 
 def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
-                        name: str = "dwi_preproc_wf"):
+                        fieldmap: FieldmapPlan | None = None, name: str = "dwi_preproc_wf"):
     """Build the preprocessing workflow of one DWI series.
 
     Denoising runs first, before any interpolation (MRtrix3's recommended order:
     denoising, then Gibbs removal, then motion correction).  With ``n_runs`` > 1
     (``--combine-runs average``) each run is loaded, denoised (and Gibbs-corrected) on its
     own, the runs are joined (:class:`~bids_ketamine.interfaces.io.ConcatenateRuns`) and
-    motion correction aligns every volume to one b=0 reference.
+    motion correction aligns every volume to one b=0 reference.  With a ``fieldmap`` plan the
+    susceptibility distortion is corrected after denoising and Gibbs removal and before motion
+    correction (:func:`~bids_ketamine.workflows.fieldmap.init_fieldmap_wf`).
 
     Parameters
     ----------
@@ -34,6 +38,8 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
         Memory estimate of the series' heavy nodes (for the scheduler).
     n_runs : int
         Number of runs fitted together as this series.
+    fieldmap : FieldmapPlan, optional
+        The series' distortion correction (None: not corrected).
     name : str
         Workflow name.
 
@@ -56,6 +62,8 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
         Per-volume motion parameters and framewise displacement (TSV).
     warnings
         Problems repaired while loading.
+    field_file, uncorrected_b0_file
+        With ``fieldmap``: the field (Hz) and the mean b=0 before correction (for the report).
     """
     workflow = LiterateWorkflow(name=name)
     workflow.__desc__ = _description(config, n_runs)
@@ -63,7 +71,8 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
                         name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file", "b0_file", "mask_file",
-                                      "noise_file", "motion_file", "warnings"]),
+                                      "noise_file", "motion_file", "warnings", "field_file",
+                                      "uncorrected_b0_file"]),
         name="outputnode",
     )
     threads = config.omp_nthreads
@@ -93,24 +102,38 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
                            mem_gb=mem_gb * 2 / n_runs)
         workflow.connect([(denoise, denoised, [("dwi_file", "dwi_file")])])
     if n_runs == 1:
+        to_motion = denoised
         workflow.connect([
-            (denoised, motion, [("dwi_file", "dwi_file")]),
             (load, motion, [("bval_file", "bval_file"), ("bvec_file", "bvec_file")]),
             (load, outputnode, [("warnings", "warnings")]),
             (denoise, outputnode, [("noise_file", "noise_file")]),
         ])
+        bvals = (load, "bval_file")
+    else:
+        to_motion = concatenate = pe.Node(ConcatenateRuns(), name="concatenate_runs", mem_gb=mem_gb * 2)
+        workflow.connect([
+            (denoised, concatenate, [("dwi_file", "dwi_files")]),
+            (load, concatenate, [("bval_file", "bval_files"), ("bvec_file", "bvec_files")]),
+            (concatenate, motion, [("bval_file", "bval_file"), ("bvec_file", "bvec_file"),
+                                   ("run_lengths", "run_lengths")]),
+            (load, outputnode, [(("warnings", _flatten), "warnings")]),
+        ])
+        if config.denoise != "none":
+            workflow.connect([(denoise, concatenate, [("noise_file", "noise_files")]),
+                              (concatenate, outputnode, [("noise_file", "noise_file")])])
+        bvals = (concatenate, "bval_file")
+    if fieldmap is None:
+        workflow.connect([(to_motion, motion, [("dwi_file", "dwi_file")])])
         return workflow
-    concatenate = pe.Node(ConcatenateRuns(), name="concatenate_runs", mem_gb=mem_gb * 2)
+    sdc = init_fieldmap_wf(fieldmap, b0_threshold=config.b0_threshold, omp_nthreads=threads,
+                           mem_gb=mem_gb, name="fieldmap_wf")
     workflow.connect([
-        (denoised, concatenate, [("dwi_file", "dwi_files")]),
-        (load, concatenate, [("bval_file", "bval_files"), ("bvec_file", "bvec_files")]),
-        (concatenate, motion, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
-                               ("bvec_file", "bvec_file"), ("run_lengths", "run_lengths")]),
-        (load, outputnode, [(("warnings", _flatten), "warnings")]),
+        (to_motion, sdc, [("dwi_file", "inputnode.dwi_file")]),
+        (bvals[0], sdc, [(bvals[1], "inputnode.bval_file")]),
+        (sdc, motion, [("outputnode.dwi_file", "dwi_file")]),
+        (sdc, outputnode, [("outputnode.field_file", "field_file"),
+                           ("outputnode.b0_file", "uncorrected_b0_file")]),
     ])
-    if config.denoise != "none":
-        workflow.connect([(denoise, concatenate, [("noise_file", "noise_files")]),
-                          (concatenate, outputnode, [("noise_file", "noise_file")])])
     return workflow
 
 

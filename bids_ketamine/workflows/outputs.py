@@ -25,6 +25,13 @@ def series_entities(series: DwiSeries) -> dict[str, str]:
     return {"subject": series.subject, "session": series.session, **series.entities}
 
 
+def series_output_fields(denoise: str, fieldmap: bool) -> list[str]:
+    """The :data:`SERIES_OUTPUTS` a series writes: no noise map without denoising, no field
+    without a distortion correction."""
+    return [f for f in SERIES_OUTPUTS if not (f == "noise_file" and denoise == "none")
+            and not (f in derivatives.FIELDMAP_OUTPUTS and not fieldmap)]
+
+
 def init_series_derivatives_wf(series: DwiSeries, output_dir: Path, *, template: str, atlas: str,
                                denoise: str, name: str = "derivatives_wf"):
     """Build the workflow that writes one series' derivatives.
@@ -33,17 +40,23 @@ def init_series_derivatives_wf(series: DwiSeries, output_dir: Path, *, template:
     :class:`~bids_ketamine.interfaces.io.DerivativesSink` node, so an output appears only once
     it is complete.  The tensor model sidecar (``..._model-tensor_dwimap.json``) is written
     once per series beside the maps; the atlas sidecar records the template and atlas files.
+    A series with a distortion correction (``series.fieldmap``) also writes its field to
+    ``fmap/`` with a sidecar (:data:`~bids_ketamine.derivatives.FIELDMAP_OUTPUTS`).
     """
     workflow = pe.Workflow(name=name)
-    fields = [f for f in SERIES_OUTPUTS if not (f == "noise_file" and denoise == "none")]
-    inputnode = pe.Node(niu.IdentityInterface(fields=fields + ["preproc_metadata", "model_metadata", "dseg_metadata"]),
-                        name="inputnode")
+    fields = series_output_fields(denoise, series.fieldmap is not None)
+    sidecars = ["preproc_metadata", "model_metadata", "dseg_metadata"]
+    if series.fieldmap is not None:
+        sidecars.append("field_metadata")
+    inputnode = pe.Node(niu.IdentityInterface(fields=fields + sidecars), name="inputnode")
+    if series.fieldmap is not None:
+        inputnode.inputs.field_metadata = series.fieldmap.metadata()
     names = {"tpl": template, "atlas": atlas, "denoise": denoise}
     for field in fields:
         target = output_path(output_dir, series, field, **names)
         sink = pe.Node(DerivativesSink(out_path=str(target)), name=f"ds_{field}", run_without_submitting=True)
         workflow.connect([(inputnode, sink, [(field, "in_file")])])
-    for field in ("model_metadata", "preproc_metadata", "dseg_metadata"):
+    for field in sidecars:
         path = output_path(output_dir, series, field, **names)
         sink = pe.Node(DerivativesSink(out_path=str(path)), name=f"ds_{field}", run_without_submitting=True)
         workflow.connect([(inputnode, sink, [(field, "content")])])

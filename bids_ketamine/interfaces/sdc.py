@@ -1,0 +1,94 @@
+"""Susceptibility-distortion correction: the field from reverse phase-encoded b=0 images
+(PEPOLAR) and its application to a DWI series (:mod:`bids_ketamine.dwi.sdc`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+
+from bids_ketamine.utils.images import open_image
+
+
+class _PhaseEncodingSpec(BaseInterfaceInputSpec):
+    axis = traits.Enum(0, 1, 2, mandatory=True, desc="phase-encoding voxel axis of the DWI (RAS+ order)")
+    sign = traits.Enum(1, -1, mandatory=True, desc="its polarity")
+    total_readout_time = traits.Float(mandatory=True, desc="BIDS TotalReadoutTime (s)")
+
+
+class _PepolarFieldInputSpec(_PhaseEncodingSpec):
+    dwi_file = File(exists=True, mandatory=True, desc="DWI series (RAS+), before motion correction")
+    bval_file = File(exists=True, mandatory=True, desc="its b-values")
+    reference_files = traits.List(File(exists=True), mandatory=True, minlen=1,
+                                  desc="reverse phase-encoded images (fmap/*_epi or DWI runs), as stored")
+    reference_bvals = traits.List(traits.Str, desc="per reference, its .bval file (only its b=0 volumes "
+                                                   "are used) or '' (every volume)")
+    b0_threshold = traits.Float(50.0, usedefault=True, desc="b-values at or below are b=0")
+    seed = traits.Int(1, usedefault=True, desc="ANTs' random seed")
+
+
+class _PepolarFieldOutputSpec(TraitedSpec):
+    field_file = File(exists=True, desc="the field (Hz) on the DWI grid, undistorted positions")
+    b0_file = File(exists=True, desc="mean b=0 of the DWI, distorted (for the report)")
+    reference_file = File(exists=True, desc="mean reverse phase-encoded b=0 on the DWI grid")
+
+
+class PepolarField(SimpleInterface):
+    """The B0 field from the DWI's b=0 and its reverse phase-encoded twin
+    (:func:`bids_ketamine.dwi.sdc.pepolar_field`)."""
+
+    input_spec = _PepolarFieldInputSpec
+    output_spec = _PepolarFieldOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.mask import brain_mask
+        from bids_ketamine.dwi.sdc import mean_reference_b0, pepolar_field
+
+        dwi = open_image(self.inputs.dwi_file)
+        bvals = np.loadtxt(self.inputs.bval_file, ndmin=1)
+        b0 = np.asarray(dwi.dataobj, dtype=np.float32)[..., bvals <= self.inputs.b0_threshold].mean(axis=-1)
+        b0_img = nib.Nifti1Image(b0, dwi.affine)
+        bval_files = self.inputs.reference_bvals or [""] * len(self.inputs.reference_files)
+        volumes = [np.loadtxt(path, ndmin=1) <= self.inputs.b0_threshold if path else None for path in bval_files]
+        reference = mean_reference_b0([open_image(path) for path in self.inputs.reference_files], dwi, volumes)
+        # the mask of both polarities together covers the brain wherever either puts it
+        mask = brain_mask(0.5 * (b0 + np.asarray(reference.dataobj)))
+        field = pepolar_field(b0_img, reference, axis=self.inputs.axis, sign=self.inputs.sign,
+                              total_readout_time=self.inputs.total_readout_time,
+                              mask=nib.Nifti1Image(mask.astype(np.uint8), dwi.affine), seed=self.inputs.seed)
+        out = Path(runtime.cwd)
+        for key, img in (("field_file", field), ("b0_file", b0_img), ("reference_file", reference)):
+            self._results[key] = str(out / f"{key[:-5]}.nii.gz")
+            img.to_filename(self._results[key])
+        return runtime
+
+
+class _UnwarpInputSpec(_PhaseEncodingSpec):
+    dwi_file = File(exists=True, mandatory=True, desc="DWI series (RAS+), before motion correction")
+    field_file = File(exists=True, mandatory=True, desc="the field (Hz) on its grid")
+
+
+class _UnwarpOutputSpec(TraitedSpec):
+    dwi_file = File(exists=True, desc="the corrected series")
+
+
+class Unwarp(SimpleInterface):
+    """Correct every volume of a DWI series with a field (:func:`bids_ketamine.dwi.sdc.unwarp`)."""
+
+    input_spec = _UnwarpInputSpec
+    output_spec = _UnwarpOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.sdc import unwarp
+
+        dwi = open_image(self.inputs.dwi_file)
+        field = np.asarray(open_image(self.inputs.field_file).dataobj, dtype=np.float32)
+        corrected = unwarp(np.asarray(dwi.dataobj, dtype=np.float32), field, axis=self.inputs.axis,
+                           sign=self.inputs.sign, total_readout_time=self.inputs.total_readout_time)
+        header = dwi.header.copy()
+        header.set_data_dtype(np.float32)
+        self._results["dwi_file"] = str(Path(runtime.cwd) / "dwi_sdc.nii.gz")
+        nib.Nifti1Image(corrected, dwi.affine, header).to_filename(self._results["dwi_file"])
+        return runtime
