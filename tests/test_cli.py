@@ -162,3 +162,14 @@ def test_collect_dwi_filters_and_prefix(tiny_bids):
     (series,) = found["01"]
     assert series.prefix == "sub-01_ses-pre" and series.bval.name == "sub-01_ses-pre_dwi.bval"
     assert series.sidecar["PhaseEncodingDirection"] == "j-"
+
+
+def test_ignore_is_repeatable_and_defaults_to_nothing(tmp_path):
+    """``--ignore`` takes several values, given at once or repeated (fMRIPrep's action="extend");
+    a repeated flag must not drop the earlier values (it did: ``--ignore t1w --ignore fieldmaps``
+    ran the T1w path)."""
+    base = [str(tmp_path / "bids"), str(tmp_path / "out"), "participant"]
+    assert parse_args(base).ignore == ()
+    assert parse_args([*base, "--ignore", "t1w", "fieldmaps"]).ignore == ("t1w", "fieldmaps")
+    assert parse_args([*base, "--ignore", "t1w", "--ignore", "fieldmaps"]).ignore == ("t1w", "fieldmaps")
+    assert parse_args([*base, "--ignore", "t1w", "--ignore", "t1w"]).ignore == ("t1w",)

@@ -114,11 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         help='JSON file of pybids filters for the DWI query, e.g. {"dwi": {"acquisition": "ortho"}}',
     )
     sel.add_argument(
-        "--ignore", nargs="+", choices=IGNORABLE_INPUTS, default=list(config_default("ignore")),
+        "--ignore", nargs="+", action="extend", choices=IGNORABLE_INPUTS, default=None,
         help="inputs to leave unused: 't1w' processes the DWI alone (b=0-to-template "
         "registration; default: a participant's T1w is used when present); 'fieldmaps' leaves "
         "susceptibility distortion uncorrected (default: corrected by PEPOLAR when reverse "
-        "phase-encoded b=0 images are present)",
+        "phase-encoded b=0 images are present). Repeatable: --ignore t1w --ignore fieldmaps "
+        "is --ignore t1w fieldmaps",
     )
     sel.add_argument(
         "--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation", action="store_true",
@@ -352,7 +353,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         csf_md_threshold=args.csf_md_threshold,
         gm_threshold=args.gm_threshold,
         combine_runs=args.combine_runs,
-        ignore=tuple(dict.fromkeys(args.ignore)),
+        ignore=tuple(dict.fromkeys(config_default("ignore") if args.ignore is None else args.ignore)),
         longitudinal=args.longitudinal,
         baseline_session=args.baseline_session,
         followup_session=args.followup_session,

@@ -31,7 +31,17 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["pepolar_field", "ras_phase_encoding", "unwarp", "displacement_voxels", "mean_reference_b0"]
+__all__ = ["pepolar_field", "ras_phase_encoding", "unwarp", "displacement_voxels", "mean_reference_b0",
+           "JACOBIAN_SIGMA"]
+
+
+#: Smoothing (voxels) of the estimated displacement before its Jacobian is taken (:func:`unwarp`):
+#: none, the exact Jacobian.  Measured on the simulated 3 mm subject (100 Hz, seed 5) and real
+#: philips-elition, Pearson r of the two polarities' b=0 inside the brain after correction (raw
+#: 0.684 / 0.716): exact 0.766 / 0.669, no Jacobian 0.737 / 0.758, smoothed by 3 voxels
+#: 0.865 / 0.717; but the simulated subject's largest ROI MD error (through the b=0's
+#: registration to the template) was 2.3 % with the exact Jacobian and 3.2 % smoothed.
+JACOBIAN_SIGMA = 0.0
 
 
 def ras_phase_encoding(direction: str, affine) -> tuple[int, int]:
@@ -71,7 +81,8 @@ def displacement_voxels(field_hz, *, sign: int, total_readout_time: float) -> np
     return sign * np.asarray(field_hz, dtype=float) * float(total_readout_time)
 
 
-def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float) -> np.ndarray:
+def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float,
+           jacobian: bool = True, jacobian_sigma: float = 0.0) -> np.ndarray:
     """Correct a distorted image (3-D or 4-D) with a field on its undistorted grid.
 
     The corrected value at ``u`` is the distorted image at ``u + s d(u)`` (linear
@@ -88,6 +99,14 @@ def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float
         Phase-encoding voxel axis and polarity of ``volumes``.
     total_readout_time : float
         BIDS ``TotalReadoutTime`` (s).
+    jacobian : bool
+        Modulate the intensities by the Jacobian (False: displacement only).
+    jacobian_sigma : float
+        Gaussian smoothing (voxels) of the displacement the Jacobian is taken from; 0: exact.
+        An *estimated* field is noisy at the voxel scale and the Jacobian, its derivative,
+        amplifies that noise; the workflow uses :data:`JACOBIAN_SIGMA` (measurements there).  The Jacobian scales
+        every volume of a voxel alike, so it cancels in a voxel's tensor metrics; it changes
+        the b=0 images, hence the registrations that place the ROIs.
 
     Returns
     -------
@@ -101,7 +120,8 @@ def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float
     if axis not in (0, 1, 2) or sign not in (-1, 1):
         raise ValueError(f"axis must be 0, 1 or 2 and sign +1 or -1, got {axis}, {sign}")
     shift = displacement_voxels(field_hz, sign=sign, total_readout_time=total_readout_time)
-    jacobian = np.clip(1.0 + np.gradient(shift, axis=axis), 0.0, None)
+    smooth = ndimage.gaussian_filter(shift, jacobian_sigma) if jacobian_sigma > 0 else shift
+    modulation = np.clip(1.0 + np.gradient(smooth, axis=axis), 0.0, None) if jacobian else 1.0
     coordinates = np.indices(shift.shape, dtype=float)
     coordinates[axis] += shift
     stack = volumes[..., None] if volumes.ndim == 3 else volumes
@@ -109,7 +129,7 @@ def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float
     for k in range(stack.shape[3]):
         sampled = ndimage.map_coordinates(np.asarray(stack[..., k], dtype=np.float32), coordinates,
                                           order=1, mode="nearest")
-        corrected[..., k] = sampled * jacobian
+        corrected[..., k] = sampled * modulation
     return corrected[..., 0] if volumes.ndim == 3 else corrected
 
 

@@ -51,7 +51,8 @@ def init_fieldmap_wf(plan: FieldmapPlan, *, b0_threshold: float = 50.0, omp_nthr
         f"Susceptibility distortion was corrected with the b=0 volumes of {len(plan.reference_files)} "
         "reverse phase-encoded image(s) (PEPOLAR): the B0 field was estimated by nonlinear registration "
         "of the mean b=0 of each polarity restricted to the phase-encoding axis (ANTs SyN [@ants]), "
-        "and every volume was unwarped along that axis with its Jacobian before motion correction.")
+        "and every volume was unwarped along that axis, its intensity modulated by the Jacobian of the "
+        "displacement, before motion correction.")
     inputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "bval_file"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "field_file", "b0_file", "reference_file"]),
                          name="outputnode")
