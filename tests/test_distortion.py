@@ -141,8 +141,12 @@ def _epi_dataset(root: Path, *, dwi_meta: dict, epi_meta: dict, intended: bool =
     (series.dwi.parent / "sub-01_ses-pre_dwi.json").write_text(json.dumps(dwi_meta))
     fmap = root / "sub-01" / "ses-pre" / "fmap"
     fmap.mkdir(parents=True)
-    nib.Nifti1Image(np.zeros((6, 6, 6, 2), np.int16), np.diag([3.0, 3, 3, 1])).to_filename(
-        fmap / "sub-01_ses-pre_dir-PA_epi.nii.gz")
+    epi_meta = dict(epi_meta)
+    angle = np.radians(epi_meta.pop("rotate", 0.0))  # a field of view rotated about the x axis
+    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    affine = np.diag([3.0, 3, 3, 1])
+    affine[:3, :3] = rotation @ affine[:3, :3]
+    nib.Nifti1Image(np.zeros((6, 6, 6, 2), np.int16), affine).to_filename(fmap / "sub-01_ses-pre_dir-PA_epi.nii.gz")
     meta = dict(epi_meta, **({"IntendedFor": ["ses-pre/dwi/sub-01_ses-pre_dwi.nii.gz"]} if intended else {}))
     (fmap / "sub-01_ses-pre_dir-PA_epi.json").write_text(json.dumps(meta))
     from bids_ketamine.bids import merged_sidecar
@@ -162,6 +166,8 @@ def _epi_dataset(root: Path, *, dwi_meta: dict, epi_meta: dict, intended: bool =
     ("other readout", {"PhaseEncodingDirection": "j", "TotalReadoutTime": 0.08}, None, "TotalReadoutTime 0.08"),
     ("no readout in the DWI", {"PhaseEncodingDirection": "j"}, {"TotalReadoutTime": None}, "add PhaseEncoding"),
     ("direction not BIDS", {"PhaseEncodingDirection": "A>>P", "TotalReadoutTime": 0.05}, None, "fix its sidecar"),
+    ("rotated field of view", {"PhaseEncodingDirection": "j", "TotalReadoutTime": 0.05, "rotate": 16}, None,
+     "16 degrees"),
 ])
 def test_fieldmap_plan_from_the_sidecars(tmp_path, caplog, case, epi_meta, dwi_meta, message):
     """The preflight's choice (cli/preflight.py::plan_fieldmaps): PEPOLAR when an epi image meant

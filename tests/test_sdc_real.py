@@ -103,7 +103,7 @@ def test_corrected_opposite_b0_images_agree_better(elition, tmp_path):
 @pytest.fixture(scope="module")
 def uih_runs(tmp_path_factory):
     """uih-umr770 sub-01 (an 84 mm slab; dir-AP j- and dir-PA j, each the other's reference;
-    acq-rot_dir-PA has another readout time and stays uncorrected) through the participant
+    acq-rot_dir-PA, its field of view rotated 14 degrees, is no reference) through the participant
     level, DWI-only path, with the correction and with --ignore fieldmaps."""
     root = REAL_SDC / "uih-umr770"
     if not (root / "dataset_description.json").exists():

@@ -18,6 +18,10 @@ from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
 from bids_ketamine.workflows.dwi_preproc import series_mem_gb
 
+#: Largest angle (degrees) between a PEPOLAR reference's phase-encoding direction and the
+#: opposite of the DWI's: beyond it the field of view is rotated and the displacements differ.
+MAX_PHASE_ENCODING_ANGLE = 2.0
+
 # the logger name the preflight messages have always had (users and tests filter on it)
 LOGGER = logging.getLogger("bids_ketamine.workflows.base")
 
@@ -181,8 +185,9 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
        (a reverse phase-encoding run such as ``acq-rpe_dir-PA``, or the PA run of an AP/PA pair:
        each run of the pair corrects the other).
 
-    An ``epi`` image that cannot serve (same polarity, another axis, another readout time, no
-    ``PhaseEncodingDirection``), or a series without ``PhaseEncodingDirection`` or
+    A reference that cannot serve (same polarity or another axis: reported for ``epi`` images
+    only; a field of view rotated more than :data:`MAX_PHASE_ENCODING_ANGLE`, another readout
+    time, no ``PhaseEncodingDirection``, unreadable), or a series without ``PhaseEncodingDirection`` or
     ``TotalReadoutTime`` beside one, gives a warning that names the file and the fix.  Series
     without field-map data stay uncorrected (one log line per participant).  ``--ignore
     fieldmaps`` corrects nothing.
@@ -233,7 +238,7 @@ def _pepolar_plan(item: DwiSeries, references, *, explicit: bool):
     import nibabel as nib
 
     from bids_ketamine.bids import FieldmapPlan
-    from bids_ketamine.dwi.sdc import ras_phase_encoding
+    from bids_ketamine.dwi.sdc import phase_encoding_vector, ras_phase_encoding
 
     first = (item.runs[0] if item.runs else item)
     direction = item.sidecar.get("PhaseEncodingDirection")
@@ -247,7 +252,8 @@ def _pepolar_plan(item: DwiSeries, references, *, explicit: bool):
                            "PhaseEncodingDirection" if direction is None else "TotalReadoutTime")
         return None
     try:
-        axis, sign = ras_phase_encoding(direction, nib.load(str(first.dwi)).affine)
+        affine = nib.load(str(first.dwi)).affine
+        axis, sign = ras_phase_encoding(direction, affine)
     except ValueError as err:
         LOGGER.warning("%s: %s in %s; distortion is not corrected: fix the sidecar", item.prefix, err, sidecar)
         return None
@@ -260,7 +266,10 @@ def _pepolar_plan(item: DwiSeries, references, *, explicit: bool):
                                item.prefix, path)
             continue
         try:
-            other_axis, other_sign = ras_phase_encoding(other, nib.load(str(path)).affine)
+            other_affine = nib.load(str(path)).affine
+            other_axis, other_sign = ras_phase_encoding(other, other_affine)
+            angle = np.degrees(np.arccos(np.clip(-phase_encoding_vector(direction, affine)
+                                                 @ phase_encoding_vector(other, other_affine), -1, 1)))
         except Exception as err:  # nibabel raises several types for unreadable files; bad direction
             LOGGER.warning("%s: %s cannot be used (%s); it is not used for distortion correction: "
                            "fix its sidecar or re-convert it, or pass --ignore fieldmaps", item.prefix, path,
@@ -270,6 +279,10 @@ def _pepolar_plan(item: DwiSeries, references, *, explicit: bool):
             if explicit:
                 LOGGER.warning("%s: %s is phase-encoded %s, not opposite to the DWI's %s; it is not used "
                                "for PEPOLAR", item.prefix, path, other, direction)
+            continue
+        if angle > MAX_PHASE_ENCODING_ANGLE:
+            LOGGER.warning("%s: %s is phase-encoded %.0f degrees away from the opposite of the DWI's (a "
+                           "rotated field of view); it is not used for PEPOLAR", item.prefix, path, angle)
             continue
         other_readout = metadata.get("TotalReadoutTime", readout)
         if abs(float(other_readout) - float(readout)) > 0.01 * float(readout):

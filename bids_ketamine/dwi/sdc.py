@@ -31,7 +31,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["pepolar_field", "ras_phase_encoding", "unwarp", "displacement_voxels", "mean_reference_b0",
+__all__ = ["pepolar_field", "ras_phase_encoding", "phase_encoding_vector", "unwarp", "displacement_voxels", "mean_reference_b0",
            "JACOBIAN_SIGMA"]
 
 
@@ -73,6 +73,14 @@ def ras_phase_encoding(direction: str, affine) -> tuple[int, int]:
     sign = -1 if direction.endswith("-") else 1
     new_axis, flip = io_orientation(np.asarray(affine, dtype=float))[stored_axis]
     return int(new_axis), int(sign * flip)
+
+
+def phase_encoding_vector(direction: str, affine) -> np.ndarray:
+    """The unit world-space (RAS mm) vector of a BIDS ``PhaseEncodingDirection`` in an image."""
+    if direction not in ("i", "j", "k", "i-", "j-", "k-"):
+        raise ValueError(f"PhaseEncodingDirection must be one of i, j, k, i-, j-, k-; got {direction!r}")
+    column = np.asarray(affine, dtype=float)[:3, "ijk".index(direction[0])]
+    return (-1.0 if direction.endswith("-") else 1.0) * column / np.linalg.norm(column)
 
 
 def displacement_voxels(field_hz, *, sign: int, total_readout_time: float) -> np.ndarray:
