@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
 
 @pytest.mark.realdata
+@pytest.mark.extended  # a strict xfail (known gap) that costs two minutes: kept out of .ci/run
 @pytest.mark.xfail(
     strict=True,
     reason="known gap (issue 4, blocked by the data): on sub-canon (3 mm, b=1500, 12 directions, "

@@ -54,6 +54,7 @@ def test_elition_reverse_run_is_chosen_for_the_dwi(elition, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_corrected_opposite_b0_images_agree_better(elition, tmp_path):
     """The workflow's own interfaces (load, PEPOLAR field) on the dir-AP series and the reverse
     run; each polarity's mean b=0 is unwarped with its own sign and the two are compared inside
@@ -121,6 +122,7 @@ def uih_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_uih_ap_and_pa_md_maps_agree_better_corrected(uih_runs):
     """Issue 19: the AP and PA runs' MD maps, each in its own (identical) grid, agree better
     corrected than uncorrected: median relative difference inside both brain masks (MD 0-1.5,
