@@ -44,6 +44,13 @@ __all__ = ["pepolar_field", "ras_phase_encoding", "phase_encoding_vector", "unwa
 JACOBIAN_SIGMA = 0.0
 
 
+def _stored_phase_encoding(direction: str) -> tuple[int, int]:
+    """A BIDS ``PhaseEncodingDirection`` as (voxel axis of the stored image, +1 or -1)."""
+    if direction not in ("i", "j", "k", "i-", "j-", "k-"):
+        raise ValueError(f"PhaseEncodingDirection must be one of i, j, k, i-, j-, k-; got {direction!r}")
+    return "ijk".index(direction[0]), -1 if direction.endswith("-") else 1
+
+
 def ras_phase_encoding(direction: str, affine) -> tuple[int, int]:
     """The phase-encoding axis and polarity in the RAS+ voxel order of an image.
 
@@ -67,20 +74,16 @@ def ras_phase_encoding(direction: str, affine) -> tuple[int, int]:
     """
     from nibabel.orientations import io_orientation
 
-    if direction not in ("i", "j", "k", "i-", "j-", "k-"):
-        raise ValueError(f"PhaseEncodingDirection must be one of i, j, k, i-, j-, k-; got {direction!r}")
-    stored_axis = "ijk".index(direction[0])
-    sign = -1 if direction.endswith("-") else 1
+    stored_axis, sign = _stored_phase_encoding(direction)
     new_axis, flip = io_orientation(np.asarray(affine, dtype=float))[stored_axis]
     return int(new_axis), int(sign * flip)
 
 
 def phase_encoding_vector(direction: str, affine) -> np.ndarray:
     """The unit world-space (RAS mm) vector of a BIDS ``PhaseEncodingDirection`` in an image."""
-    if direction not in ("i", "j", "k", "i-", "j-", "k-"):
-        raise ValueError(f"PhaseEncodingDirection must be one of i, j, k, i-, j-, k-; got {direction!r}")
-    column = np.asarray(affine, dtype=float)[:3, "ijk".index(direction[0])]
-    return (-1.0 if direction.endswith("-") else 1.0) * column / np.linalg.norm(column)
+    stored_axis, sign = _stored_phase_encoding(direction)
+    column = np.asarray(affine, dtype=float)[:3, stored_axis]
+    return sign * column / np.linalg.norm(column)
 
 
 def displacement_voxels(field_hz, *, sign: int, total_readout_time: float) -> np.ndarray:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
+from bids_ketamine.dwi.sdc import JACOBIAN_SIGMA
 from bids_ketamine.utils.images import open_image
 
 
@@ -68,8 +69,9 @@ class PepolarField(SimpleInterface):
 class _UnwarpInputSpec(_PhaseEncodingSpec):
     dwi_file = File(exists=True, mandatory=True, desc="DWI series (RAS+), before motion correction")
     field_file = File(exists=True, mandatory=True, desc="the field (Hz) on its grid")
-    jacobian_sigma = traits.Float(desc="smoothing (voxels) of the displacement for the Jacobian; "
-                                       "default bids_ketamine.dwi.sdc.JACOBIAN_SIGMA")
+    jacobian_sigma = traits.Float(JACOBIAN_SIGMA, usedefault=True,
+                                  desc="smoothing (voxels) of the displacement for the Jacobian "
+                                       "(bids_ketamine.dwi.sdc.JACOBIAN_SIGMA)")
 
 
 class _UnwarpOutputSpec(TraitedSpec):
@@ -83,14 +85,13 @@ class Unwarp(SimpleInterface):
     output_spec = _UnwarpOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_ketamine.dwi.sdc import JACOBIAN_SIGMA, unwarp
+        from bids_ketamine.dwi.sdc import unwarp
 
         dwi = open_image(self.inputs.dwi_file)
         field = np.asarray(open_image(self.inputs.field_file).dataobj, dtype=np.float32)
         corrected = unwarp(np.asarray(dwi.dataobj, dtype=np.float32), field, axis=self.inputs.axis,
                            sign=self.inputs.sign, total_readout_time=self.inputs.total_readout_time,
-                           jacobian_sigma=self.inputs.jacobian_sigma if isdefined(self.inputs.jacobian_sigma)
-                           else JACOBIAN_SIGMA)
+                           jacobian_sigma=self.inputs.jacobian_sigma)
         header = dwi.header.copy()
         header.set_data_dtype(np.float32)
         self._results["dwi_file"] = str(Path(runtime.cwd) / "dwi_sdc.nii.gz")
