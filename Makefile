@@ -22,8 +22,14 @@ system-deps:
 	  fi; \
 	else echo "not root or no apt-get: tests that need $(SYSTEM_PACKAGES) will skip"; fi
 
+# Byte-code compiled once: this machine sets PYTHONDONTWRITEBYTECODE, so without it every test
+# process (nipype workers, Slurm jobs, CLI runs) compiles the app, numpy, scipy and ANTsPy again
+# (about 2 s each).  Best effort: skipped where site-packages is read-only.
+COMPILE_PACKAGES = import os, numpy, scipy, ants; print(" ".join(os.path.dirname(m.__file__) for m in (numpy, scipy, ants)))
+
 test: system-deps
 	$(PYTHON) -m pip install -q -e '.[test]'
+	-$(PYTHON) -m compileall -q -j 0 bids_ketamine $$($(PYTHON) -c '$(COMPILE_PACKAGES)') >/dev/null
 	$(PYTHON) -m pytest -m "not extended" -p no:cacheprovider -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast:

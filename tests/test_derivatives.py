@@ -73,3 +73,31 @@ def test_roi_tables_start_with_the_contract_columns():
     assert tuple(table.columns[:len(derivatives.ROISTATS_COLUMNS)]) == derivatives.ROISTATS_COLUMNS
     assert set(table["param"]) == set(derivatives.TENSOR_PARAMS)
     assert table["n_voxels"].tolist() == [8] * 4 and table["mean"].tolist() == [0.5] * 4
+
+
+def test_sink_compresses_an_uncompressed_work_image(tmp_path):
+    """A work-folder series (``.nii``) reaches its ``.nii.gz`` derivative name as gzip, with the
+    same header and voxels; a file already of the target's kind is copied byte for byte."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    from bids_ketamine.interfaces import series_file
+    from bids_ketamine.interfaces.io import DerivativesSink
+
+    data = np.random.default_rng(0).normal(size=(5, 6, 4, 3)).astype(np.float32)
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    work = Path(series_file(tmp_path, "dwi_mc"))
+    assert work.name == "dwi_mc.nii"
+    nib.Nifti1Image(data, affine).to_filename(work)
+    target = tmp_path / "out" / "sub-01_space-dwi_desc-preproc_dwi.nii.gz"
+    DerivativesSink(in_file=str(work), out_path=str(target)).run()
+    with gzip.open(target) as stream:
+        stream.read(1)  # raises if the file is not gzip
+    written = nib.load(target)
+    np.testing.assert_array_equal(written.get_fdata(dtype=np.float32), data)
+    np.testing.assert_array_equal(written.affine, affine)
+    copied = tmp_path / "out" / "copy.nii"
+    DerivativesSink(in_file=str(work), out_path=str(copied)).run()
+    assert copied.read_bytes() == work.read_bytes()

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
+from bids_ketamine.interfaces import series_file
 from bids_ketamine.utils.images import open_image
 
 
@@ -64,7 +65,7 @@ class Denoise(SimpleInterface):
             denoised, noise = patch2self_denoise(data, bvals)
         header = img.header.copy()
         header.set_data_dtype(np.float32)
-        self._results["dwi_file"] = str(out / "dwi_denoised.nii.gz")
+        self._results["dwi_file"] = series_file(out, "dwi_denoised")
         nib.Nifti1Image(np.asarray(denoised, dtype=np.float32), img.affine, header).to_filename(
             self._results["dwi_file"])
         noise_header = header.copy()
@@ -97,7 +98,7 @@ class Degibbs(SimpleInterface):
         img = open_image(self.inputs.dwi_file)
         data = np.asarray(img.dataobj, dtype=np.float32)
         corrected = gibbs_removal(data, slice_axis=2, num_processes=self.inputs.n_threads)
-        self._results["dwi_file"] = str(Path(runtime.cwd) / "dwi_degibbs.nii.gz")
+        self._results["dwi_file"] = series_file(runtime.cwd, "dwi_degibbs")
         nib.Nifti1Image(corrected.astype(np.float32), img.affine, img.header).to_filename(
             self._results["dwi_file"])
         return runtime

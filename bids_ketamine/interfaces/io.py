@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from nipype.interfaces.base import (
     BaseInterfaceInputSpec,
@@ -16,6 +17,7 @@ from nipype.interfaces.base import (
 )
 
 from bids_ketamine.dwi.gradients import load_dwi_series, write_fsl_gradients
+from bids_ketamine.interfaces import series_file
 from bids_ketamine.utils.images import open_image
 
 
@@ -52,7 +54,7 @@ class LoadDWI(SimpleInterface):
         series = load_dwi_series(Path(self.inputs.dwi_file), Path(self.inputs.bval_file),
                                  Path(self.inputs.bvec_file), b0_threshold=self.inputs.b0_threshold)
         out = Path(runtime.cwd)
-        self._results["dwi_file"] = str(out / "dwi_ras.nii.gz")
+        self._results["dwi_file"] = series_file(out, "dwi_ras")
         self._results["bval_file"] = str(out / "dwi_ras.bval")
         self._results["bvec_file"] = str(out / "dwi_ras.bvec")
         series.img.to_filename(self._results["dwi_file"])
@@ -72,11 +74,17 @@ class _DerivativesSinkOutputSpec(TraitedSpec):
     out_file = File(desc="the written derivative")
 
 
+def _gzipped(path) -> bool:
+    return str(path).endswith(".gz")
+
+
 class DerivativesSink(SimpleInterface):
     """Copy one result to its BIDS-derivatives name, atomically, with its sidecar.
 
     The file appears under its final name only once complete (written to a temporary name
-    in the same folder, then renamed), so an interrupted run never leaves half a file.
+    in the same folder, then renamed), so an interrupted run never leaves half a file.  An
+    uncompressed work-folder image (:data:`~bids_ketamine.interfaces.SERIES_EXTENSION`) going to
+    a ``.nii.gz`` name is compressed on the way.
     """
 
     input_spec = _DerivativesSinkInputSpec
@@ -85,11 +93,13 @@ class DerivativesSink(SimpleInterface):
     always_run = True
 
     def _run_interface(self, runtime):
-        from bids_ketamine.utils.atomic import atomic_copy, atomic_write_text
+        from bids_ketamine.utils.atomic import atomic_copy, atomic_write_nifti, atomic_write_text
 
         target = Path(self.inputs.out_path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        if isdefined(self.inputs.in_file):
+        if isdefined(self.inputs.in_file) and _gzipped(self.inputs.in_file) != _gzipped(target):
+            atomic_write_nifti(nib.load(self.inputs.in_file), target)
+        elif isdefined(self.inputs.in_file):
             atomic_copy(self.inputs.in_file, target)
         elif isdefined(self.inputs.content):
             atomic_write_text(target, json.dumps(self.inputs.content, indent=2, sort_keys=True,
@@ -132,7 +142,7 @@ class ConcatenateRuns(SimpleInterface):
         img, bvals, bvecs = concatenate_runs(images, [g[0] for g in gradients], [g[1] for g in gradients])
         out = Path(runtime.cwd)
         self._results["run_lengths"] = [len(g[0]) for g in gradients]
-        self._results["dwi_file"] = str(out / "dwi_runs.nii.gz")
+        self._results["dwi_file"] = series_file(out, "dwi_runs")
         self._results["bval_file"] = str(out / "dwi_runs.bval")
         self._results["bvec_file"] = str(out / "dwi_runs.bvec")
         img.to_filename(self._results["dwi_file"])

@@ -9,6 +9,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from bids_ketamine.interfaces.io import read_voxel_gradients
+from bids_ketamine.interfaces import series_file
 from bids_ketamine.utils.images import open_image
 
 
@@ -48,7 +49,7 @@ class MotionCorrect(SimpleInterface):
                                 n_threads=self.inputs.n_threads, bvec_convention="voxel",
                                 run_lengths=self.inputs.run_lengths or None)
         out = Path(runtime.cwd)
-        self._results["dwi_file"] = str(out / "dwi_mc.nii.gz")
+        self._results["dwi_file"] = series_file(out, "dwi_mc")
         self._results["bval_file"] = str(out / "dwi_mc.bval")
         self._results["bvec_file"] = str(out / "dwi_mc.bvec")
         self._results["b0_file"] = str(out / "b0_ref.nii.gz")

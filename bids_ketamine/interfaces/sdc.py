@@ -10,6 +10,7 @@ import numpy as np
 from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
 
 from bids_ketamine.dwi.sdc import JACOBIAN_SIGMA
+from bids_ketamine.interfaces import series_file
 from bids_ketamine.utils.images import open_image
 
 
@@ -94,6 +95,6 @@ class Unwarp(SimpleInterface):
                            jacobian_sigma=self.inputs.jacobian_sigma)
         header = dwi.header.copy()
         header.set_data_dtype(np.float32)
-        self._results["dwi_file"] = str(Path(runtime.cwd) / "dwi_sdc.nii.gz")
+        self._results["dwi_file"] = series_file(runtime.cwd, "dwi_sdc")
         nib.Nifti1Image(corrected, dwi.affine, header).to_filename(self._results["dwi_file"])
         return runtime
