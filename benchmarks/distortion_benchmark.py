@@ -4,7 +4,8 @@ Simulates the same subjects twice (``--preset small``, a 2 mm T1w per session, r
 SD 2 mm / 2 degrees): once distorted (``--distortion 100 --reverse-pe``: a field over the
 frontal sinus and the temporal bones, up to 4.6 voxels of displacement in grey matter), once
 not; runs the participant level on each through the T1w path and the DWI-only path
-(``--ignore t1w``), the distorted data with the PEPOLAR correction and without it (``--ignore
+(``--ignore t1w``), the distorted data with the correction (PEPOLAR; ``distorted-gre``: the same
+field with a GRE field map instead of the reverse phase-encoded b=0) and without it (``--ignore
 fieldmaps``); and compares each session's ROI MD (``median``) with the truth, and the MD change
 across participants with the true change.
 
@@ -26,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 RESULTS = Path(__file__).parent / "results"
-CONDITIONS = {"distorted": ["--distortion", "100", "--reverse-pe"], "undistorted": []}
+CONDITIONS = {"distorted": ["--distortion", "100", "--reverse-pe"],
+              "distorted-gre": ["--distortion", "100", "--gre-fieldmap"], "undistorted": []}
 #: Processing arms: the T1w path or the DWI-only path, each with the correction (when the data
 #: have reverse phase-encoded b=0 images) or without it.
 PATHS = {"t1w": [], "dwi-only": ["--ignore", "t1w"],
@@ -44,11 +46,13 @@ def _run(command: list[str], log: Path | None = None) -> None:
 
 def _arms(condition: str, paths) -> list[str]:
     """The arms run on a condition: without reverse phase-encoded data "uncorrected" is the same run."""
-    return [path for path in paths if condition == "distorted" or not path.endswith("-uncorrected")]
+    return [path for path in paths if condition.startswith("distorted") or not path.endswith("-uncorrected")]
 
 
-def simulate_and_process(workdir: Path, n_subjects: int, seed: int, paths=tuple(PATHS)) -> None:
-    for condition, options in CONDITIONS.items():
+def simulate_and_process(workdir: Path, n_subjects: int, seed: int, paths=tuple(PATHS),
+                         conditions=tuple(CONDITIONS)) -> None:
+    for condition in conditions:
+        options = CONDITIONS[condition]
         bids = workdir / f"bids_{condition}"
         if not (bids / "sourcedata" / "simulation" / "truth.tsv").exists():
             _run([sys.executable, "-m", "bids_ketamine.cli.simulate", str(bids), "--overwrite", "--quiet",
@@ -68,7 +72,10 @@ def evaluate(workdir: Path) -> pd.DataFrame:
     truth, both sessions) and r(recovered change, true change) pooled over participants x ROIs."""
     rows = []
     for condition in CONDITIONS:
-        truth = pd.read_csv(workdir / f"bids_{condition}" / "sourcedata" / "simulation" / "truth.tsv", sep="\t")
+        truth_file = workdir / f"bids_{condition}" / "sourcedata" / "simulation" / "truth.tsv"
+        if not truth_file.exists():
+            continue
+        truth = pd.read_csv(truth_file, sep="\t")
         for path in _arms(condition, PATHS):
             tables = []
             for table_path in sorted((workdir / f"out_{condition}_{path}").glob("sub-*/ses-*/dwi/*_roistats.tsv")):
@@ -86,13 +93,38 @@ def evaluate(workdir: Path) -> pd.DataFrame:
                                 (merged["post"] / merged["md_followup"] - 1).abs()]).groupby(
                 pd.concat([merged["roi"], merged["roi"]])).max() * 100
             change = merged["post"] - merged["pre"]
+            field_error, field_error_large = _field_errors(workdir / f"bids_{condition}", workdir / f"out_{condition}_{path}")
             rows.append({"condition": condition, "path": path, "n": len(merged),
+                         "field_error_vox": field_error, "field_error_large_vox": field_error_large,
                          "max_error_pct": round(float(errors.max()), 2),
                          "median_error_pct": round(float(errors.median()), 2),
                          "worst_roi": str(by_roi.idxmax()),
                          "r_change": round(float(np.corrcoef(change, merged["md_change"])[0, 1]), 3),
                          "max_error_by_roi_pct": by_roi.round(2).to_dict()})
     return pd.DataFrame(rows)
+
+
+def _field_errors(bids: Path, out: Path) -> tuple[float | None, float | None]:
+    """Median over sessions of the median absolute displacement error (voxels) of the written field
+    against the true field inside the true brain, and the same where the true displacement exceeds
+    1 voxel; None without written fields."""
+    import nibabel as nib
+
+    from bids_ketamine.simulate.study import truth_map_paths
+
+    overall, large = [], []
+    for path in sorted(out.glob("sub-*/ses-*/fmap/*_desc-preproc_fieldmap.nii.gz")):
+        subject, session = path.name.split("_")[0][4:], path.name.split("_")[1][4:]
+        truth = truth_map_paths(bids, subject, session)
+        true_field = nib.as_closest_canonical(nib.load(truth["fieldmap"])).get_fdata()
+        brain = sum(nib.as_closest_canonical(nib.load(truth[t])).get_fdata() for t in ("gm", "wm", "csf")) > 0.5
+        readout = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())["TotalReadoutTime"]
+        error = np.abs(nib.load(path).get_fdata() - true_field)[brain] * readout
+        overall.append(np.median(error))
+        large.append(np.median(error[np.abs(true_field[brain]) * readout > 1.0]))
+    if not overall:
+        return None, None
+    return round(float(np.median(overall)), 3), round(float(np.median(large)), 3)
 
 
 def main(argv=None) -> pd.DataFrame:
@@ -103,11 +135,14 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument("--paths", nargs="+", choices=list(PATHS), default=list(PATHS),
                         help="processing arms to run (default: all)")
+    parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS),
+                        help="simulated data to run on (default: all; distorted-gre has a GRE field map and "
+                             "no reverse phase-encoded b=0)")
     parser.add_argument("--results", type=Path, default=RESULTS / "distortion.json")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
-        simulate_and_process(args.workdir, args.n_subjects, args.seed, args.paths)
+        simulate_and_process(args.workdir, args.n_subjects, args.seed, args.paths, args.conditions)
     table = evaluate(args.workdir)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(table.to_dict(orient="records"), indent=2) + "\n")

@@ -96,6 +96,13 @@ class DwiSeries:
         return path / "dwi"
 
 
+#: The field-map methods of :class:`FieldmapPlan`, as the report names them.
+FIELDMAP_METHODS = {"pepolar": "PEPOLAR (reverse phase-encoded b=0)",
+                    "phasediff": "a GRE field map (phase difference)",
+                    "phases": "a GRE field map (two phase images)",
+                    "fieldmap": "a GRE field map (field in Hz)"}
+
+
 @dataclass(frozen=True)
 class FieldmapPlan:
     """The susceptibility-distortion correction of one DWI series (issue 19).
@@ -103,10 +110,12 @@ class FieldmapPlan:
     Attributes
     ----------
     method : str
-        ``"pepolar"``: the field from b=0 images of opposite phase-encoding polarity.
+        ``"pepolar"``: the field from b=0 images of opposite phase-encoding polarity;
+        ``"phasediff"``, ``"phases"``, ``"fieldmap"``: from a GRE field map (BIDS cases 1-3).
     reference_files : tuple of str
-        The reverse phase-encoded images: ``fmap/*_epi`` images, or DWI runs of the session
-        phase-encoded the other way.
+        PEPOLAR: the reverse phase-encoded images (``fmap/*_epi`` images, or DWI runs of the
+        session phase-encoded the other way); GRE: the phase-difference, two phase or field-map
+        images.
     reference_bvals : tuple of str
         Per reference, its ``.bval`` file when only its b=0 volumes are to be used (a DWI run),
         or ``""`` to use every volume (an ``epi`` image).
@@ -117,6 +126,12 @@ class FieldmapPlan:
         BIDS ``TotalReadoutTime`` (s) of the DWI.
     phase_encoding_direction : str
         BIDS ``PhaseEncodingDirection`` of the DWI as stored.
+    magnitude_file : str
+        GRE: the (first) magnitude image.
+    echo_times : tuple of float
+        GRE phase images: ``(TE1, TE2)`` (s).
+    units : str
+        GRE ``fieldmap``: its ``Units`` (``Hz`` or ``rad/s``).
     """
 
     method: str
@@ -126,10 +141,18 @@ class FieldmapPlan:
     sign: int
     total_readout_time: float
     phase_encoding_direction: str
+    magnitude_file: str = ""
+    echo_times: tuple[float, ...] = ()
+    units: str = "Hz"
+
+    @property
+    def is_pepolar(self) -> bool:
+        return self.method == "pepolar"
 
     def metadata(self) -> dict[str, Any]:
         """The sidecar of the estimated field (BIDS field-map derivative)."""
-        return {"Units": "Hz", "Method": self.method, "Sources": list(self.reference_files),
+        sources = list(self.reference_files) + ([self.magnitude_file] if self.magnitude_file else [])
+        return {"Units": "Hz", "Method": self.method, "Sources": sources,
                 "TotalReadoutTime": self.total_readout_time,
                 "PhaseEncodingDirection": self.phase_encoding_direction}
 
@@ -146,6 +169,27 @@ def _names_the_series(value: Any, subject_dir: Path, root: Path, series: Path) -
     return False
 
 
+def _intended_fmaps(root: Path, series: DwiSeries, suffix: str) -> list[tuple[Path, dict[str, Any]]]:
+    """The ``fmap/*_<suffix>`` images meant for a DWI series, with their merged sidecars (see
+    :func:`collect_pepolar`), sorted by file name."""
+    root = Path(root)
+    subject_dir = root / f"sub-{series.subject}"
+    folder = (subject_dir / f"ses-{series.session}" if series.session else subject_dir) / "fmap"
+    image = (series.runs[0] if series.runs else series).dwi
+    wanted_source = series.sidecar.get("B0FieldSource")
+    found = []
+    for path in sorted(folder.glob(f"*_{suffix}.nii*")) if folder.is_dir() else []:
+        entities = relative_entities(root, path)
+        sidecar = merged_sidecar(inherited_files(root, path, entities, ".json"))
+        identifier = sidecar.get("B0FieldIdentifier")
+        identifiers = identifier if isinstance(identifier, list) else [identifier]
+        sources = wanted_source if isinstance(wanted_source, list) else [wanted_source]
+        if (_names_the_series(sidecar.get("IntendedFor"), subject_dir, root, image)
+                or (wanted_source and any(i in sources for i in identifiers if i))):
+            found.append((path, sidecar))
+    return found
+
+
 def collect_pepolar(root: Path, series: DwiSeries) -> list[tuple[Path, dict[str, Any]]]:
     """The ``fmap/*_epi`` images meant for a DWI series, with their merged sidecars.
 
@@ -158,22 +202,37 @@ def collect_pepolar(root: Path, series: DwiSeries) -> list[tuple[Path, dict[str,
     list of (Path, dict)
         Sorted by file name.
     """
-    root = Path(root)
-    subject_dir = root / f"sub-{series.subject}"
-    folder = (subject_dir / f"ses-{series.session}" if series.session else subject_dir) / "fmap"
-    image = (series.runs[0] if series.runs else series).dwi
-    wanted_source = series.sidecar.get("B0FieldSource")
-    found = []
-    for path in sorted(folder.glob("*_epi.nii*")) if folder.is_dir() else []:
-        entities = relative_entities(root, path)
-        sidecar = merged_sidecar(inherited_files(root, path, entities, ".json"))
-        identifier = sidecar.get("B0FieldIdentifier")
-        identifiers = identifier if isinstance(identifier, list) else [identifier]
-        sources = wanted_source if isinstance(wanted_source, list) else [wanted_source]
-        if (_names_the_series(sidecar.get("IntendedFor"), subject_dir, root, image)
-                or (wanted_source and any(i in sources for i in identifiers if i))):
-            found.append((path, sidecar))
-    return found
+    return _intended_fmaps(root, series, "epi")
+
+
+#: The GRE field-map cases of BIDS, in the order they are looked for: method, the images (by
+#: suffix) and the magnitude image beside them.
+GRE_CASES = (("phasediff", ("phasediff",), "magnitude1"), ("phases", ("phase1", "phase2"), "magnitude1"),
+             ("fieldmap", ("fieldmap",), "magnitude"))
+
+
+def collect_gre(root: Path, series: DwiSeries) -> dict[str, Any] | None:
+    """The GRE field map meant for a DWI series (``IntendedFor`` / ``B0FieldIdentifier``, as
+    :func:`collect_pepolar`), or None.
+
+    Returns
+    -------
+    dict or None
+        ``method`` (``phasediff``, ``phases`` or ``fieldmap``), ``files`` (the images, in order),
+        ``sidecars`` (theirs), ``magnitude`` (the magnitude image beside the first, "" if
+        missing); the first case found, and its first acquisition (by file name).
+    """
+    for method, suffixes, magnitude_suffix in GRE_CASES:
+        candidates = [_intended_fmaps(root, series, suffix) for suffix in suffixes]
+        if not all(candidates):
+            continue
+        chosen = [found[0] for found in candidates]
+        first = chosen[0][0]
+        magnitude = first.with_name(first.name.replace(f"_{suffixes[0]}.nii", f"_{magnitude_suffix}.nii"))
+        return {"method": method, "files": [path for path, _ in chosen],
+                "sidecars": [sidecar for _, sidecar in chosen],
+                "magnitude": str(magnitude) if magnitude.exists() else ""}
+    return None
 
 
 def check_bids_dir(bids_dir: Path) -> None:

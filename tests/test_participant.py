@@ -2,9 +2,12 @@
 
 These are the acceptance tests of the participant pipeline:
 
-- on a simulated trial (``--preset small``, 6 subjects), the ROI's MD is within 5 % of the true
+- on a simulated trial (``--preset small``, 5 subjects), the ROI's MD is within 5 % of the true
   grey-matter MD at each session; across subjects the recovered MD change correlates with the
-  true change at r >= 0.8 in every ROI, with median absolute error under 1 % of MD;
+  true change at r >= 0.8 in every ROI, with median absolute error under 1 % of MD.  Measured:
+  smallest r 0.960 (BA10_L), largest median error 0.70 % of MD (BA10_R).  Six subjects (the
+  same five and one more: each subject's draws depend only on the seed and its index) gave
+  smallest r 0.853 (BA10_R); the sixth was cut to keep CI within its 30 minutes (about 110 s);
 
 The ROI statistic checked is the ``median`` column of the roistats table, the value the group
 level uses by default (``--roi-statistic median``): at 3 mm the frontal-pole ROIs (BA10) keep some
@@ -27,12 +30,12 @@ from participant_runs import recovered_md, run_participant, swap_sessions, truth
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-N_SUBJECTS = 6
+N_SUBJECTS = 5
 
 
 @pytest.fixture(scope="module")
 def simulated_run(tmp_path_factory):
-    """A simulated 6-subject trial and its participant-level outputs (built once)."""
+    """A simulated 5-subject trial and its participant-level outputs (built once)."""
     from bids_ketamine.simulate import simulate_trial
 
     root = tmp_path_factory.mktemp("participant")

@@ -234,20 +234,27 @@ def test_participant_graph_with_t1w(tmp_path, longitudinal, n_sessions):
     assert ("within-subject template" in methods) == (n_sessions == 2)
 
 
-@pytest.mark.parametrize("degibbs", [True, False])
-def test_participant_graph_with_pepolar_fieldmap(tmp_path, degibbs):
-    """A series with a PEPOLAR plan is unwarped between denoising (Gibbs removal) and motion
-    correction, its field is written to fmap/ with a sidecar, and the methods say so; a series
-    without one keeps the plain chain."""
+@pytest.mark.parametrize("method, degibbs", [("pepolar", True), ("pepolar", False), ("phasediff", True)])
+def test_participant_graph_with_fieldmap(tmp_path, method, degibbs):
+    """A series with a field-map plan (PEPOLAR or a GRE phase difference) has its field estimated
+    from the denoised (Gibbs-corrected) series and unwarped for motion estimation; motion
+    correction resamples the uncorrected series once, through the field and the motion; the field
+    is written to fmap/ with a sidecar and the methods say how it was estimated.  A series
+    without a plan keeps the plain chain."""
     import dataclasses
 
     from bids_ketamine.bids import FieldmapPlan
 
-    reference = tmp_path / "bids" / "sub-01" / "ses-pre" / "fmap" / "sub-01_ses-pre_dir-PA_epi.nii.gz"
-    reference.parent.mkdir(parents=True)
+    fmap = tmp_path / "bids" / "sub-01" / "ses-pre" / "fmap"
+    fmap.mkdir(parents=True)
+    reference = fmap / ("sub-01_ses-pre_dir-PA_epi.nii.gz" if method == "pepolar" else "sub-01_ses-pre_phasediff.nii.gz")
     reference.write_bytes(b"")
-    plan = FieldmapPlan(method="pepolar", reference_files=(str(reference),), reference_bvals=("",), axis=1, sign=-1,
-                        total_readout_time=0.05, phase_encoding_direction="j-")
+    (fmap / "sub-01_ses-pre_magnitude1.nii.gz").write_bytes(b"")
+    gre = {} if method == "pepolar" else {"magnitude_file": str(fmap / "sub-01_ses-pre_magnitude1.nii.gz"),
+                                          "echo_times": (0.00492, 0.00738)}
+    plan = FieldmapPlan(method=method, reference_files=(str(reference),),
+                        reference_bvals=("",) if method == "pepolar" else (), axis=1, sign=-1,
+                        total_readout_time=0.05, phase_encoding_direction="j-", **gre)
     corrected = dataclasses.replace(header_only_series(tmp_path / "bids", "pre"), fieldmap=plan)
     plain = header_only_series(tmp_path / "bids", "post")
     config = Config(bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", analysis_level="participant",
@@ -258,23 +265,34 @@ def test_participant_graph_with_pepolar_fieldmap(tmp_path, degibbs):
     edges = _edges(graph)
     pre, post = f"dwi_preproc_{corrected.key}_wf", f"dwi_preproc_{plain.key}_wf"
     before = "degibbs" if degibbs else "denoise"
-    assert ("dwi_file", "dwi_file") in _pairs(edges[(f"{pre}.{before}", f"{pre}.fieldmap_wf.pepolar_field")])
+    estimate = f"{pre}.fieldmap_wf.{'pepolar_field' if method == 'pepolar' else 'gre_field'}"
+    assert ("dwi_file", "dwi_file") in _pairs(edges[(f"{pre}.{before}", estimate)])
     assert ("dwi_file", "dwi_file") in _pairs(edges[(f"{pre}.{before}", f"{pre}.fieldmap_wf.unwarp")])
-    assert ("field_file", "field_file") in _pairs(edges[(f"{pre}.fieldmap_wf.pepolar_field",
-                                                         f"{pre}.fieldmap_wf.unwarp")])
-    assert ("dwi_file", "dwi_file") in _pairs(edges[(f"{pre}.fieldmap_wf.unwarp", f"{pre}.motion_correct")])
-    assert (f"{pre}.{before}", f"{pre}.motion_correct") not in edges
+    assert ("field_file", "field_file") in _pairs(edges[(estimate, f"{pre}.fieldmap_wf.unwarp")])
+    # motion estimated on the unwarped copy, the uncorrected series resampled once through both
+    assert _pairs(edges[(f"{pre}.fieldmap_wf.unwarp", f"{pre}.motion_correct")]) == {("dwi_file", "dwi_file")}
+    assert _pairs(edges[(f"{pre}.{before}", f"{pre}.motion_correct")]) == {("dwi_file", "distorted_file")}
+    assert ("field_file", "field_file") in _pairs(edges[(estimate, f"{pre}.motion_correct")])
+    motion = [n for n in graph.nodes() if _name(n) == f"{pre}.motion_correct"][0]
+    assert (motion.inputs.axis, motion.inputs.sign, motion.inputs.total_readout_time) == (1, -1, 0.05)
     assert ("dwi_file", "dwi_file") in _pairs(edges[(f"{post}.{before}", f"{post}.motion_correct")])
     assert not [name for name in names if name.startswith(f"{post}.fieldmap_wf")]
-    node = [n for n in graph.nodes() if _name(n) == f"{pre}.fieldmap_wf.pepolar_field"][0]
-    assert node.inputs.reference_files == [str(reference)]
-    assert (node.inputs.axis, node.inputs.sign, node.inputs.total_readout_time) == (1, -1, 0.05)
+    node = [n for n in graph.nodes() if _name(n) == estimate][0]
+    if method == "pepolar":
+        assert node.inputs.reference_files == [str(reference)]
+        assert (node.inputs.axis, node.inputs.sign, node.inputs.total_readout_time) == (1, -1, 0.05)
+    else:
+        assert node.inputs.fieldmap_files == [str(reference)]
+        assert (node.inputs.method, node.inputs.echo_times) == ("phasediff", [0.00492, 0.00738])
     sinks = {name: [n for n in graph.nodes() if _name(n) == name][0] for name in names if ".ds_field" in name}
     assert sorted(sinks) == [f"derivatives_{corrected.key}_wf.ds_field_file",
                              f"derivatives_{corrected.key}_wf.ds_field_metadata"]
-    assert ("b0_file", "in_file") in _pairs(edges[(f"{pre}.fieldmap_wf.pepolar_field",
-                                                  f"derivatives_{corrected.key}_wf.ds_uncorrected_b0_file")])
+    assert ("b0_file", "in_file") in _pairs(edges[(estimate, f"derivatives_{corrected.key}_wf.ds_uncorrected_b0_file")])
     path = sinks[f"derivatives_{corrected.key}_wf.ds_field_file"].inputs.out_path
     assert path == str(tmp_path / "out" / "sub-01" / "ses-pre" / "fmap" / "sub-01_ses-pre_desc-preproc_fieldmap.nii.gz")
-    assert sinks[f"derivatives_{corrected.key}_wf.ds_field_metadata"].inputs.content["Units"] == "Hz"
-    assert "reverse phase-encoded" in workflow.visit_desc()
+    metadata = sinks[f"derivatives_{corrected.key}_wf.ds_field_metadata"].inputs.content
+    assert (metadata["Units"], metadata["Method"]) == ("Hz", method)
+    methods = workflow.visit_desc()
+    assert ("reverse phase-encoded" in methods) == (method == "pepolar")
+    assert ("phase difference" in methods) == (method == "phasediff")
+    assert "resampled once" in methods

@@ -177,13 +177,16 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
                    found: dict[str, list[DwiSeries]] | None = None) -> dict[str, list[DwiSeries]]:
     """Decide each series' susceptibility-distortion correction, from headers and sidecars.
 
-    A series is corrected by PEPOLAR (:mod:`bids_ketamine.dwi.sdc`) with, in this order:
+    A series is corrected (:mod:`bids_ketamine.dwi.sdc`) with, in this order:
 
     1. ``fmap/*_epi`` images meant for it (:func:`bids_ketamine.bids.collect_pepolar`), every
        volume, when phase-encoded the opposite way along the same axis;
     2. otherwise the b=0 volumes of the session's other DWI runs phase-encoded the opposite way
        (a reverse phase-encoding run such as ``acq-rpe_dir-PA``, or the PA run of an AP/PA pair:
-       each run of the pair corrects the other).
+       each run of the pair corrects the other);
+    3. otherwise a GRE field map meant for it (:func:`bids_ketamine.bids.collect_gre`:
+       ``phasediff``, ``phase1``/``phase2`` with their magnitude, or ``fieldmap``;
+       :mod:`bids_ketamine.dwi.gre_fieldmap`).
 
     A reference that cannot serve (same polarity or another axis: reported for ``epi`` images
     only; a field of view rotated more than :data:`MAX_PHASE_ENCODING_ANGLE`, another readout
@@ -206,7 +209,7 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
     dict
         ``usable`` with :attr:`~bids_ketamine.bids.DwiSeries.fieldmap` set where a correction applies.
     """
-    from bids_ketamine.bids import collect_pepolar
+    from bids_ketamine.bids import collect_gre, collect_pepolar
 
     if "fieldmaps" in config.ignore:
         LOGGER.info("--ignore fieldmaps: no susceptibility-distortion correction")
@@ -223,11 +226,42 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
             plan = _pepolar_plan(item, epi, explicit=True) if epi else None
             if plan is None and runs:
                 plan = _pepolar_plan(item, runs, explicit=False)
+            gre = collect_gre(config.bids_dir, item) if plan is None else None
+            if gre is not None:
+                plan = _gre_plan(item, gre)
             planned[subject].append(dataclasses.replace(item, fieldmap=plan) if plan else item)
         if not any(item.fieldmap for item in planned[subject]):
             LOGGER.info("sub-%s: no field-map data for the DWI: susceptibility distortion is not corrected",
                         subject)
     return planned
+
+
+def _series_encoding(item: DwiSeries, found_name: str | None):
+    """The series' phase encoding ``(affine, axis, sign, direction, readout)`` in RAS+ voxel
+    order, or None (with a warning naming the sidecar when ``found_name``, the field-map data
+    found for it, is given)."""
+    import nibabel as nib
+
+    from bids_ketamine.dwi.sdc import ras_phase_encoding
+
+    first = (item.runs[0] if item.runs else item)
+    direction = item.sidecar.get("PhaseEncodingDirection")
+    readout = item.sidecar.get("TotalReadoutTime")
+    sidecar = first.sidecar_files[-1] if first.sidecar_files else first.dwi
+    if direction is None or readout is None:
+        if found_name:
+            LOGGER.warning("%s: field-map data %s found, but %s has no %s; distortion is not corrected: "
+                           "add PhaseEncodingDirection and TotalReadoutTime (s) to the DWI sidecar",
+                           item.prefix, found_name, sidecar,
+                           "PhaseEncodingDirection" if direction is None else "TotalReadoutTime")
+        return None
+    try:
+        affine = nib.load(str(first.dwi)).affine
+        axis, sign = ras_phase_encoding(direction, affine)
+    except ValueError as err:
+        LOGGER.warning("%s: %s in %s; distortion is not corrected: fix the sidecar", item.prefix, err, sidecar)
+        return None
+    return affine, axis, sign, str(direction), float(readout)
 
 
 def _pepolar_plan(item: DwiSeries, references, *, explicit: bool):
@@ -240,23 +274,10 @@ def _pepolar_plan(item: DwiSeries, references, *, explicit: bool):
     from bids_ketamine.bids import FieldmapPlan
     from bids_ketamine.dwi.sdc import phase_encoding_vector, ras_phase_encoding
 
-    first = (item.runs[0] if item.runs else item)
-    direction = item.sidecar.get("PhaseEncodingDirection")
-    readout = item.sidecar.get("TotalReadoutTime")
-    sidecar = first.sidecar_files[-1] if first.sidecar_files else first.dwi
-    if direction is None or readout is None:
-        if explicit:
-            LOGGER.warning("%s: field-map data %s found, but %s has no %s; distortion is not corrected: "
-                           "add PhaseEncodingDirection and TotalReadoutTime (s) to the DWI sidecar",
-                           item.prefix, references[0][0].name, sidecar,
-                           "PhaseEncodingDirection" if direction is None else "TotalReadoutTime")
+    encoding = _series_encoding(item, references[0][0].name if explicit else None)
+    if encoding is None:
         return None
-    try:
-        affine = nib.load(str(first.dwi)).affine
-        axis, sign = ras_phase_encoding(direction, affine)
-    except ValueError as err:
-        LOGGER.warning("%s: %s in %s; distortion is not corrected: fix the sidecar", item.prefix, err, sidecar)
-        return None
+    affine, axis, sign, direction, readout = encoding
     usable_files, bval_files = [], []
     for path, metadata, bval in references:
         other = metadata.get("PhaseEncodingDirection")
@@ -297,4 +318,44 @@ def _pepolar_plan(item: DwiSeries, references, *, explicit: bool):
                 ", ".join(Path(path).name for path in usable_files))
     return FieldmapPlan(method="pepolar", reference_files=tuple(usable_files),
                         reference_bvals=tuple(bval_files), axis=axis, sign=sign,
-                        total_readout_time=float(readout), phase_encoding_direction=str(direction))
+                        total_readout_time=readout, phase_encoding_direction=direction)
+
+
+def _gre_plan(item: DwiSeries, gre: dict):
+    """The GRE field-map plan of one series (:func:`bids_ketamine.bids.collect_gre`), or None
+    with a warning that names the file and the fix."""
+    from bids_ketamine.bids import FieldmapPlan
+
+    first = Path(gre["files"][0])
+    encoding = _series_encoding(item, first.name)
+    if encoding is None:
+        return None
+    _, axis, sign, direction, readout = encoding
+    method, sidecars = gre["method"], gre["sidecars"]
+    echo_times: tuple[float, ...] = ()
+    if method == "phasediff":
+        echo_times = tuple(sidecars[0].get(key) for key in ("EchoTime1", "EchoTime2"))
+        fix = f"add EchoTime1 and EchoTime2 (s) to {first.name}'s sidecar"
+    elif method == "phases":
+        echo_times = tuple(sidecar.get("EchoTime") for sidecar in sidecars)
+        fix = "add EchoTime (s) to the sidecars of phase1 and phase2"
+    if method != "fieldmap":
+        if any(not isinstance(te, (int, float)) for te in echo_times) or echo_times[1] <= echo_times[0]:
+            LOGGER.warning("%s: the GRE field map %s has echo times %s, not two increasing numbers; "
+                           "distortion is not corrected: %s", item.prefix, first, list(echo_times), fix)
+            return None
+    if not gre["magnitude"] and method != "fieldmap":
+        LOGGER.warning("%s: the GRE field map %s has no magnitude1 image beside it (needed for its brain "
+                       "mask); distortion is not corrected: add it to the fmap folder", item.prefix, first)
+        return None
+    units = str(sidecars[0].get("Units", "Hz"))
+    if method == "fieldmap" and units.lower() not in ("hz", "rad/s"):
+        LOGGER.warning("%s: the field map %s has Units %r; distortion is not corrected: give 'Hz' or "
+                       "'rad/s' in its sidecar", item.prefix, first, units)
+        return None
+    LOGGER.info("%s: susceptibility distortion corrected with the GRE field map (%s) %s", item.prefix,
+                method, ", ".join(Path(path).name for path in gre["files"]))
+    return FieldmapPlan(method=method, reference_files=tuple(str(path) for path in gre["files"]),
+                        reference_bvals=(), axis=axis, sign=sign, total_readout_time=readout,
+                        phase_encoding_direction=direction, magnitude_file=gre["magnitude"],
+                        echo_times=tuple(float(te) for te in echo_times), units=units)

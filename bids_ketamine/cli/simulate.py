@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reverse-pe", action="store_true",
                         help="with --distortion: also write the b=0 volumes with the opposite phase "
                              "encoding (fmap/*_dir-PA_epi, IntendedFor the DWI)")
+    parser.add_argument("--gre-fieldmap", action="store_true",
+                        help="with --distortion: also write a GRE field map (fmap/*_phasediff with "
+                             "magnitude1, IntendedFor the DWI)")
     parser.add_argument("--no-noise", action="store_true", help="write noise-free data")
     parser.add_argument("--no-motion", action="store_true", help="no per-volume motion")
     parser.add_argument("--no-images", action="store_true",
@@ -159,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               images=not args.no_images,
                               atlas_image=args.atlas_image, t1w=args.t1w is not None,
                               t1w_voxel_mm=args.t1w or 1.0, distortion_hz=args.distortion,
-                              reverse_pe=args.reverse_pe, **options)
+                              reverse_pe=args.reverse_pe, gre_fieldmap=args.gre_fieldmap, **options)
     except (ValueError, FileExistsError) as err:
         parser.error(" ".join(str(err).split()))
     if not args.quiet:

@@ -291,6 +291,8 @@ def correct_motion(
     factors=(4, 2, 1),
     constrain_model_space: bool = True,
     run_lengths=None,
+    distorted=None,
+    distortion=None,
 ) -> MotionResult:
     """Rigid motion correction of a DWI series to model predictions, rotating b-vectors.
 
@@ -326,6 +328,14 @@ def correct_motion(
     constrain_model_space : bool
         Keep the DW motion components that the tensor model cannot distinguish from
         anisotropy (see Notes) at their b=0-interpolated values.
+    distorted : ndarray, shape (X, Y, Z, N), optional
+        With ``distortion``: the series before distortion correction, ``data`` being its
+        unwarped copy.  The motion is estimated on ``data``; the output is resampled once from
+        ``distorted`` through the motion and the distortion composed (one interpolation instead
+        of two).
+    distortion : bids_ketamine.dwi.sdc.DisplacementField, optional
+        The distortion of ``distorted`` on its grid: the same for every volume, in the
+        scanner's frame (where it was estimated, from the series' mean b=0).
 
     Returns
     -------
@@ -399,6 +409,10 @@ def correct_motion(
             raise ValueError(f"mask shape {mask.shape} differs from the image {data.shape[:3]}")
         if not mask.any():
             raise ValueError("mask is empty")
+    if (distorted is None) != (distortion is None):
+        raise ValueError("give both distorted and distortion, or neither")
+    if distorted is not None and np.shape(distorted) != data.shape:
+        raise ValueError(f"distorted series shape {np.shape(distorted)} differs from the series {data.shape}")
     shape = data.shape[:3]
     transforms = np.tile(np.eye(4), (n_vol, 1, 1))
 
@@ -466,11 +480,20 @@ def correct_motion(
         # 3. Resample everything once from the input.
         corrected = np.empty(shape + (n_vol,), dtype=np.float32)
 
+        grid = np.indices(shape, dtype=float).reshape(3, -1)
+
         def _final(index):
-            corrected[..., index] = _resampled(index, order=3)
+            if distortion is None:
+                corrected[..., index] = _resampled(index, order=3)
+                return
+            to_voxel = np.linalg.inv(affine) @ transforms[index] @ affine
+            coords = to_voxel[:3, :3] @ grid + to_voxel[:3, 3:4]
+            volume = np.asarray(distorted[..., index], dtype=np.float32)
+            corrected[..., index] = distortion.sample(volume, coords, order=3).reshape(shape)
 
         _map(_final, range(n_vol))
-    if np.min(data) >= 0:  # cubic splines overshoot: keep non-negative data non-negative
+    if np.min(data if distorted is None else distorted) >= 0:
+        # cubic splines overshoot: keep non-negative data non-negative
         np.clip(corrected, 0, None, out=corrected)
     b0_reference = corrected[..., b0_idx].mean(axis=-1)
     params = pd.DataFrame(

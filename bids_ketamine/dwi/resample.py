@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from bids_ketamine.dwi.transforms import check_matrix
 
-__all__ = ["check_affine", "resample", "resample_image", "sample_at_points"]
+__all__ = ["check_affine", "resample", "resample_image", "sample_at_points", "sample_at_voxels"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -33,8 +33,9 @@ def _checked_input(data, affine, transform, order: int):
     return data, affine, transform
 
 
-def _sample(data, coords, order: int, cval: float) -> np.ndarray:
-    """Sample one 3-D volume at voxel coordinates (3, n); outside the FOV gives cval."""
+def sample_at_voxels(data, coords, order: int, cval: float = 0.0) -> np.ndarray:
+    """Sample one 3-D volume at voxel coordinates ``coords`` (3, n); outside the field of view
+    (beyond a half-voxel margin) gives ``cval``.  Order 3 is a cubic B-spline (prefiltered)."""
     shape = np.asarray(data.shape)[:, None]
     # A half-voxel margin keeps the edge voxels' values (as a scanner grid would).
     inside = np.all((coords >= -0.5) & (coords <= shape - 0.5), axis=0)
@@ -78,7 +79,7 @@ def sample_at_points(data, affine, points, transform=None, *, order: int = 1, cv
     out = np.empty((points.shape[0], volumes.shape[3]), dtype=out_dtype)
     for n in range(volumes.shape[3]):
         vol = volumes[..., n] if order == 0 else np.asarray(volumes[..., n], dtype=float)
-        out[:, n] = _sample(vol, coords, order, cval)
+        out[:, n] = sample_at_voxels(vol, coords, order, cval)
     return out[:, 0] if data.ndim == 3 else out
 
 

@@ -26,13 +26,14 @@ axis and polarity are those of the image as the workflow holds it (RAS+ voxel or
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["pepolar_field", "ras_phase_encoding", "phase_encoding_vector", "unwarp", "displacement_voxels", "mean_reference_b0",
-           "JACOBIAN_SIGMA"]
+__all__ = ["DisplacementField", "JACOBIAN_SIGMA", "displacement_voxels", "mean_reference_b0", "pepolar_field",
+           "phase_encoding_vector", "ras_phase_encoding", "unwarp"]
 
 
 #: Smoothing (voxels) of the estimated displacement before its Jacobian is taken (:func:`unwarp`):
@@ -92,13 +93,76 @@ def displacement_voxels(field_hz, *, sign: int, total_readout_time: float) -> np
     return sign * np.asarray(field_hz, dtype=float) * float(total_readout_time)
 
 
+@dataclass(frozen=True)
+class DisplacementField:
+    """The EPI distortion of a series, on its undistorted grid: the signal of voxel ``u`` was
+    recorded at ``u + shift(u)`` along ``axis`` (voxels), scaled by ``1 / modulation(u)``.
+
+    :meth:`sample` inverts it at any undistorted positions, so that motion correction can
+    compose the two and resample every volume once (:func:`bids_ketamine.dwi.motion.correct_motion`).
+
+    Attributes
+    ----------
+    shift : ndarray, shape (X, Y, Z)
+        ``s d(u)``: polarity times the displacement (voxels) of :func:`displacement_voxels`.
+    axis : int
+        Phase-encoding voxel axis.
+    modulation : ndarray, shape (X, Y, Z)
+        The Jacobian ``1 + d shift / du`` (clipped at 0), or ones.
+    """
+
+    shift: np.ndarray
+    axis: int
+    modulation: np.ndarray
+
+    @classmethod
+    def from_field(cls, field_hz, *, axis: int, sign: int, total_readout_time: float,
+                   jacobian: bool = True, jacobian_sigma: float = 0.0) -> "DisplacementField":
+        """The distortion of an image of phase-encoding ``axis`` and polarity ``sign`` in a field
+        (Hz, undistorted grid); ``jacobian`` and ``jacobian_sigma`` as in :func:`unwarp`."""
+        if axis not in (0, 1, 2) or sign not in (-1, 1):
+            raise ValueError(f"axis must be 0, 1 or 2 and sign +1 or -1, got {axis}, {sign}")
+        shift = displacement_voxels(field_hz, sign=sign, total_readout_time=total_readout_time)
+        if shift.ndim != 3:
+            raise ValueError(f"the field must be 3-D, got shape {shift.shape}")
+        smooth = ndimage.gaussian_filter(shift, jacobian_sigma) if jacobian_sigma > 0 else shift
+        modulation = (np.clip(1.0 + np.gradient(smooth, axis=axis), 0.0, None) if jacobian
+                      else np.ones_like(shift))
+        return cls(shift=shift, axis=axis, modulation=modulation)
+
+    def sample(self, volume, coords, *, order: int = 1) -> np.ndarray:
+        """The corrected image's values at undistorted voxel positions.
+
+        Parameters
+        ----------
+        volume : ndarray, shape (X, Y, Z)
+            One distorted volume, on the grid of :attr:`shift`.
+        coords : ndarray, shape (3, n)
+            Voxel coordinates of the positions (e.g. a reference grid moved by head motion).
+        order : {1, 3}
+            Interpolation of ``volume`` (the shift and the Jacobian are interpolated linearly).
+
+        Returns
+        -------
+        ndarray, shape (n,)
+        """
+        from bids_ketamine.dwi.resample import sample_at_voxels
+
+        coords = np.asarray(coords, dtype=float)
+        shifted = coords.copy()
+        shifted[self.axis] += ndimage.map_coordinates(self.shift, coords, order=1, mode="nearest")
+        values = sample_at_voxels(np.asarray(volume, dtype=float), shifted, order)
+        return values * ndimage.map_coordinates(self.modulation, coords, order=1, mode="nearest")
+
+
 def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float,
            jacobian: bool = True, jacobian_sigma: float = 0.0) -> np.ndarray:
     """Correct a distorted image (3-D or 4-D) with a field on its undistorted grid.
 
     The corrected value at ``u`` is the distorted image at ``u + s d(u)`` (linear
     interpolation along the phase-encoding axis) times the Jacobian ``1 + s d'(u)``: the inverse
-    of :func:`bids_ketamine.simulate.distortion.distort`.
+    of :func:`bids_ketamine.simulate.distortion.distort` (:class:`DisplacementField` on the image's own
+    grid).
 
     Parameters
     ----------
@@ -128,19 +192,13 @@ def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float
     if volumes.ndim not in (3, 4) or np.shape(field_hz) != volumes.shape[:3]:
         raise ValueError(f"need a 3-D or 4-D image and a 3-D field on its grid, got {volumes.shape} "
                          f"and {np.shape(field_hz)}")
-    if axis not in (0, 1, 2) or sign not in (-1, 1):
-        raise ValueError(f"axis must be 0, 1 or 2 and sign +1 or -1, got {axis}, {sign}")
-    shift = displacement_voxels(field_hz, sign=sign, total_readout_time=total_readout_time)
-    smooth = ndimage.gaussian_filter(shift, jacobian_sigma) if jacobian_sigma > 0 else shift
-    modulation = np.clip(1.0 + np.gradient(smooth, axis=axis), 0.0, None) if jacobian else 1.0
-    coordinates = np.indices(shift.shape, dtype=float)
-    coordinates[axis] += shift
+    distortion = DisplacementField.from_field(field_hz, axis=axis, sign=sign, total_readout_time=total_readout_time,
+                                       jacobian=jacobian, jacobian_sigma=jacobian_sigma)
+    grid = np.indices(volumes.shape[:3], dtype=float).reshape(3, -1)
     stack = volumes[..., None] if volumes.ndim == 3 else volumes
     corrected = np.empty(stack.shape, dtype=np.float32)
     for k in range(stack.shape[3]):
-        sampled = ndimage.map_coordinates(np.asarray(stack[..., k], dtype=np.float32), coordinates,
-                                          order=1, mode="nearest")
-        corrected[..., k] = sampled * modulation
+        corrected[..., k] = distortion.sample(stack[..., k], grid).reshape(volumes.shape[:3])
     return corrected[..., 0] if volumes.ndim == 3 else corrected
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
-from bids_ketamine.interfaces.io import read_voxel_gradients
+from bids_ketamine.dwi.sdc import JACOBIAN_SIGMA
 from bids_ketamine.interfaces import series_file
+from bids_ketamine.interfaces.io import read_voxel_gradients
 from bids_ketamine.utils.images import open_image
 
 
@@ -21,6 +22,16 @@ class _MotionCorrectInputSpec(BaseInterfaceInputSpec):
     n_iter = traits.Int(2, usedefault=True, desc="model-prediction iterations")
     n_threads = traits.Int(1, usedefault=True, desc="threads")
     run_lengths = traits.List(traits.Int, desc="volumes of each joined run (--combine-runs average)")
+    # distortion correction composed with the motion (dwi_file is then the unwarped series)
+    distorted_file = File(exists=True, requires=["field_file", "axis", "sign", "total_readout_time"],
+                          desc="the series before distortion correction: resampled once, through the "
+                               "motion and the field composed")
+    field_file = File(exists=True, desc="the field (Hz) on the series' grid")
+    axis = traits.Enum(0, 1, 2, desc="phase-encoding voxel axis (RAS+ order)")
+    sign = traits.Enum(1, -1, desc="its polarity")
+    total_readout_time = traits.Float(desc="BIDS TotalReadoutTime (s)")
+    jacobian_sigma = traits.Float(JACOBIAN_SIGMA, usedefault=True,
+                                  desc="smoothing (voxels) of the displacement for the Jacobian")
 
 
 class _MotionCorrectOutputSpec(TraitedSpec):
@@ -33,7 +44,8 @@ class _MotionCorrectOutputSpec(TraitedSpec):
 
 class MotionCorrect(SimpleInterface):
     """Align every volume to the b=0 reference and rotate its b-vector
-    (:func:`bids_ketamine.dwi.motion.correct_motion`)."""
+    (:func:`bids_ketamine.dwi.motion.correct_motion`); with ``distorted_file``, resample that
+    series through the motion and the distortion together."""
 
     input_spec = _MotionCorrectInputSpec
     output_spec = _MotionCorrectOutputSpec
@@ -44,10 +56,20 @@ class MotionCorrect(SimpleInterface):
 
         img = open_image(self.inputs.dwi_file)
         bvals, bvecs = read_voxel_gradients(self.inputs.bval_file, self.inputs.bvec_file, img.affine)
+        distorted = distortion = None
+        if isdefined(self.inputs.distorted_file):
+            from bids_ketamine.dwi.sdc import DisplacementField
+
+            distorted = np.asarray(open_image(self.inputs.distorted_file).dataobj, dtype=np.float32)
+            field = np.asarray(open_image(self.inputs.field_file).dataobj, dtype=np.float32)
+            distortion = DisplacementField.from_field(field, axis=self.inputs.axis, sign=self.inputs.sign,
+                                               total_readout_time=self.inputs.total_readout_time,
+                                               jacobian_sigma=self.inputs.jacobian_sigma)
         result = correct_motion(np.asarray(img.dataobj, dtype=np.float32), img.affine, bvals, bvecs,
                                 b0_threshold=self.inputs.b0_threshold, n_iter=self.inputs.n_iter,
                                 n_threads=self.inputs.n_threads, bvec_convention="voxel",
-                                run_lengths=self.inputs.run_lengths or None)
+                                run_lengths=self.inputs.run_lengths or None,
+                                distorted=distorted, distortion=distortion)
         out = Path(runtime.cwd)
         self._results["dwi_file"] = series_file(out, "dwi_mc")
         self._results["bval_file"] = str(out / "dwi_mc.bval")

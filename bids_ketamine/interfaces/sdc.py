@@ -7,11 +7,17 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, traits
+from nipype.interfaces.base import BaseInterfaceInputSpec, File, SimpleInterface, TraitedSpec, isdefined, traits
 
 from bids_ketamine.dwi.sdc import JACOBIAN_SIGMA
 from bids_ketamine.interfaces import series_file
 from bids_ketamine.utils.images import open_image
+
+
+def _mean_b0(dwi, bval_file: str, b0_threshold: float) -> np.ndarray:
+    """The mean b=0 volume of a series (float32)."""
+    bvals = np.loadtxt(bval_file, ndmin=1)
+    return np.asarray(dwi.dataobj, dtype=np.float32)[..., bvals <= b0_threshold].mean(axis=-1)
 
 
 class _PhaseEncodingSpec(BaseInterfaceInputSpec):
@@ -49,8 +55,7 @@ class PepolarField(SimpleInterface):
         from bids_ketamine.dwi.sdc import mean_reference_b0, pepolar_field
 
         dwi = open_image(self.inputs.dwi_file)
-        bvals = np.loadtxt(self.inputs.bval_file, ndmin=1)
-        b0 = np.asarray(dwi.dataobj, dtype=np.float32)[..., bvals <= self.inputs.b0_threshold].mean(axis=-1)
+        b0 = _mean_b0(dwi, self.inputs.bval_file, self.inputs.b0_threshold)
         b0_img = nib.Nifti1Image(b0, dwi.affine)
         bval_files = self.inputs.reference_bvals or [""] * len(self.inputs.reference_files)
         volumes = [np.loadtxt(path, ndmin=1) <= self.inputs.b0_threshold if path else None for path in bval_files]
@@ -64,6 +69,44 @@ class PepolarField(SimpleInterface):
         for key, img in (("field_file", field), ("b0_file", b0_img), ("reference_file", reference)):
             self._results[key] = str(out / f"{key[:-5]}.nii.gz")
             img.to_filename(self._results[key])
+        return runtime
+
+
+class _GreFieldInputSpec(BaseInterfaceInputSpec):
+    dwi_file = File(exists=True, mandatory=True, desc="DWI series (RAS+): the grid of the field")
+    bval_file = File(exists=True, mandatory=True, desc="its b-values")
+    method = traits.Enum("phasediff", "phases", "fieldmap", mandatory=True, desc="BIDS field-map case")
+    fieldmap_files = traits.List(File(exists=True), mandatory=True, minlen=1,
+                                 desc="phasediff, phase1 and phase2, or fieldmap")
+    magnitude_file = File(exists=True, desc="the (first) magnitude image (phase cases)")
+    echo_times = traits.List(traits.Float, desc="TE1, TE2 (s) of the phase cases")
+    units = traits.Str("Hz", usedefault=True, desc="Units of a fieldmap image (Hz or rad/s)")
+    b0_threshold = traits.Float(50.0, usedefault=True, desc="b-values at or below are b=0")
+
+
+class _GreFieldOutputSpec(TraitedSpec):
+    field_file = File(exists=True, desc="the field (Hz) on the DWI grid, undistorted positions")
+    b0_file = File(exists=True, desc="mean b=0 of the DWI, distorted (for the report)")
+
+
+class GreField(SimpleInterface):
+    """The B0 field from a GRE field map, on the DWI's grid (:func:`bids_ketamine.dwi.gre_fieldmap.gre_field`)."""
+
+    input_spec = _GreFieldInputSpec
+    output_spec = _GreFieldOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.gre_fieldmap import gre_field
+
+        dwi = open_image(self.inputs.dwi_file)
+        b0 = _mean_b0(dwi, self.inputs.bval_file, self.inputs.b0_threshold)
+        magnitude = open_image(self.inputs.magnitude_file) if isdefined(self.inputs.magnitude_file) else None
+        field = gre_field(self.inputs.method, [open_image(path) for path in self.inputs.fieldmap_files],
+                          magnitude, dwi, echo_times=tuple(self.inputs.echo_times or ()), units=self.inputs.units)
+        out = Path(runtime.cwd)
+        for key, data in (("field_file", field), ("b0_file", b0)):
+            self._results[key] = str(out / f"{key[:-5]}.nii.gz")
+            nib.Nifti1Image(np.asarray(data, dtype=np.float32), dwi.affine).to_filename(self._results[key])
         return runtime
 
 

@@ -46,6 +46,11 @@ REFERENCES: dict[str, str] = {
     "ants": "Avants BB, Tustison NJ, Song G, Cook PA, Klein A, Gee JC. A reproducible evaluation "
     "of ANTs similarity metric performance in brain image registration. NeuroImage. "
     "2011;54(3):2033-2044. doi:10.1016/j.neuroimage.2010.09.025",
+    "skimage": "van der Walt S, Schonberger JL, Nunez-Iglesias J, et al. scikit-image: image processing "
+    "in Python. PeerJ. 2014;2:e453. doi:10.7717/peerj.453",
+    "unwrap3d": "Abdul-Rahman HS, Gdeisat MA, Burton DR, Lalor MJ, Lilley F, Moore CJ. Fast and robust "
+    "three-dimensional best path phase unwrapping algorithm. Appl Opt. 2007;46(26):6623-6635. "
+    "doi:10.1364/AO.46.006623",
     "n4": "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. IEEE Trans "
     "Med Imaging. 2010;29(6):1310-1320. doi:10.1109/TMI.2010.2046908",
     "atropos": "Avants BB, Tustison NJ, Wu J, Cook PA, Gee JC. An open source multivariate framework "

@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from bids_ketamine.bids import FIELDMAP_METHODS
 from bids_ketamine.derivatives import SeriesSummary
 from bids_ketamine.reports import figures, qc
 from bids_ketamine.reports.collect import SeriesOutputs, read_json
@@ -123,7 +124,8 @@ class SeriesParts:
                                "phase-encoding axis.", "info")
         metadata = read_json(series.files.get("field_json")) or {}
         sources = ", ".join(Path(str(path)).name for path in metadata.get("Sources", []))
-        text = (f"Corrected by {escape(str(metadata.get('Method', 'an unknown method')).upper())} "
+        method = str(metadata.get("Method", "an unknown method"))
+        text = (f"Corrected by {escape(FIELDMAP_METHODS.get(method, method))} "
                 f"from {escape(sources or 'unrecorded files')}; phase encoding "
                 f"{escape(str(metadata.get('PhaseEncodingDirection', '?')))}, total readout time "
                 f"{escape(format_number(metadata.get('TotalReadoutTime'), 4))} s.")

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["SUSCEPTIBILITY_SOURCES", "Distortion", "DistortionMap", "susceptibility_field",
-           "distortion_map", "distort"]
+__all__ = ["SUSCEPTIBILITY_SOURCES", "Distortion", "DistortionMap", "GreFieldmap", "susceptibility_field",
+           "distortion_map", "distort", "gre_grid", "simulate_gre_fieldmap"]
 
 #: Sources of the field: (centre in template mm RAS, SD in mm).
 SUSCEPTIBILITY_SOURCES = (
@@ -156,3 +156,72 @@ def distort(volumes: np.ndarray, field_hz: np.ndarray, distortion: Distortion) -
     if volumes.ndim == 3:
         return mapping.apply(volumes)
     return np.stack([mapping.apply(volumes[..., k]) for k in range(volumes.shape[3])], axis=-1)
+
+
+#: Echo times (s) of the simulated GRE field map (a common 3 T protocol).
+GRE_ECHO_TIMES = (0.00492, 0.00738)
+#: GRE magnitude by tissue (a T1-ish contrast unlike the b=0's: CSF is dark here, bright there).
+GRE_MAGNITUDE = {"gm": 0.8, "wm": 1.0, "csf": 0.35}
+
+
+@dataclass(frozen=True)
+class GreFieldmap:
+    """A simulated GRE field map (BIDS ``phasediff`` case) on its own grid.
+
+    Attributes
+    ----------
+    phase_difference : ndarray, shape (X, Y, Z)
+        ``phase(TE2) - phase(TE1)``, radians in ``[-pi, pi)`` (wrapped where the field exceeds
+        ``1 / (2 dTE)``), with the noise of the two echoes.
+    magnitude : ndarray, shape (X, Y, Z)
+        The first echo's magnitude.
+    affine : ndarray (4, 4)
+        Its grid: 4/3 of the DWI's voxel size, the x axis stored left-to-right (LAS), so that
+        a pipeline cannot assume the DWI's grid or orientation.
+    echo_times : (float, float)
+    """
+
+    phase_difference: np.ndarray
+    magnitude: np.ndarray
+    affine: np.ndarray
+    echo_times: tuple[float, float] = GRE_ECHO_TIMES
+
+
+def gre_grid(shape, affine) -> tuple[tuple[int, int, int], np.ndarray]:
+    """The GRE field map's grid for a DWI grid: the same field of view and centre, voxels 4/3
+    as large, the first axis flipped (LAS storage)."""
+    shape = np.asarray(shape[:3], dtype=float)
+    zooms = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    new_shape = np.maximum(np.round(shape * 3 / 4), 2).astype(int)
+    new_zooms = zooms * shape / new_shape
+    centre = np.asarray(affine)[:3, :3] @ ((shape - 1) / 2) + np.asarray(affine)[:3, 3]
+    directions = np.asarray(affine)[:3, :3] / zooms
+    linear = directions @ np.diag(new_zooms * np.array([-1.0, 1.0, 1.0]))
+    new_affine = np.eye(4)
+    new_affine[:3, :3] = linear
+    new_affine[:3, 3] = centre - linear @ ((new_shape - 1) / 2)
+    return tuple(int(n) for n in new_shape), new_affine
+
+
+def simulate_gre_fieldmap(fractions: dict, field_hz: np.ndarray, affine: np.ndarray, rng: np.random.Generator,
+                          *, snr: float | None = 40.0, echo_times=GRE_ECHO_TIMES) -> GreFieldmap:
+    """A GRE field map from tissue fractions and the field on the field map's grid.
+
+    Two echoes ``m exp(i (phi0 + 2 pi f TE_k))`` with a smooth background phase ``phi0`` (it
+    cancels in the difference) and complex Gaussian noise of SD ``max(m) / snr``; the phase
+    difference is the angle of ``s2 conj(s1)``, wrapped as a scanner writes it.
+    """
+    shape = field_hz.shape
+    magnitude = sum(GRE_MAGNITUDE[t] * np.asarray(fractions[t], dtype=float) for t in GRE_MAGNITUDE)
+    index = np.indices(shape, dtype=float)
+    background = 0.3 * index[0] / shape[0] + 0.2 * index[2] / shape[2]  # radians
+    sigma = 0.0 if snr is None else float(magnitude.max()) / float(snr)
+    echoes = []
+    for te in echo_times:
+        signal = magnitude * np.exp(1j * (background + 2 * np.pi * field_hz * te))
+        if sigma:
+            signal = signal + sigma * (rng.normal(size=shape) + 1j * rng.normal(size=shape))
+        echoes.append(signal)
+    return GreFieldmap(phase_difference=np.angle(echoes[1] * np.conj(echoes[0])).astype(np.float32),
+                       magnitude=np.abs(echoes[0]).astype(np.float32), affine=np.asarray(affine, dtype=float),
+                       echo_times=tuple(echo_times))

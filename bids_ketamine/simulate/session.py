@@ -179,6 +179,9 @@ class SimulatedSession:
     reverse_b0 : ndarray int16 4D or None
         With ``distortion`` and ``reverse_rng``: every b=0 volume again, distorted with the
         opposite phase-encoding polarity (a reverse phase-encoded reference, PEPOLAR).
+    gre_fieldmap : bids_ketamine.simulate.distortion.GreFieldmap or None
+        With ``distortion`` and ``gre_rng``: a GRE field map (phase difference) of the static
+        head on its own grid (:func:`~bids_ketamine.simulate.distortion.gre_grid`).
     """
 
     data: np.ndarray
@@ -195,6 +198,8 @@ class SimulatedSession:
     field_hz: np.ndarray | None = None
     #: With ``reverse_rng``: the b=0 volumes read out with the opposite polarity (int16 4D).
     reverse_b0: np.ndarray | None = None
+    #: With ``gre_rng``: a GRE field map of the session on its own grid.
+    gre_fieldmap: object | None = None
 
 
 def _support_box(brain: np.ndarray, affine: np.ndarray, matrices: np.ndarray):
@@ -236,6 +241,7 @@ def simulate_session(
     gm_md_field: np.ndarray | None = None,
     distortion=None,
     reverse_rng: np.random.Generator | None = None,
+    gre_rng: np.random.Generator | None = None,
 ) -> SimulatedSession:
     """Simulate one DWI series.
 
@@ -272,6 +278,8 @@ def simulate_session(
     reverse_rng : numpy.random.Generator, optional
         With ``distortion``: also simulate the b=0 volumes with the opposite polarity, their
         noise drawn from this generator (so the series itself is the same with or without).
+    gre_rng : numpy.random.Generator, optional
+        With ``distortion``: also simulate a GRE field map, its noise drawn from this generator.
 
     Returns
     -------
@@ -316,7 +324,7 @@ def simulate_session(
     box, box_affine = _support_box(model.brain, acquisition.affine, matrices)
     data = np.empty(acquisition.shape + (n_volumes,), dtype=np.int16)
     moved = np.zeros(acquisition.shape)
-    field_hz, epi, reverse = None, None, None
+    field_hz, epi, reverse, gre = None, None, None, None
     if distortion is not None:
         from bids_ketamine.simulate.distortion import distortion_map, susceptibility_field
 
@@ -325,6 +333,8 @@ def simulate_session(
         field_hz = susceptibility_field(scanner_to_template(world), distortion.peak_hz).reshape(acquisition.shape)
         epi = distortion_map(field_hz, distortion)
         reverse = distortion_map(field_hz, distortion.reversed()) if reverse_rng is not None else None
+        if gre_rng is not None:
+            gre = _gre_fieldmap(anatomy, acquisition, scanner_to_template, distortion.peak_hz, gre_rng, snr)
     reverse_b0 = []
     for volume, (bvalue, gradient, matrix) in enumerate(zip(acquisition.bvals, acquisition.gradients,
                                                             matrices)):
@@ -350,4 +360,17 @@ def simulate_session(
         noise_sigma=sigma,
         field_hz=field_hz,
         reverse_b0=np.stack(reverse_b0, axis=-1) if reverse_b0 else None,
+        gre_fieldmap=gre,
     )
+
+
+def _gre_fieldmap(anatomy, acquisition, scanner_to_template, peak_hz, rng, snr):
+    """The session's GRE field map: the field and the tissue sampled on its own grid."""
+    from bids_ketamine.simulate.distortion import gre_grid, simulate_gre_fieldmap, susceptibility_field
+
+    shape, affine = gre_grid(acquisition.shape, acquisition.affine)
+    voxels = np.indices(shape, dtype=float).reshape(3, -1).T
+    world = voxels @ affine[:3, :3].T + affine[:3, 3]
+    field = susceptibility_field(scanner_to_template(world), peak_hz).reshape(shape)
+    tissue = sample_anatomy(anatomy, shape, affine, scanner_to_template)
+    return simulate_gre_fieldmap(tissue.fractions, field, affine, rng, snr=None if snr is None else 2 * snr)

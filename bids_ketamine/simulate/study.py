@@ -9,6 +9,7 @@ calls it).  Layout of what it writes::
       sub-<s>/ses-<t>/dwi/sub-<s>_ses-<t>_dwi.nii.gz (.bval .bvec .json)
       sub-<s>/ses-<t>/anat/sub-<s>_ses-<t>_T1w.nii.gz (.json)   only with --t1w
       sub-<s>/ses-<t>/fmap/sub-<s>_ses-<t>_dir-PA_epi.nii.gz (.json)   only with --reverse-pe
+      sub-<s>/ses-<t>/fmap/sub-<s>_ses-<t>_phasediff.nii.gz, _magnitude1.nii.gz (.json)   only with --gre-fieldmap
       sourcedata/simulation/truth.json  truth.tsv
       sourcedata/simulation/sub-<s>/ses-<t>/   truth maps on the session's grid (see below)
 
@@ -118,7 +119,7 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
                    atlas_image=None,
                    roi_names=None, atlas_name: str = "ketamine7", template=None,
                    t1w: bool = False, t1w_voxel_mm: float = 1.0,
-                   distortion_hz: float = 0.0, reverse_pe: bool = False,
+                   distortion_hz: float = 0.0, reverse_pe: bool = False, gre_fieldmap: bool = False,
                    **options) -> Path:
     """Simulate a two-arm trial and write it as a BIDS dataset with its ground truth.
 
@@ -161,6 +162,10 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
         With ``distortion_hz``: also write the b=0 volumes read out with the opposite polarity
         as ``fmap/*_dir-PA_epi.nii.gz`` (``IntendedFor`` the session's DWI), from their own
         random stream.
+    gre_fieldmap : bool
+        With ``distortion_hz``: also write a GRE field map of each session (``phasediff`` with
+        ``magnitude1``, on a coarser LAS grid; :func:`bids_ketamine.simulate.distortion.simulate_gre_fieldmap`),
+        from its own random stream.
     **options
         Any field of :class:`~bids_ketamine.simulate.trial.TrialDesign`: ``snr``,
         ``motion``, ``md_change_ketamine``, ``md_change_saline``, ``arm_ratio``,
@@ -179,8 +184,9 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
     FileExistsError
         If ``output_dir`` is not empty and ``overwrite`` is false.
     """
-    if distortion_hz < 0 or (reverse_pe and not distortion_hz):
-        raise ValueError(f"distortion_hz must be >= 0 (got {distortion_hz}) and reverse_pe needs it > 0")
+    if distortion_hz < 0 or ((reverse_pe or gre_fieldmap) and not distortion_hz):
+        raise ValueError(f"distortion_hz must be >= 0 (got {distortion_hz}); reverse_pe and gre_fieldmap "
+                         "need it > 0")
     unknown = set(options) - set(TrialDesign.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown simulation options: {', '.join(sorted(unknown))}")
@@ -223,6 +229,8 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
                 gm_md_field=field, distortion=distortion,
                 reverse_rng=(subject_rng(design.seed, participant.index, "reverse_pe", session_index)
                              if reverse_pe else None),
+                gre_rng=(subject_rng(design.seed, participant.index, "gre_fieldmap", session_index)
+                         if gre_fieldmap else None),
             )
             _write_session(root, participant, session, result, sidecar, acquisition,
                            subject_transform, pose, gain, atlas_name, anatomy.roi_names)
@@ -353,6 +361,15 @@ def _write_distortion(root, label, session, result, sidecar, distortion, atlas_n
     read out with the opposite polarity as a BIDS ``epi`` field map for the DWI."""
     write_nifti(truth_map_paths(root, label, session, atlas_name)["fieldmap"], result.field_hz,
                 result.affine, np.float32)
+    intended = [f"ses-{session}/dwi/sub-{label}_ses-{session}_dwi.nii.gz"]
+    if result.gre_fieldmap is not None:
+        gre = result.gre_fieldmap
+        stem = root / f"sub-{label}" / f"ses-{session}" / "fmap" / f"sub-{label}_ses-{session}"
+        write_nifti(Path(f"{stem}_phasediff.nii.gz"), gre.phase_difference, gre.affine, np.float32)
+        write_json(Path(f"{stem}_phasediff.json"), {"EchoTime1": gre.echo_times[0], "EchoTime2": gre.echo_times[1],
+                                                   "Units": "rad", "IntendedFor": intended})
+        write_nifti(Path(f"{stem}_magnitude1.nii.gz"), gre.magnitude, gre.affine, np.float32)
+        write_json(Path(f"{stem}_magnitude1.json"), {"EchoTime": gre.echo_times[0]})
     if result.reverse_b0 is None:
         return
     stem = root / f"sub-{label}" / f"ses-{session}" / "fmap" / f"sub-{label}_ses-{session}_dir-PA_epi"
@@ -360,7 +377,7 @@ def _write_distortion(root, label, session, result, sidecar, distortion, atlas_n
                 repetition_time=sidecar["RepetitionTime"])
     write_json(stem.with_name(stem.name + ".json"), dict(
         sidecar, PhaseEncodingDirection=distortion.reversed().phase_encoding_direction,
-        IntendedFor=[f"ses-{session}/dwi/sub-{label}_ses-{session}_dwi.nii.gz"]))
+        IntendedFor=intended))
 
 
 def _write_t1w(root, participant, session, anatomy, template, subject_transform, pose, gain, rng,

@@ -53,7 +53,7 @@ __all__ = [
 
 #: Stream identifiers of the per-subject random generators (never reorder).
 STREAMS = {"arms": 0, "biology": 1, "clinical": 2, "geometry": 3, "session": 4, "effects": 5,
-           "t1w": 6, "reverse_pe": 7}
+           "t1w": 6, "reverse_pe": 7, "gre_fieldmap": 8}
 
 #: MD effect models (``--effect-model``; :mod:`bids_ketamine.simulate.effects`).
 EFFECT_MODELS = ("roi", "blobs")

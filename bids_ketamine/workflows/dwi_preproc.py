@@ -27,8 +27,10 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
     (``--combine-runs average``) each run is loaded, denoised (and Gibbs-corrected) on its
     own, the runs are joined (:class:`~bids_ketamine.interfaces.io.ConcatenateRuns`) and
     motion correction aligns every volume to one b=0 reference.  With a ``fieldmap`` plan the
-    susceptibility distortion is corrected after denoising and Gibbs removal and before motion
-    correction (:func:`~bids_ketamine.workflows.fieldmap.init_fieldmap_wf`).
+    susceptibility distortion is estimated after denoising and Gibbs removal
+    (:func:`~bids_ketamine.workflows.fieldmap.init_fieldmap_wf`), motion is estimated on the
+    unwarped series, and each volume is resampled once, through its motion and the distortion
+    composed.
 
     Parameters
     ----------
@@ -127,10 +129,15 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
         return workflow
     sdc = init_fieldmap_wf(fieldmap, b0_threshold=config.b0_threshold, omp_nthreads=threads,
                            mem_gb=mem_gb, name="fieldmap_wf")
+    # motion is estimated on the unwarped series; the output is resampled once from the
+    # distorted one, through the field and the motion composed
+    motion.inputs.axis, motion.inputs.sign = fieldmap.axis, fieldmap.sign
+    motion.inputs.total_readout_time = fieldmap.total_readout_time
     workflow.connect([
         (to_motion, sdc, [("dwi_file", "inputnode.dwi_file")]),
+        (to_motion, motion, [("dwi_file", "distorted_file")]),
         (bvals[0], sdc, [(bvals[1], "inputnode.bval_file")]),
-        (sdc, motion, [("outputnode.dwi_file", "dwi_file")]),
+        (sdc, motion, [("outputnode.dwi_file", "dwi_file"), ("outputnode.field_file", "field_file")]),
         (sdc, outputnode, [("outputnode.field_file", "field_file"),
                            ("outputnode.b0_file", "uncorrected_b0_file")]),
     ])
