@@ -20,7 +20,10 @@ The correction (:func:`unwarp`) inverts the EPI forward model: the undistorted i
 the distorted one at ``u + s d(u)``, times the Jacobian ``1 + s d'(u)`` (signal compressed into
 a bright pile-up is spread out again, stretched signal is brightened).  The phase-encoding
 axis and polarity are those of the image as the workflow holds it (RAS+ voxel order,
-:func:`ras_phase_encoding`).  GRE field maps and fieldmap-less correction are not implemented yet.
+:func:`ras_phase_encoding`).  In the workflow the displacement is composed with each volume's head
+motion (:class:`DisplacementField`), so every volume is resampled once.  GRE field maps give the
+field directly (:mod:`bids_ketamine.dwi.gre_fieldmap`); fieldmap-less correction is not
+implemented yet.
 """
 
 from __future__ import annotations
@@ -161,8 +164,8 @@ def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float
 
     The corrected value at ``u`` is the distorted image at ``u + s d(u)`` (linear
     interpolation along the phase-encoding axis) times the Jacobian ``1 + s d'(u)``: the inverse
-    of :func:`bids_ketamine.simulate.distortion.distort` (:class:`DisplacementField` on the image's own
-    grid).
+    of :func:`bids_ketamine.simulate.distortion.distort` (:class:`DisplacementField` on the
+    image's own grid).
 
     Parameters
     ----------
@@ -192,13 +195,14 @@ def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float
     if volumes.ndim not in (3, 4) or np.shape(field_hz) != volumes.shape[:3]:
         raise ValueError(f"need a 3-D or 4-D image and a 3-D field on its grid, got {volumes.shape} "
                          f"and {np.shape(field_hz)}")
-    distortion = DisplacementField.from_field(field_hz, axis=axis, sign=sign, total_readout_time=total_readout_time,
-                                       jacobian=jacobian, jacobian_sigma=jacobian_sigma)
+    displacement = DisplacementField.from_field(field_hz, axis=axis, sign=sign,
+                                                total_readout_time=total_readout_time,
+                                                jacobian=jacobian, jacobian_sigma=jacobian_sigma)
     grid = np.indices(volumes.shape[:3], dtype=float).reshape(3, -1)
     stack = volumes[..., None] if volumes.ndim == 3 else volumes
     corrected = np.empty(stack.shape, dtype=np.float32)
     for k in range(stack.shape[3]):
-        corrected[..., k] = distortion.sample(stack[..., k], grid).reshape(volumes.shape[:3])
+        corrected[..., k] = displacement.sample(stack[..., k], grid).reshape(volumes.shape[:3])
     return corrected[..., 0] if volumes.ndim == 3 else corrected
 
 
