@@ -6,7 +6,8 @@ gives is at undistorted positions, the grid :func:`bids_ketamine.dwi.sdc.unwarp`
 phase accrued between two echo times is ``2 pi f (TE2 - TE1)``; it is wrapped to ``[-pi, pi)``,
 so it is unwrapped in 3-D inside the brain (:func:`skimage.restoration.unwrap_phase`, the
 reliability-sorting algorithm of Abdul-Rahman et al. 2007; FSL's PRELUDE is not available), its
-2 pi ambiguity resolved so that the brain's median field is the wrapped one's, and divided by
+2 pi ambiguity resolved so that the brain's median phase lies within pi of the wrapped phase's
+circular mean, and divided by
 ``2 pi (TE2 - TE1)``.  Outside the field map's brain the field is filled in smoothly from its edge
 (normalised convolution), lightly smoothed, and put on the DWI grid by scanner coordinates
 (trilinear): the field map and the DWI come from one session, and head motion between them is
@@ -75,9 +76,10 @@ def field_from_phase_difference(phase_difference, delta_te: float, mask) -> np.n
         raise ValueError("the field-map mask must be a non-empty image of the phase's shape")
     unwrapped = unwrap_phase(np.ma.masked_array(phase_difference, mask=~mask), rng=0)
     unwrapped = np.asarray(unwrapped.filled(0.0), dtype=float)
-    # the unwrapping is defined up to 2 pi: keep the brain's median where the wrapped one is
-    wrapped_median = np.angle(np.median(np.exp(1j * phase_difference[mask])))
-    offset = np.round((np.median(unwrapped[mask]) - wrapped_median) / (2 * np.pi))
+    # the unwrapping is defined up to 2 pi: put the brain's median within pi of the wrapped
+    # phase's circular mean
+    wrapped_centre = np.angle(np.mean(np.exp(1j * phase_difference[mask])))
+    offset = np.round((np.median(unwrapped[mask]) - wrapped_centre) / (2 * np.pi))
     unwrapped -= 2 * np.pi * offset
     field = np.where(mask, unwrapped / (2 * np.pi * delta_te), 0.0)
     weight = ndimage.gaussian_filter(mask.astype(float), FILL_SIGMA)
