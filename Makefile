@@ -35,8 +35,9 @@ test: system-deps
 test-fast:
 	$(PYTHON) -m pytest
 
-# Real-data checks that do not fit CI's 30 minutes (about 4 minutes on 2 cores): the uih-umr770
-# AP/PA MD agreement, the philips-elition b=0 agreement, the sub-canon known gap (xfail).
+# Real-data checks that do not fit CI's 30 minutes (about 10 minutes on 2 cores): the uih-umr770
+# AP/PA MD agreement, the philips-elition b=0 agreement and GRE-vs-PEPOLAR fields, the sub-elition
+# participant run (T1w volumes, white-matter MD, MRtrix3 agreement), the sub-canon known gap (xfail).
 test-extended:
 	$(PYTHON) -m pytest -m extended -p no:cacheprovider -s
 

@@ -66,13 +66,21 @@ def test_distortion_options_change_only_what_they_add(tmp_path):
 
     plain = _digests(simulate_trial(tmp_path / "plain", n_subjects=1, seed=3, preset="demo", progress=False))
     root = simulate_trial(tmp_path / "distorted", n_subjects=1, seed=3, preset="demo", progress=False,
-                          distortion_hz=60.0, reverse_pe=True)
+                          distortion_hz=60.0, reverse_pe=True, gre_fieldmap=True)
     distorted = _digests(root)
     changed = sorted(name for name in plain if distorted[name] != plain[name])
     assert changed == ["sub-01/ses-post/dwi/sub-01_ses-post_dwi.nii.gz",
                        "sub-01/ses-pre/dwi/sub-01_ses-pre_dwi.nii.gz"]
     added = sorted(set(distorted) - set(plain))
-    assert len(added) == 6  # per session: the field's truth, the epi image and its sidecar
+    # per session: the field's truth, the epi image and its sidecar, phasediff and magnitude1 with theirs
+    assert len(added) == 14
+    gre = json.loads((root / "sub-01" / "ses-pre" / "fmap" / "sub-01_ses-pre_phasediff.json").read_text())
+    assert (gre["EchoTime1"], gre["EchoTime2"]) == (0.00492, 0.00738)
+    assert gre["IntendedFor"] == ["ses-pre/dwi/sub-01_ses-pre_dwi.nii.gz"]
+    phase = nib.load(root / "sub-01" / "ses-pre" / "fmap" / "sub-01_ses-pre_phasediff.nii.gz")
+    dwi = nib.load(root / "sub-01" / "ses-pre" / "dwi" / "sub-01_ses-pre_dwi.nii.gz")
+    assert nib.aff2axcodes(phase.affine)[0] != nib.aff2axcodes(dwi.affine)[0]  # stored the other way
+    assert np.abs(phase.get_fdata()).max() <= np.pi
     sidecar = json.loads((root / "sub-01" / "ses-pre" / "fmap" / "sub-01_ses-pre_dir-PA_epi.json").read_text())
     dwi_sidecar = json.loads((root / "sub-01" / "ses-pre" / "dwi" / "sub-01_ses-pre_dwi.json").read_text())
     assert (dwi_sidecar["PhaseEncodingDirection"], sidecar["PhaseEncodingDirection"]) == ("j-", "j")

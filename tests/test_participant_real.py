@@ -8,6 +8,9 @@
   0.6-0.85 um^2/ms (measured: brain 1308 ml, GM 544 ml, WM 559 ml; WM MD see the test output).
 
 Separate from ``test_participant.py`` (simulated trial) so that the two can run in parallel.
+Every test here is ``extended`` (``make test-extended``): the sub-elition run (a 1 mm T1w, about
+260 s) left CI's 30 minutes on 2026-12-04 (a clean-clone ``.ci/run`` took 28 min 18 s with it);
+MRtrix3 agreement stays in CI on simulated data (``test_tensor.py``, ``test_denoise.py``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def elition_run(real_dwi, tmp_path_factory):
 
 
 @pytest.mark.realdata
+@pytest.mark.extended
 def test_real_elition_t1w_volumes_and_white_matter_md(elition_run):
     import nibabel as nib
     from nilearn.image import resample_to_img
@@ -104,6 +108,7 @@ def test_real_elition_t1w_volumes_and_white_matter_md(elition_run):
 
 
 @pytest.mark.realdata
+@pytest.mark.extended
 @pytest.mark.mrtrix
 def test_real_elition_md_matches_mrtrix(elition_run, tmp_path):
     """sub-elition: our native MD equals dwi2tensor + tensor2metric on the same preprocessed input."""

@@ -348,8 +348,8 @@ def _gre_plan(item: DwiSeries, gre: dict):
         LOGGER.warning("%s: the GRE field map %s has no magnitude1 image beside it (needed for its brain "
                        "mask); distortion is not corrected: add it to the fmap folder", item.prefix, first)
         return None
-    units = str(sidecars[0].get("Units", "Hz"))
-    if method == "fieldmap" and units.lower() not in ("hz", "rad/s"):
+    units = str(sidecars[0].get("Units", "Hz")) if method == "fieldmap" else "Hz"
+    if units.lower() not in ("hz", "rad/s"):
         LOGGER.warning("%s: the field map %s has Units %r; distortion is not corrected: give 'Hz' or "
                        "'rad/s' in its sidecar", item.prefix, first, units)
         return None

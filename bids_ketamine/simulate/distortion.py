@@ -176,8 +176,8 @@ class GreFieldmap:
     magnitude : ndarray, shape (X, Y, Z)
         The first echo's magnitude.
     affine : ndarray (4, 4)
-        Its grid: 4/3 of the DWI's voxel size, the x axis stored left-to-right (LAS), so that
-        a pipeline cannot assume the DWI's grid or orientation.
+        Its grid: 4/3 of the DWI's voxel size, the first axis stored the other way round (LAS
+        for an RAS DWI), so that a pipeline cannot assume the DWI's grid or orientation.
     echo_times : (float, float)
     """
 
@@ -189,7 +189,7 @@ class GreFieldmap:
 
 def gre_grid(shape, affine) -> tuple[tuple[int, int, int], np.ndarray]:
     """The GRE field map's grid for a DWI grid: the same field of view and centre, voxels 4/3
-    as large, the first axis flipped (LAS storage)."""
+    as large, the first axis stored the other way round."""
     shape = np.asarray(shape[:3], dtype=float)
     zooms = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
     new_shape = np.maximum(np.round(shape * 3 / 4), 2).astype(int)
