@@ -140,29 +140,17 @@ def test_phase_encoding_in_ras_voxel_order(direction, codes, expected):
 
 def _epi_dataset(root: Path, *, dwi_meta: dict, epi_meta: dict, intended: bool = True):
     """A header-only DWI series and one fmap/*_epi image with the given sidecars."""
-    import json
+    from header_series import fmap_image, header_only_series, with_sidecar
 
-    import nibabel as nib
-    from header_series import header_only_series
-
-    series = header_only_series(root, "pre")
-    (series.dwi.parent / "sub-01_ses-pre_dwi.json").write_text(json.dumps(dwi_meta))
-    fmap = root / "sub-01" / "ses-pre" / "fmap"
-    fmap.mkdir(parents=True)
+    series = with_sidecar(header_only_series(root, "pre"), dwi_meta)
     epi_meta = dict(epi_meta)
     angle = np.radians(epi_meta.pop("rotate", 0.0))  # a field of view rotated about the x axis
     rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
     affine = np.diag([3.0, 3, 3, 1])
     affine[:3, :3] = rotation @ affine[:3, :3]
-    nib.Nifti1Image(np.zeros((6, 6, 6, 2), np.int16), affine).to_filename(fmap / "sub-01_ses-pre_dir-PA_epi.nii.gz")
     meta = dict(epi_meta, **({"IntendedFor": ["ses-pre/dwi/sub-01_ses-pre_dwi.nii.gz"]} if intended else {}))
-    (fmap / "sub-01_ses-pre_dir-PA_epi.json").write_text(json.dumps(meta))
-    from bids_ketamine.bids import merged_sidecar
-
-    import dataclasses
-
-    return dataclasses.replace(series, sidecar=merged_sidecar([series.dwi.parent / "sub-01_ses-pre_dwi.json"]),
-                               sidecar_files=(series.dwi.parent / "sub-01_ses-pre_dwi.json",))
+    fmap_image(root, "pre", "dir-PA_epi", meta, n_volumes=2, affine=affine)
+    return series
 
 
 @pytest.mark.parametrize("case, epi_meta, dwi_meta, message", [
@@ -280,20 +268,14 @@ def test_opposite_dwi_runs_of_a_session_correct_each_other(tmp_path):
     """Without fmap/*_epi, the session's DWI runs phase-encoded the other way are the references
     (their b=0 volumes: the .bval goes with them); a run of the same polarity is passed over
     silently, and a series of another session is never used."""
-    import dataclasses
-    import json
+    from header_series import header_only_series, with_sidecar
 
-    from header_series import header_only_series
-
-    from bids_ketamine.bids import merged_sidecar
     from bids_ketamine.cli.preflight import plan_fieldmaps
     from bids_ketamine.config import Config
 
     def series(session, encoding, **entities):
-        item = header_only_series(tmp_path / "bids", session, **entities)
-        sidecar = item.dwi.with_name(item.dwi.name.replace(".nii.gz", ".json"))
-        sidecar.write_text(json.dumps({"PhaseEncodingDirection": encoding, "TotalReadoutTime": 0.05}))
-        return dataclasses.replace(item, sidecar=merged_sidecar([sidecar]), sidecar_files=(sidecar,))
+        return with_sidecar(header_only_series(tmp_path / "bids", session, **entities),
+                            {"PhaseEncodingDirection": encoding, "TotalReadoutTime": 0.05})
 
     ap, pa = series("pre", "j-", direction="AP"), series("pre", "j", direction="PA")
     tilted = series("pre", "j-", acquisition="tilted", direction="AP")

@@ -68,28 +68,16 @@ def test_phase_in_scanner_units_is_rescaled_to_radians():
 
 def _gre_dataset(root: Path, files: dict[str, dict], *, epi: bool = False):
     """A header-only DWI series (j-, 0.05 s) with GRE field-map images of the given sidecars."""
-    import dataclasses
+    from header_series import fmap_image, header_only_series, with_sidecar
 
-    from header_series import header_only_series
-
-    from bids_ketamine.bids import merged_sidecar
-
-    series = header_only_series(root, "pre")
-    sidecar = series.dwi.parent / "sub-01_ses-pre_dwi.json"
-    sidecar.write_text(json.dumps({"PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.05}))
-    fmap = root / "sub-01" / "ses-pre" / "fmap"
-    fmap.mkdir(parents=True)
+    series = with_sidecar(header_only_series(root, "pre"), {"PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.05})
     intended = {"IntendedFor": ["ses-pre/dwi/sub-01_ses-pre_dwi.nii.gz"]}
     for suffix, meta in files.items():
-        nib.Nifti1Image(np.zeros((6, 6, 6), np.float32), np.diag([3.0, 3, 3, 1])).to_filename(
-            fmap / f"sub-01_ses-pre_{suffix}.nii.gz")
-        (fmap / f"sub-01_ses-pre_{suffix}.json").write_text(json.dumps(dict(meta, **intended)))
+        fmap_image(root, "pre", suffix, dict(meta, **intended))
     if epi:
-        nib.Nifti1Image(np.zeros((6, 6, 6, 2), np.int16), np.diag([3.0, 3, 3, 1])).to_filename(
-            fmap / "sub-01_ses-pre_dir-PA_epi.nii.gz")
-        (fmap / "sub-01_ses-pre_dir-PA_epi.json").write_text(json.dumps(
-            dict(intended, PhaseEncodingDirection="j", TotalReadoutTime=0.05)))
-    return dataclasses.replace(series, sidecar=merged_sidecar([sidecar]), sidecar_files=(sidecar,))
+        fmap_image(root, "pre", "dir-PA_epi", dict(intended, PhaseEncodingDirection="j", TotalReadoutTime=0.05),
+                   n_volumes=2)
+    return series
 
 
 PHASEDIFF = {"phasediff": {"EchoTime1": 0.00492, "EchoTime2": 0.00738}, "magnitude1": {}}

@@ -151,11 +151,16 @@ class DisplacementField:
         """
         from bids_ketamine.dwi.resample import sample_at_voxels
 
+        shifted, modulation = self.source(coords)
+        return sample_at_voxels(np.asarray(volume, dtype=float), shifted, order) * modulation
+
+    def source(self, coords) -> tuple[np.ndarray, np.ndarray]:
+        """Where the distorted volume holds the signal of undistorted positions ``coords``
+        (3, n), and the Jacobian there: what :meth:`sample` uses, for volumes that share them."""
         coords = np.asarray(coords, dtype=float)
         shifted = coords.copy()
         shifted[self.axis] += ndimage.map_coordinates(self.shift, coords, order=1, mode="nearest")
-        values = sample_at_voxels(np.asarray(volume, dtype=float), shifted, order)
-        return values * ndimage.map_coordinates(self.modulation, coords, order=1, mode="nearest")
+        return shifted, ndimage.map_coordinates(self.modulation, coords, order=1, mode="nearest")
 
 
 def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float,
@@ -198,11 +203,15 @@ def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float
     displacement = DisplacementField.from_field(field_hz, axis=axis, sign=sign,
                                                 total_readout_time=total_readout_time,
                                                 jacobian=jacobian, jacobian_sigma=jacobian_sigma)
-    grid = np.indices(volumes.shape[:3], dtype=float).reshape(3, -1)
+    from bids_ketamine.dwi.resample import sample_at_voxels
+
+    # every volume is sampled at the same places: interpolate the shift and the Jacobian once
+    shifted, modulation = displacement.source(np.indices(volumes.shape[:3], dtype=float).reshape(3, -1))
     stack = volumes[..., None] if volumes.ndim == 3 else volumes
     corrected = np.empty(stack.shape, dtype=np.float32)
     for k in range(stack.shape[3]):
-        corrected[..., k] = displacement.sample(stack[..., k], grid).reshape(volumes.shape[:3])
+        values = sample_at_voxels(np.asarray(stack[..., k], dtype=float), shifted, 1) * modulation
+        corrected[..., k] = values.reshape(volumes.shape[:3])
     return corrected[..., 0] if volumes.ndim == 3 else corrected
 
 

@@ -63,8 +63,8 @@ class MotionCorrect(SimpleInterface):
             distorted = np.asarray(open_image(self.inputs.distorted_file).dataobj, dtype=np.float32)
             field = np.asarray(open_image(self.inputs.field_file).dataobj, dtype=np.float32)
             distortion = DisplacementField.from_field(field, axis=self.inputs.axis, sign=self.inputs.sign,
-                                               total_readout_time=self.inputs.total_readout_time,
-                                               jacobian_sigma=self.inputs.jacobian_sigma)
+                                                      total_readout_time=self.inputs.total_readout_time,
+                                                      jacobian_sigma=self.inputs.jacobian_sigma)
         result = correct_motion(np.asarray(img.dataobj, dtype=np.float32), img.affine, bvals, bvecs,
                                 b0_threshold=self.inputs.b0_threshold, n_iter=self.inputs.n_iter,
                                 n_threads=self.inputs.n_threads, bvec_convention="voxel",

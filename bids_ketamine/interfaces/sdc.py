@@ -20,6 +20,13 @@ def _mean_b0(dwi, bval_file: str, b0_threshold: float) -> np.ndarray:
     return np.asarray(dwi.dataobj, dtype=np.float32)[..., bvals <= b0_threshold].mean(axis=-1)
 
 
+def _write_outputs(results: dict, folder, images: dict) -> None:
+    """Write each output image as ``<name>.nii.gz`` (its key without ``_file``) in ``folder``."""
+    for key, img in images.items():
+        results[key] = str(Path(folder) / f"{key[:-len('_file')]}.nii.gz")
+        img.to_filename(results[key])
+
+
 class _PhaseEncodingSpec(BaseInterfaceInputSpec):
     axis = traits.Enum(0, 1, 2, mandatory=True, desc="phase-encoding voxel axis of the DWI (RAS+ order)")
     sign = traits.Enum(1, -1, mandatory=True, desc="its polarity")
@@ -65,10 +72,8 @@ class PepolarField(SimpleInterface):
         field = pepolar_field(b0_img, reference, axis=self.inputs.axis, sign=self.inputs.sign,
                               total_readout_time=self.inputs.total_readout_time,
                               mask=nib.Nifti1Image(mask.astype(np.uint8), dwi.affine), seed=self.inputs.seed)
-        out = Path(runtime.cwd)
-        for key, img in (("field_file", field), ("b0_file", b0_img), ("reference_file", reference)):
-            self._results[key] = str(out / f"{key[:-5]}.nii.gz")
-            img.to_filename(self._results[key])
+        _write_outputs(self._results, runtime.cwd,
+                       {"field_file": field, "b0_file": b0_img, "reference_file": reference})
         return runtime
 
 
@@ -103,10 +108,9 @@ class GreField(SimpleInterface):
         magnitude = open_image(self.inputs.magnitude_file) if isdefined(self.inputs.magnitude_file) else None
         field = gre_field(self.inputs.method, [open_image(path) for path in self.inputs.fieldmap_files],
                           magnitude, dwi, echo_times=tuple(self.inputs.echo_times or ()), units=self.inputs.units)
-        out = Path(runtime.cwd)
-        for key, data in (("field_file", field), ("b0_file", b0)):
-            self._results[key] = str(out / f"{key[:-5]}.nii.gz")
-            nib.Nifti1Image(np.asarray(data, dtype=np.float32), dwi.affine).to_filename(self._results[key])
+        _write_outputs(self._results, runtime.cwd,
+                       {key: nib.Nifti1Image(np.asarray(data, dtype=np.float32), dwi.affine)
+                        for key, data in (("field_file", field), ("b0_file", b0))})
         return runtime
 
 

@@ -17,7 +17,7 @@ from bids_ketamine.simulate.anatomy import (
     roi_grey_matter_mask,
     sample_anatomy,
 )
-from bids_ketamine.simulate.geometry import SmoothDisplacement, SubjectTransform, acquisition_affine
+from bids_ketamine.simulate.geometry import SmoothDisplacement, SubjectTransform, acquisition_affine, grid_centres
 from bids_ketamine.simulate.motion import apply_motion, motion_matrices
 from bids_ketamine.simulate.signal import (
     SignalModel,
@@ -328,9 +328,8 @@ def simulate_session(
     if distortion is not None:
         from bids_ketamine.simulate.distortion import distortion_map, susceptibility_field
 
-        voxels = np.indices(acquisition.shape, dtype=float).reshape(3, -1).T
-        world = voxels @ acquisition.affine[:3, :3].T + acquisition.affine[:3, 3]
-        field_hz = susceptibility_field(scanner_to_template(world), distortion.peak_hz).reshape(acquisition.shape)
+        field_hz = susceptibility_field(scanner_to_template(grid_centres(acquisition.shape, acquisition.affine)),
+                                        distortion.peak_hz)
         epi = distortion_map(field_hz, distortion)
         reverse = distortion_map(field_hz, distortion.reversed()) if reverse_rng is not None else None
         if gre_rng is not None:
@@ -369,8 +368,6 @@ def _gre_fieldmap(anatomy, acquisition, scanner_to_template, peak_hz, rng, snr):
     from bids_ketamine.simulate.distortion import gre_grid, simulate_gre_fieldmap, susceptibility_field
 
     shape, affine = gre_grid(acquisition.shape, acquisition.affine)
-    voxels = np.indices(shape, dtype=float).reshape(3, -1).T
-    world = voxels @ affine[:3, :3].T + affine[:3, 3]
-    field = susceptibility_field(scanner_to_template(world), peak_hz).reshape(shape)
+    field = susceptibility_field(scanner_to_template(grid_centres(shape, affine)), peak_hz)
     tissue = sample_anatomy(anatomy, shape, affine, scanner_to_template)
     return simulate_gre_fieldmap(tissue.fractions, field, affine, rng, snr=None if snr is None else 2 * snr)

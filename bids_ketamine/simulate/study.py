@@ -164,7 +164,7 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
         random stream.
     gre_fieldmap : bool
         With ``distortion_hz``: also write a GRE field map of each session (``phasediff`` with
-        ``magnitude1``, on a coarser LAS grid; :func:`bids_ketamine.simulate.distortion.simulate_gre_fieldmap`),
+        ``magnitude1``, on a coarser grid stored the other way round; :func:`bids_ketamine.simulate.distortion.simulate_gre_fieldmap`),
         from its own random stream.
     **options
         Any field of :class:`~bids_ketamine.simulate.trial.TrialDesign`: ``snr``,
