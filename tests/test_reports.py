@@ -441,6 +441,21 @@ def test_atlas_references_follow_its_sources():
     assert atlas_reference_keys({"ROIs": [{"source_atlas": "my own drawing"}]}) == []
 
 
+def test_extent_cuts_span_the_bright_voxels_with_margins():
+    from bids_ketamine.reports.figures import extent_cuts
+
+    data = np.full((20, 30, 40), 0.01)  # a dim background (below 5 % of the bright end)
+    data[5:15, 10:20, 8:28] = 1.0
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-10.0, -20.0, -30.0]
+    image = nib.Nifti1Image(data, affine)
+    # z voxels 8..27 -> -14..24 mm; 12 % of the 38 mm span left out at each end
+    assert extent_cuts(image, 3, "z") == pytest.approx([-9.4, 5.0, 19.4])
+    # x voxels 5..14 -> 0..18 mm
+    assert extent_cuts(image, 2, "x") == pytest.approx([2.2, 15.8])
+    assert extent_cuts(nib.Nifti1Image(np.zeros((4, 4, 4)), affine), 3) == []
+
+
 def test_participant_report_unknown_subject(tmp_path):
     from bids_ketamine.reports import build_participant_report
 

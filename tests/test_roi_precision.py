@@ -214,6 +214,28 @@ def test_roi_grey_matter_volume_fractions_of_a_plane_border():
     np.testing.assert_allclose(fractions[5:15, 4, 4].sum(axis=-1), 0.5, rtol=1e-6)
 
 
+def test_roi_grey_matter_volume_fractions_equal_whole_grid_filtering():
+    """Filtering each label's padded bounding box gives the whole grid's box average exactly,
+    for small ROIs, one touching the grid's edge, and a label that is absent."""
+    from scipy import ndimage
+
+    from bids_ketamine.dwi.partial_volume import roi_grey_matter_volume_fractions
+
+    rng = np.random.default_rng(8)
+    atlas = np.zeros((40, 44, 36), int)
+    for label in range(1, 5):
+        corner = rng.integers(6, 26, 3)
+        atlas[corner[0]:corner[0] + 7, corner[1]:corner[1] + 5, corner[2]:corner[2] + 6] = label
+    atlas[:2, 40:, 33:] = 5
+    gm = rng.random(atlas.shape).astype(np.float32)
+    for box in (1, 2, 3):
+        fractions = roi_grey_matter_volume_fractions(atlas, gm, [1, 2, 3, 4, 5, 6], box)
+        for position, label in enumerate([1, 2, 3, 4, 5, 6]):
+            whole = ndimage.uniform_filter(np.where(atlas == label, gm, 0.0).astype(np.float32),
+                                           size=box, mode="constant")
+            np.testing.assert_array_equal(fractions[..., position], whole)
+
+
 def test_roi_gm_weighted_mean_uses_soft_weights_not_the_labels():
     rng = np.random.default_rng(4)
     shape = (6, 6, 6)

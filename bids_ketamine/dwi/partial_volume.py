@@ -185,8 +185,16 @@ def roi_grey_matter_volume_fractions(atlas: np.ndarray, gm_probability: np.ndarr
         raise ValueError(f"atlas grid {atlas.shape} and grey-matter grid {gm.shape} differ")
     if int(box_voxels) < 1:
         raise ValueError(f"box_voxels must be at least 1, got {box_voxels}")
-    out = np.empty(atlas.shape + (len(label_indices),), dtype=np.float32)
+    box_voxels = int(box_voxels)
+    out = np.zeros(atlas.shape + (len(label_indices),), dtype=np.float32)
     for position, index in enumerate(label_indices):
-        out[..., position] = ndimage.uniform_filter(np.where(atlas == int(index), gm, 0.0).astype(np.float32),
-                                                    size=int(box_voxels), mode="constant")
+        inside = atlas == int(index)
+        if not inside.any():
+            continue
+        # Filtered within the label's bounding box padded by a box: outside it the box average
+        # is 0 (mode "constant"), and the whole grid costs 10-50 times more than an ROI.
+        block = tuple(slice(max(extent.start - box_voxels, 0), extent.stop + box_voxels)
+                      for extent in ndimage.find_objects(inside.astype(np.uint8))[0])
+        out[block + (position,)] = ndimage.uniform_filter(
+            np.where(inside[block], gm[block], 0.0).astype(np.float32), size=box_voxels, mode="constant")
     return out

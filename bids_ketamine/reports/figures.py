@@ -107,8 +107,10 @@ def extent_cuts(img, n_cuts: int, axis: str = "z", margin: float = 0.12) -> list
         return []
     # Above 5 % of the bright end: masks and masked maps keep every voxel, images with
     # a noisy background (a b=0) lose the background.
-    voxels = np.argwhere(finite & (data >= 0.05 * np.percentile(data[finite], 99)))
-    corners = nib.affines.apply_affine(image.affine, np.stack([voxels.min(0), voxels.max(0)]))
+    bright = finite & (data >= 0.05 * np.percentile(data[finite], 99))
+    box = [np.flatnonzero(bright.any(axis=tuple(a for a in range(3) if a != axis)))[[0, -1]]
+           for axis in range(3)]
+    corners = nib.affines.apply_affine(image.affine, np.stack(box, axis=1))
     dim = "xyz".index(axis)
     low, high = np.sort(corners[:, dim])
     span = high - low
