@@ -89,9 +89,10 @@ def copy_tree(src: Path, dst: Path) -> Path:
 #: The test modules that take longest in the full suite (`make test --durations`), longest
 #: first.  With ``-n 2 --dist loadfile --no-loadscope-reorder`` xdist hands out modules in
 #: collection order, so these start at once on different workers instead of last.
-LONGEST_MODULES = ("test_participant.py", "test_container.py", "test_participant_real.py",
-                   "test_participant_t1w.py", "test_slurm.py", "test_faults.py", "test_combine_runs.py",
-                   "test_progress.py", "test_distortion.py", "test_sdc_real.py", "test_anat.py")
+LONGEST_MODULES = ("test_participant.py", "test_container.py", "test_participant_t1w.py",
+                   "test_faults.py", "test_slurm.py", "test_distortion.py", "test_progress.py",
+                   "test_layouts_real.py", "test_participant_real.py", "test_combine_runs.py",
+                   "test_sdc_real.py", "test_anat.py")
 
 
 def pytest_collection_modifyitems(config, items):

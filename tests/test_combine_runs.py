@@ -1,7 +1,7 @@
 """``--combine-runs average`` end to end on a simulated session with two runs (issue 14; slow).
 
-sub-01's baseline session of a simulated trial becomes two runs: run-1 is the simulated series,
-run-2 the same head moved 3 mm (one voxel) with fresh noise.  The participant level joins them
+sub-01's baseline session of a simulated trial (``--preset demo``: 4 mm, 15 volumes) becomes two
+runs: run-1 is the simulated series, run-2 the same head moved one voxel (4 mm) with fresh noise.  The participant level joins them
 into one series: one ROI table without run-, the sidecar lists both runs and all volumes, and the
 ROI MD matches the simulation's truth within the 5 % of the participant acceptance test.
 """
@@ -34,15 +34,15 @@ def _split_into_two_runs(folder, prefix, rng):
     sigma = 0.02 * np.percentile(data[..., 0], 99)
     moved = np.roll(data, 1, axis=1) + rng.normal(0, sigma, size=data.shape)
     nib.Nifti1Image(np.clip(moved, 0, None).astype(np.float32), img.affine).to_filename(f"{second}.nii.gz")
-    return img.shape[3]
+    return img.shape[3], float(img.header.get_zooms()[1])
 
 
 def test_two_runs_fitted_as_one_series(tmp_path):
     from bids_ketamine.simulate import simulate_trial
 
-    bids_dir = simulate_trial(tmp_path / "bids", n_subjects=1, seed=11, preset="small", progress=False)
+    bids_dir = simulate_trial(tmp_path / "bids", n_subjects=1, seed=11, preset="demo", progress=False)
     folder = bids_dir / "sub-01" / "ses-pre" / "dwi"
-    n_volumes = _split_into_two_runs(folder, "sub-01_ses-pre", np.random.default_rng(0))
+    n_volumes, voxel_mm = _split_into_two_runs(folder, "sub-01_ses-pre", np.random.default_rng(0))
     out_dir = tmp_path / "out"
     # --denoise none: the test is about joining runs; MP-PCA would double its time (CI budget)
     run_participant(bids_dir, out_dir, tmp_path / "work", "--participant-label", "01",
@@ -56,10 +56,10 @@ def test_two_runs_fitted_as_one_series(tmp_path):
                                                               "sub-01_ses-pre_run-2_dwi.nii.gz"]
     assert sidecar["NumberOfVolumes"] == 2 * n_volumes
     motion = pd.read_csv(outputs / "sub-01_ses-pre_desc-motion_timeseries.tsv", sep="\t")
-    # run-2 moved 3 mm along the second voxel axis (anterior in the simulation's RAS+ frame)
+    # run-2 moved one voxel along the second voxel axis (anterior in the simulation's RAS+ frame)
     shift = (motion["trans_y"].iloc[n_volumes:].median() - motion["trans_y"].iloc[:n_volumes].median())
     print(f"run-2 shift found: {shift:.2f} mm")
-    assert abs(abs(shift) - 3.0) < 0.5
+    assert abs(abs(shift) - voxel_mm) < 0.5
     truth = pd.read_csv(bids_dir / "sourcedata" / "simulation" / "truth.tsv", sep="\t")
     truth = truth[truth["participant_id"] == "sub-01"].set_index("roi")["md_baseline"]
     table = pd.read_csv(outputs / tables[0], sep="\t")

@@ -16,8 +16,11 @@ on the smallest simulated dataset (``bids-ketamine-simulate --n-subjects 1 --see
     ``*.tsv`` parse and every ``*.json`` decode;
 (c) a rerun over existing (and tampered) outputs rewrites them: no duplicated rows, no
     mix of old and new results;
-(d) determinism: a second, independent run with another process count (``--nprocs 1`` vs
-    the reference's ``--nprocs 2``) gives identical ROI tables.
+(d) determinism and symmetry: a second, independent run with another process count
+    (``--nprocs 1`` vs the reference's ``--nprocs 2``), of the dataset with its sessions
+    renamed into each other (pre <-> post), gives the reference's ROI tables to the last
+    digit, every column, with the sessions exchanged: the change flips its sign and nothing
+    else (no session privileged), whatever the process count.
 
 and, at the group level (fast, fabricated inputs), a rerun with other options replaces
 every output of the previous run.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +45,8 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+
+from participant_runs import swap_sessions
 
 from bids_ketamine.config import KETAMINE7_ROIS
 
@@ -342,13 +348,18 @@ def test_rerun_over_existing_outputs_rewrites_them(dataset, reference):
 
 
 @at_participant_level
-def test_independent_run_with_one_process_gives_identical_tables(dataset, reference, tmp_path):
-    """(d) A second run (fresh work directory, --nprocs 1 instead of 2): identical ROI tables,
-    to the last digit (determinism, and no dependence on the process count)."""
+def test_independent_run_with_sessions_swapped_gives_the_same_tables(dataset, reference, tmp_path):
+    """(d) A fresh run (new work directory, --nprocs 1 instead of 2) of the dataset with
+    ``ses-pre`` and ``ses-post`` renamed into each other: each session's ROI table is the
+    reference's table of the same data under the other name, to the last digit."""
+    swapped, _ = swap_sessions(dataset, tmp_path / "bids")
     out, work = tmp_path / "out", tmp_path / "work"
-    run_participant(dataset, out, work, nprocs=1)
+    run_participant(swapped, out, work, nprocs=1)
     skip_if_source_changed(reference)
-    assert_same_tables(roistats_tables(out), reference["tables"], atol=None)
+    exchanged = {"ses-pre": "ses-post", "ses-post": "ses-pre"}
+    renamed = {re.sub(r"ses-(pre|post)", lambda found: exchanged[found.group(0)], name): table
+               for name, table in roistats_tables(out).items()}
+    assert_same_tables(renamed, reference["tables"], atol=None)
 
 
 # ----------------------------------------------------------------------------- group level

@@ -7,7 +7,7 @@ in each session, the head repositioned between sessions by up to 2 mm / 2 degree
   through the T1w (``from-T1w_to-midpoint`` transform, methods text);
 - every ROI's MD at every session is within 3 % of the true grey-matter MD (``median``);
 - swapping which session is called baseline changes each ROI's MD change by its sign only
-  (asymmetry < 0.2 % of MD, as without a T1w in ``test_participant.py``).
+  (asymmetry < 0.2 % of MD; without a T1w ``test_faults.py`` checks every column exactly).
 
 Measured (seed 5): largest ROI error 2.2 % (BA10_R) with the T1w path, 1.9 % without.
 """
