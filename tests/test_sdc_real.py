@@ -127,8 +127,9 @@ def uih_runs(tmp_path_factory):
     "known gap (issue 19, docs/anatomy.md): since the distortion is composed with the motion into one "
     "(cubic) resampling, the corrected AP and PA MD maps agree less than the uncorrected ones (median "
     "relative difference 5.71 % vs 5.39 %, r 0.752 vs 0.762); with the unwarp as its own linear "
-    "resampling before motion correction they agreed better (4.99 %, r 0.805), probably in part through "
-    "that extra interpolation's smoothing, which lowers voxel noise in both maps alike"))
+    "resampling before motion correction they agreed better (4.99 %, r 0.805), mostly through that "
+    "interpolation's smoothing: with both maps smoothed alike (benchmarks/sdc_agreement.py) the corrected "
+    "ones correlate slightly better but differ more in median (sigma 2 voxels: 1.89 % vs 1.67 %)"))
 def test_uih_ap_and_pa_md_maps_agree_better_corrected(uih_runs):
     """Issue 19: the AP and PA runs' MD maps, each in its own (identical) grid, agree better
     corrected than uncorrected: median relative difference inside both brain masks (MD 0-1.5,
