@@ -133,34 +133,35 @@ class DisplacementField:
                       else np.ones_like(shift))
         return cls(shift=shift, axis=axis, modulation=modulation)
 
-    def sample(self, volume, coords, *, order: int = 1) -> np.ndarray:
+    def sample(self, volumes, coords, *, order: int = 1) -> np.ndarray:
         """The corrected image's values at undistorted voxel positions.
 
         Parameters
         ----------
-        volume : ndarray, shape (X, Y, Z)
-            One distorted volume, on the grid of :attr:`shift`.
+        volumes : ndarray, shape (X, Y, Z) or (X, Y, Z, N)
+            Distorted volume(s), on the grid of :attr:`shift`; every volume is sampled at the
+            same positions (the shift and the Jacobian there are interpolated once).
         coords : ndarray, shape (3, n)
             Voxel coordinates of the positions (e.g. a reference grid moved by head motion).
         order : {1, 3}
-            Interpolation of ``volume`` (the shift and the Jacobian are interpolated linearly).
+            Interpolation of the volumes (the shift and the Jacobian are interpolated linearly).
 
         Returns
         -------
-        ndarray, shape (n,)
+        ndarray, float32, shape (n,) or (n, N)
         """
         from bids_ketamine.dwi.resample import sample_at_voxels
 
-        shifted, modulation = self.source(coords)
-        return sample_at_voxels(np.asarray(volume, dtype=float), shifted, order) * modulation
-
-    def source(self, coords) -> tuple[np.ndarray, np.ndarray]:
-        """Where the distorted volume holds the signal of undistorted positions ``coords``
-        (3, n), and the Jacobian there: what :meth:`sample` uses, for volumes that share them."""
         coords = np.asarray(coords, dtype=float)
         shifted = coords.copy()
         shifted[self.axis] += ndimage.map_coordinates(self.shift, coords, order=1, mode="nearest")
-        return shifted, ndimage.map_coordinates(self.modulation, coords, order=1, mode="nearest")
+        modulation = ndimage.map_coordinates(self.modulation, coords, order=1, mode="nearest")
+        volumes = np.asarray(volumes)
+        stack = volumes[..., None] if volumes.ndim == 3 else volumes
+        values = np.empty((coords.shape[1], stack.shape[3]), dtype=np.float32)
+        for k in range(stack.shape[3]):
+            values[:, k] = sample_at_voxels(np.asarray(stack[..., k], dtype=float), shifted, order) * modulation
+        return values[:, 0] if volumes.ndim == 3 else values
 
 
 def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float,
@@ -203,16 +204,8 @@ def unwarp(volumes, field_hz, *, axis: int, sign: int, total_readout_time: float
     displacement = DisplacementField.from_field(field_hz, axis=axis, sign=sign,
                                                 total_readout_time=total_readout_time,
                                                 jacobian=jacobian, jacobian_sigma=jacobian_sigma)
-    from bids_ketamine.dwi.resample import sample_at_voxels
-
-    # every volume is sampled at the same places: interpolate the shift and the Jacobian once
-    shifted, modulation = displacement.source(np.indices(volumes.shape[:3], dtype=float).reshape(3, -1))
-    stack = volumes[..., None] if volumes.ndim == 3 else volumes
-    corrected = np.empty(stack.shape, dtype=np.float32)
-    for k in range(stack.shape[3]):
-        values = sample_at_voxels(np.asarray(stack[..., k], dtype=float), shifted, 1) * modulation
-        corrected[..., k] = values.reshape(volumes.shape[:3])
-    return corrected[..., 0] if volumes.ndim == 3 else corrected
+    values = displacement.sample(volumes, np.indices(volumes.shape[:3], dtype=float).reshape(3, -1))
+    return values.reshape(volumes.shape)
 
 
 def mean_reference_b0(images, target, volumes=None) -> nib.Nifti1Image:
