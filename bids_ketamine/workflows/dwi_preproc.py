@@ -161,7 +161,10 @@ def _description(config: Config, n_runs: int) -> str:
     if n_runs > 1:
         text.append(f"The {n_runs} runs of the session were then joined into one series.")
     text.append("Head motion was corrected by rigid registration of every volume (b=0 volumes to their "
-                "mean, diffusion-weighted volumes to a tensor prediction of themselves) and the gradient "
+                "mean, diffusion-weighted volumes to a tensor prediction of themselves; the motion the "
+                "tensor cannot see, such as all diffusion-weighted volumes moving together, was set by "
+                "smoothness in time and, where the b=0 volumes left it uncertain, by aligning the mean "
+                "diffusion-weighted image to the mean b=0 with mutual information [@dipy]) and the gradient "
                 "directions were rotated with each volume; all volumes were resampled once. Framewise "
                 "displacement [@power2012] summarises the motion per volume.")
     return " ".join(text)
