@@ -67,7 +67,8 @@ def agreement(folder: Path, sigmas) -> list[tuple[float, float, float]]:
     rows = []
     for sigma in sigmas:
         a, b = smoothed(ap, tissue, sigma)[tissue], smoothed(pa, tissue, sigma)[tissue]
-        rows.append((sigma, float(np.median(np.abs(a - b) / (0.5 * (a + b)))), float(np.corrcoef(a, b)[0, 1])))
+        relative = np.abs(a - b) / (0.5 * (a + b))
+        rows.append((sigma, float(np.median(relative)), float(np.corrcoef(a, b)[0, 1])))
     return rows
 
 

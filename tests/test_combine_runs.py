@@ -1,9 +1,10 @@
 """``--combine-runs average`` end to end on a simulated session with two runs (issue 14; slow).
 
 sub-01's baseline session of a simulated trial (``--preset demo``: 4 mm, 15 volumes) becomes two
-runs: run-1 is the simulated series, run-2 the same head moved one voxel (4 mm) with fresh noise.  The participant level joins them
-into one series: one ROI table without run-, the sidecar lists both runs and all volumes, and the
-ROI MD matches the simulation's truth within the 5 % of the participant acceptance test.
+runs: run-1 is the simulated series, run-2 the same head moved one voxel (4 mm) with fresh noise.
+The participant level joins them into one series: one ROI table without run-, the sidecar lists
+both runs and all volumes, and the ROI MD matches the simulation's truth within the 5 % of the
+participant acceptance test.
 """
 
 from __future__ import annotations

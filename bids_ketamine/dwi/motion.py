@@ -34,6 +34,7 @@ their private helpers.
 
 from __future__ import annotations
 
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -559,6 +560,12 @@ def correct_motion(
         transforms[:] = _interpolate_between_b0s(transforms, b0_idx, run_index)
         start = transforms.copy()
         centre = mask_points.mean(axis=0)
+
+        @functools.cache
+        def _aligned_b0_mean():
+            # the b=0s do not move after step 1: their mean is computed once, when first needed
+            return np.mean([_resampled(i, order=1) for i in b0_idx], axis=0)
+
         for round_ in range(n_iter if dwi_list.size else 0):
             signal = np.stack(_map(_masked, range(n_vol)), axis=1)
             rotated = rotate_bvecs(bvecs, transforms, affine, bvec_convention=bvec_convention)
@@ -580,9 +587,8 @@ def correct_motion(
                 if common_sd[:3].max() > BLOCK_ALIGNMENT_FROM_SD:
                     # the DW volumes' common position, also seen through their mean image:
                     # each estimate weighted by its precision
-                    offset = _block_offset(
-                        np.mean([_resampled(i, order=1) for i in b0_idx], axis=0),
-                        np.mean([_resampled(i, order=1) for i in dwi_list], axis=0), affine, mask, centre)
+                    dw_mean = np.mean([_resampled(i, order=1) for i in dwi_list], axis=0)
+                    offset = _block_offset(_aligned_b0_mean(), dw_mean, affine, mask, centre)
                     pinned_sd = PINNED_SD_FACTOR * common_sd
                     weight = pinned_sd ** 2 / (pinned_sd ** 2 + BLOCK_ALIGNMENT_SD ** 2)
                     transforms[dwi_list] = transforms[dwi_list] @ _centred_exp(weight * offset, centre)

@@ -160,7 +160,8 @@ class DisplacementField:
         stack = volumes[..., None] if volumes.ndim == 3 else volumes
         values = np.empty((coords.shape[1], stack.shape[3]), dtype=np.float32)
         for k in range(stack.shape[3]):
-            values[:, k] = sample_at_voxels(np.asarray(stack[..., k], dtype=float), shifted, order) * modulation
+            volume = np.asarray(stack[..., k], dtype=float)
+            values[:, k] = sample_at_voxels(volume, shifted, order) * modulation
         return values[:, 0] if volumes.ndim == 3 else values
 
 
