@@ -5,9 +5,10 @@ SD 2 mm / 2 degrees): once distorted (``--distortion 100 --reverse-pe``: a field
 frontal sinus and the temporal bones, up to 4.6 voxels of displacement in grey matter), once
 not; runs the participant level on each through the T1w path and the DWI-only path
 (``--ignore t1w``), the distorted data with the correction (PEPOLAR; ``distorted-gre``: the same
-field with a GRE field map instead of the reverse phase-encoded b=0) and without it (``--ignore
-fieldmaps``); and compares each session's ROI MD (``median``) with the truth, and the MD change
-across participants with the true change.
+field with a GRE field map instead of the reverse phase-encoded b=0; ``t1w-syn``: fieldmap-less,
+``--ignore fieldmaps --use-syn-sdc``) and without it (``--ignore fieldmaps``); and compares each
+session's ROI MD (``--statistic``, default ``median``) with the truth, and the MD change across
+participants with the true change.
 
 Usage::
 
@@ -32,7 +33,10 @@ CONDITIONS = {"distorted": ["--distortion", "100", "--reverse-pe"],
 #: Processing arms: the T1w path or the DWI-only path, each with the correction (when the data
 #: have reverse phase-encoded b=0 images) or without it.
 PATHS = {"t1w": [], "dwi-only": ["--ignore", "t1w"],
-         "t1w-uncorrected": ["--ignore", "fieldmaps"], "dwi-only-uncorrected": ["--ignore", "t1w", "fieldmaps"]}
+         "t1w-uncorrected": ["--ignore", "fieldmaps"], "dwi-only-uncorrected": ["--ignore", "t1w", "fieldmaps"],
+         "t1w-syn": ["--ignore", "fieldmaps", "--use-syn-sdc"]}
+#: Arms that only make sense on distorted data (on undistorted data they repeat an arm or correct nothing).
+DISTORTED_ONLY = ("-uncorrected", "-syn")
 
 
 def _run(command: list[str], log: Path | None = None) -> None:
@@ -45,8 +49,8 @@ def _run(command: list[str], log: Path | None = None) -> None:
 
 
 def _arms(condition: str, paths) -> list[str]:
-    """The arms run on a condition: without reverse phase-encoded data "uncorrected" is the same run."""
-    return [path for path in paths if condition.startswith("distorted") or not path.endswith("-uncorrected")]
+    """The arms run on a condition: on undistorted data "uncorrected" is the same run and "syn" pointless."""
+    return [path for path in paths if condition.startswith("distorted") or not path.endswith(DISTORTED_ONLY)]
 
 
 def simulate_and_process(workdir: Path, n_subjects: int, seed: int, paths=tuple(PATHS),
@@ -67,9 +71,10 @@ def simulate_and_process(workdir: Path, n_subjects: int, seed: int, paths=tuple(
                       *extra], workdir / f"log_{condition}_{path}.txt")
 
 
-def evaluate(workdir: Path) -> pd.DataFrame:
+def evaluate(workdir: Path, statistic: str = "median") -> pd.DataFrame:
     """Per condition and path: the largest and median absolute ROI MD error (percent of the
-    truth, both sessions) and r(recovered change, true change) pooled over participants x ROIs."""
+    truth, both sessions) and r(recovered change, true change) pooled over participants x ROIs,
+    for one ROI statistic (a column of the ROI tables)."""
     rows = []
     for condition in CONDITIONS:
         truth_file = workdir / f"bids_{condition}" / "sourcedata" / "simulation" / "truth.tsv"
@@ -85,7 +90,7 @@ def evaluate(workdir: Path) -> pd.DataFrame:
             if not tables:
                 continue
             wide = pd.concat(tables).pivot_table(index=["participant_id", "roi"], columns="session",
-                                                 values="median").reset_index()
+                                                 values=statistic).reset_index()
             merged = truth.merge(wide, on=["participant_id", "roi"])
             errors = pd.concat([merged["pre"] / merged["md_baseline"] - 1,
                                 merged["post"] / merged["md_followup"] - 1]).abs() * 100
@@ -94,7 +99,7 @@ def evaluate(workdir: Path) -> pd.DataFrame:
                 pd.concat([merged["roi"], merged["roi"]])).max() * 100
             change = merged["post"] - merged["pre"]
             field_error, field_error_large = _field_errors(workdir / f"bids_{condition}", workdir / f"out_{condition}_{path}")
-            rows.append({"condition": condition, "path": path, "n": len(merged),
+            rows.append({"condition": condition, "path": path, "statistic": statistic, "n": len(merged),
                          "field_error_vox": field_error, "field_error_large_vox": field_error_large,
                          "max_error_pct": round(float(errors.max()), 2),
                          "median_error_pct": round(float(errors.median()), 2),
@@ -138,12 +143,13 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--conditions", nargs="+", choices=list(CONDITIONS), default=list(CONDITIONS),
                         help="simulated data to run on (default: all; distorted-gre has a GRE field map and "
                              "no reverse phase-encoded b=0)")
+    parser.add_argument("--statistic", default="median", help="ROI table column evaluated (default: median)")
     parser.add_argument("--results", type=Path, default=RESULTS / "distortion.json")
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
         simulate_and_process(args.workdir, args.n_subjects, args.seed, args.paths, args.conditions)
-    table = evaluate(args.workdir)
+    table = evaluate(args.workdir, args.statistic)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
     print(table.drop(columns=["max_error_by_roi_pct"]).to_string(index=False))

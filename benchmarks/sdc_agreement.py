@@ -28,22 +28,25 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-sdc" / "u
 CONDITIONS = {"corrected": [], "uncorrected": ["--ignore", "fieldmaps"]}
 
 
-def run_conditions(data: Path, workdir: Path) -> dict[str, Path]:
-    """The participant level of sub-01 with and without the correction; their session folders."""
+def run_conditions(data: Path, workdir: Path, conditions: dict | None = None, *,
+                   common=("--ignore", "t1w"), shared_work: bool = False) -> dict[str, Path]:
+    """The participant level of sub-01 in each condition (name -> extra options; default
+    :data:`CONDITIONS`, with ``common`` added to each); each condition's ``sub-01`` output folder.
+    ``shared_work``: one work folder for all, so that what the conditions share runs once."""
     from bids_ketamine.cli.run import main
 
     folders = {}
-    for name, extra in CONDITIONS.items():
+    for name, extra in (CONDITIONS if conditions is None else conditions).items():
         out = workdir / f"out_{name}"
+        work = workdir / ("work" if shared_work else f"work_{name}")
         if not (out / "sub-01").exists():
             try:
-                main([str(data), str(out), "participant", "-w", str(workdir / f"work_{name}"),
-                      "--nprocs", "2", "--omp-nthreads", "1", "--participant-label", "01",
-                      "--skip-bids-validation", "--ignore", "t1w", *extra])
+                main([str(data), str(out), "participant", "-w", str(work), "--nprocs", "2", "--omp-nthreads", "1",
+                      "--participant-label", "01", "--skip-bids-validation", *common, *extra])
             except SystemExit as done:
                 if done.code:
                     raise
-        folders[name] = out / "sub-01" / "ses-01" / "dwi"
+        folders[name] = out / "sub-01"
     return folders
 
 
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
     print("| condition | sigma (voxels) | median relative difference | r |")
     print("|---|---:|---:|---:|")
     for name, folder in run_conditions(args.data, args.workdir).items():
-        for sigma, median, r in agreement(folder, args.sigmas):
+        for sigma, median, r in agreement(folder / "ses-01" / "dwi", args.sigmas):
             print(f"| {name} | {sigma:g} | {100 * median:.2f} % | {r:.3f} |")
     return 0
 

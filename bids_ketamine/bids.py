@@ -100,7 +100,8 @@ class DwiSeries:
 FIELDMAP_METHODS = {"pepolar": "PEPOLAR (reverse phase-encoded b=0)",
                     "phasediff": "a GRE field map (phase difference)",
                     "phases": "a GRE field map (two phase images)",
-                    "fieldmap": "a GRE field map (field in Hz)"}
+                    "fieldmap": "a GRE field map (field in Hz)",
+                    "syn": "registration to the T1w, without field map (--use-syn-sdc)"}
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,13 @@ class FieldmapPlan:
     ----------
     method : str
         ``"pepolar"``: the field from b=0 images of opposite phase-encoding polarity;
-        ``"phasediff"``, ``"phases"``, ``"fieldmap"``: from a GRE field map (BIDS cases 1-3).
+        ``"phasediff"``, ``"phases"``, ``"fieldmap"``: from a GRE field map (BIDS cases 1-3);
+        ``"syn"``: fieldmap-less, from the participant's T1w (``--use-syn-sdc``).
     reference_files : tuple of str
         PEPOLAR: the reverse phase-encoded images (``fmap/*_epi`` images, or DWI runs of the
         session phase-encoded the other way); GRE: the phase-difference, two phase or field-map
-        images.
+        images; ``syn``: the participant's T1w images (provenance: the workflow uses the
+        anatomical workflow's bias-corrected T1w).
     reference_bvals : tuple of str
         Per reference, its ``.bval`` file when only its b=0 volumes are to be used (a DWI run),
         or ``""`` to use every volume (an ``epi`` image).

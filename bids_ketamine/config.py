@@ -66,6 +66,7 @@ class Config:
     skip_bids_validation: bool = False
     bids_database_dir: Path | None = None
     ignore: tuple[str, ...] = ()
+    use_syn_sdc: bool = False
     # --- execution -------------------------------------------------------------
     work_dir: Path | None = None
     nprocs: int = 1

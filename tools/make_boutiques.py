@@ -20,7 +20,8 @@ MACHINE_DEPENDENT_DEFAULTS = {"nprocs"}
 NAMES = {"bids_dir": "BIDS dataset", "output_dir": "Output (derivatives) directory",
          "analysis_level": "Analysis level", "bids_filters": "BIDS filter file",
          "verbosity": "Verbose logging", "longitudinal": "No longitudinal registration",
-         "remission_thresholds": "Remission thresholds", "plugin_args": "Plugin arguments"}
+         "remission_thresholds": "Remission thresholds", "plugin_args": "Plugin arguments",
+         "use_syn_sdc": "Fieldmap-less distortion correction (SyN-SDC)"}
 
 p = cli.build_parser()
 inputs, groups = [], []

@@ -118,8 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="inputs to leave unused: 't1w' processes the DWI alone (b=0-to-template "
         "registration; default: a participant's T1w is used when present); 'fieldmaps' leaves "
         "susceptibility distortion uncorrected (default: corrected by PEPOLAR when reverse "
-        "phase-encoded b=0 images are present). Repeatable: --ignore t1w --ignore fieldmaps "
+        "phase-encoded b=0 images are present, else by a GRE field map; with --use-syn-sdc every "
+        "series is then corrected from the T1w). Repeatable: --ignore t1w --ignore fieldmaps "
         "is --ignore t1w fieldmaps",
+    )
+    sel.add_argument(
+        "--use-syn-sdc", action="store_true", default=config_default("use_syn_sdc"),
+        help="estimate susceptibility distortion from the participant's T1w (nonlinear registration "
+        "restricted to the phase-encoding axis, as fMRIPrep's option) for DWI series without "
+        "reverse phase-encoded images or a GRE field map; needs a T1w and the series' "
+        "PhaseEncodingDirection and TotalReadoutTime (default: such series stay uncorrected)",
     )
     sel.add_argument(
         "--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation", action="store_true",
@@ -354,6 +362,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         gm_threshold=args.gm_threshold,
         combine_runs=args.combine_runs,
         ignore=tuple(dict.fromkeys(config_default("ignore") if args.ignore is None else args.ignore)),
+        use_syn_sdc=args.use_syn_sdc,
         longitudinal=args.longitudinal,
         baseline_session=args.baseline_session,
         followup_session=args.followup_session,

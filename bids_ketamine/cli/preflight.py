@@ -174,7 +174,8 @@ def usable_t1w(config: Config, layout, subjects) -> dict:
 
 
 def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
-                   found: dict[str, list[DwiSeries]] | None = None) -> dict[str, list[DwiSeries]]:
+                   found: dict[str, list[DwiSeries]] | None = None,
+                   t1w_by_subject: dict[str, list] | None = None) -> dict[str, list[DwiSeries]]:
     """Decide each series' susceptibility-distortion correction, from headers and sidecars.
 
     A series is corrected (:mod:`bids_ketamine.dwi.sdc`) with, in this order:
@@ -186,14 +187,17 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
        each run of the pair corrects the other);
     3. otherwise a GRE field map meant for it (:func:`bids_ketamine.bids.collect_gre`:
        ``phasediff``, ``phase1``/``phase2`` with their magnitude, or ``fieldmap``;
-       :mod:`bids_ketamine.dwi.gre_fieldmap`).
+       :mod:`bids_ketamine.dwi.gre_fieldmap`);
+    4. otherwise, with ``--use-syn-sdc``, the participant's T1w (fieldmap-less,
+       :mod:`bids_ketamine.dwi.syn_sdc`); a participant without one gets a warning.
 
     A reference that cannot serve (same polarity or another axis: reported for ``epi`` images
     only; a field of view rotated more than :data:`MAX_PHASE_ENCODING_ANGLE`, another readout
     time, no ``PhaseEncodingDirection``, unreadable), or a series without ``PhaseEncodingDirection`` or
     ``TotalReadoutTime`` beside one, gives a warning that names the file and the fix.  Series
     without field-map data stay uncorrected (one log line per participant).  ``--ignore
-    fieldmaps`` corrects nothing.
+    fieldmaps`` uses no field-map data: nothing is corrected, or, with ``--use-syn-sdc``, every
+    series from the T1w (as in fMRIPrep, the way to compare the two estimates).
 
     Parameters
     ----------
@@ -203,6 +207,8 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
     found : dict, optional
         Participant -> every DWI series found, reverse phase-encoding runs included (those
         :func:`preflight` sets aside); default ``usable``.
+    t1w_by_subject : dict, optional
+        Participant -> its T1w images (:func:`usable_t1w`): who can have ``--use-syn-sdc``.
 
     Returns
     -------
@@ -211,14 +217,22 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
     """
     from bids_ketamine.bids import collect_gre, collect_pepolar
 
-    if "fieldmaps" in config.ignore:
-        LOGGER.info("--ignore fieldmaps: no susceptibility-distortion correction")
-        return usable
+    use_fieldmaps = "fieldmaps" not in config.ignore
+    if not use_fieldmaps:
+        LOGGER.info("--ignore fieldmaps: no field-map data used%s",
+                    " (--use-syn-sdc: every series corrected from the T1w)" if config.use_syn_sdc
+                    else "; no susceptibility-distortion correction")
+        if not config.use_syn_sdc:
+            return usable
     found = usable if found is None else found
     planned: dict[str, list[DwiSeries]] = {}
     for subject, series in usable.items():
         planned[subject] = []
         for item in series:
+            if not use_fieldmaps:
+                plan = _syn_plan(item, (t1w_by_subject or {}).get(subject, []))
+                planned[subject].append(dataclasses.replace(item, fieldmap=plan) if plan else item)
+                continue
             epi = [(path, metadata, "") for path, metadata in collect_pepolar(config.bids_dir, item)]
             own = {run.dwi for run in item.runs or (item,)}
             runs = [(other.dwi, other.sidecar, str(other.bval)) for other in found.get(subject, [])
@@ -229,17 +243,24 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
             gre = collect_gre(config.bids_dir, item) if plan is None else None
             if gre is not None:
                 plan = _gre_plan(item, gre)
+            if plan is None and config.use_syn_sdc:
+                plan = _syn_plan(item, (t1w_by_subject or {}).get(subject, []))
             planned[subject].append(dataclasses.replace(item, fieldmap=plan) if plan else item)
         if not any(item.fieldmap for item in planned[subject]):
             LOGGER.info("sub-%s: no field-map data for the DWI: susceptibility distortion is not corrected",
                         subject)
+    if any(item.fieldmap is not None and item.fieldmap.method == "syn" for items in planned.values() for item in items):
+        LOGGER.warning("--use-syn-sdc is experimental: it recovers the simulator's field, but on real test data "
+                       "(philips-elition) its field did not agree with the reverse phase-encoding estimate and "
+                       "made the two polarities' b=0 agree worse; check the report's distortion figures "
+                       "(docs/anatomy.md, 'Fieldmap-less')")
     return planned
 
 
-def _series_encoding(item: DwiSeries, found_name: str | None):
+def _series_encoding(item: DwiSeries, found: str | None):
     """The series' phase encoding ``(affine, axis, sign, direction, readout)`` in RAS+ voxel
-    order, or None (with a warning naming the sidecar when ``found_name``, the field-map data
-    found for it, is given)."""
+    order, or None (with a warning naming the sidecar when ``found``, what would correct the
+    series, e.g. ``"field-map data X found"``, is given)."""
     import nibabel as nib
 
     from bids_ketamine.dwi.sdc import ras_phase_encoding
@@ -249,10 +270,10 @@ def _series_encoding(item: DwiSeries, found_name: str | None):
     readout = item.sidecar.get("TotalReadoutTime")
     sidecar = first.sidecar_files[-1] if first.sidecar_files else first.dwi
     if direction is None or readout is None:
-        if found_name:
-            LOGGER.warning("%s: field-map data %s found, but %s has no %s; distortion is not corrected: "
+        if found:
+            LOGGER.warning("%s: %s, but %s has no %s; distortion is not corrected: "
                            "add PhaseEncodingDirection and TotalReadoutTime (s) to the DWI sidecar",
-                           item.prefix, found_name, sidecar,
+                           item.prefix, found, sidecar,
                            "PhaseEncodingDirection" if direction is None else "TotalReadoutTime")
         return None
     try:
@@ -274,7 +295,7 @@ def _pepolar_plan(item: DwiSeries, references, *, explicit: bool):
     from bids_ketamine.bids import FieldmapPlan
     from bids_ketamine.dwi.sdc import phase_encoding_vector, ras_phase_encoding
 
-    encoding = _series_encoding(item, references[0][0].name if explicit else None)
+    encoding = _series_encoding(item, f"field-map data {references[0][0].name} found" if explicit else None)
     if encoding is None:
         return None
     affine, axis, sign, direction, readout = encoding
@@ -327,7 +348,7 @@ def _gre_plan(item: DwiSeries, gre: dict):
     from bids_ketamine.bids import FieldmapPlan
 
     first = Path(gre["files"][0])
-    encoding = _series_encoding(item, first.name)
+    encoding = _series_encoding(item, f"field-map data {first.name} found")
     if encoding is None:
         return None
     _, axis, sign, direction, readout = encoding
@@ -359,3 +380,24 @@ def _gre_plan(item: DwiSeries, gre: dict):
                         reference_bvals=(), axis=axis, sign=sign, total_readout_time=readout,
                         phase_encoding_direction=direction, magnitude_file=gre["magnitude"],
                         echo_times=tuple(float(te) for te in echo_times), units=units)
+
+
+def _syn_plan(item: DwiSeries, t1w_images: list):
+    """The fieldmap-less plan of one series (``--use-syn-sdc``) from the participant's T1w
+    images, or None with a warning that names what is missing and the fix."""
+    from bids_ketamine.bids import FieldmapPlan
+
+    if not t1w_images:
+        LOGGER.warning("%s: --use-syn-sdc needs the participant's T1w, and none is used (none found, "
+                       "unreadable, or --ignore t1w); distortion is not corrected: add a T1w to the "
+                       "participant's anat folder", item.prefix)
+        return None
+    encoding = _series_encoding(item, "--use-syn-sdc given")
+    if encoding is None:
+        return None
+    _, axis, sign, direction, readout = encoding
+    sources = tuple(str(getattr(image, "path", image)) for image in t1w_images)
+    LOGGER.info("%s: susceptibility distortion corrected without field map (--use-syn-sdc), from %s",
+                item.prefix, ", ".join(Path(path).name for path in sources))
+    return FieldmapPlan(method="syn", reference_files=sources, reference_bvals=(), axis=axis, sign=sign,
+                        total_readout_time=readout, phase_encoding_direction=direction)

@@ -55,7 +55,7 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
     config = config.replace(work_dir=work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     t1w_by_subject = usable_t1w(config, layout, list(usable)) if layout is not None else {}
-    usable = plan_fieldmaps(config, usable, series_by_subject)
+    usable = plan_fieldmaps(config, usable, series_by_subject, t1w_by_subject)
     workflow, template, atlas = init_bids_ketamine_wf(config, usable, t1w_by_subject)
     workflow.base_dir = str(work_dir)
     crash_dir = work_dir / "crashes"

@@ -22,8 +22,8 @@ a bright pile-up is spread out again, stretched signal is brightened).  The phas
 axis and polarity are those of the image as the workflow holds it (RAS+ voxel order,
 :func:`ras_phase_encoding`).  In the workflow the displacement is composed with each volume's head
 motion (:class:`DisplacementField`), so every volume is resampled once.  GRE field maps give the
-field directly (:mod:`bids_ketamine.dwi.gre_fieldmap`); fieldmap-less correction is not
-implemented yet.
+field directly (:mod:`bids_ketamine.dwi.gre_fieldmap`); without either, ``--use-syn-sdc`` estimates
+it from the T1w (:mod:`bids_ketamine.dwi.syn_sdc`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DisplacementField", "JACOBIAN_SIGMA", "displacement_voxels", "mean_reference_b0", "pepolar_field",
-           "phase_encoding_vector", "ras_phase_encoding", "unwarp"]
+__all__ = ["DisplacementField", "JACOBIAN_SIGMA", "displacement_voxels", "index_space_image", "mean_reference_b0",
+           "pepolar_field", "phase_encoding_vector", "ras_phase_encoding", "unwarp"]
 
 
 #: Smoothing (voxels) of the estimated displacement before its Jacobian is taken (:func:`unwarp`):
@@ -250,7 +250,7 @@ def mean_reference_b0(images, target, volumes=None) -> nib.Nifti1Image:
     return nib.Nifti1Image(np.mean(means, axis=0).astype(np.float32), affine)
 
 
-def _index_space_image(ants, data: np.ndarray, zooms):
+def index_space_image(ants, data: np.ndarray, zooms):
     """An ANTs image whose physical axes are the voxel axes (spacing = voxel size, no rotation)."""
     return ants.from_numpy(np.ascontiguousarray(data, dtype=np.float32), origin=(0.0, 0.0, 0.0),
                            spacing=tuple(float(z) for z in zooms))
@@ -291,12 +291,12 @@ def pepolar_field(b0, reverse_b0, *, axis: int, sign: int, total_readout_time: f
     if first.shape != second.shape or first.ndim != 3:
         raise ValueError(f"the two b=0 images must be 3-D on one grid, got {first.shape} and {second.shape}")
     zooms = np.sqrt((b0.affine[:3, :3] ** 2).sum(axis=0))
-    fixed = _index_space_image(ants, first, zooms)
-    moving = _index_space_image(ants, second, zooms)
+    fixed = index_space_image(ants, first, zooms)
+    moving = index_space_image(ants, second, zooms)
     kwargs = {}
     if mask is not None:
         inside = ndimage.binary_dilation(np.asanyarray(mask.dataobj) > 0, iterations=2)
-        kwargs["mask"] = _index_space_image(ants, inside.astype(np.float32), zooms)
+        kwargs["mask"] = index_space_image(ants, inside.astype(np.float32), zooms)
     restrict = tuple(1 if k == axis else 0 for k in range(3))
     with tempfile.TemporaryDirectory() as scratch, seeded(seed):
         result = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyNOnly",

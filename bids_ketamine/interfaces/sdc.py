@@ -1,5 +1,6 @@
 """Susceptibility-distortion correction: the field from reverse phase-encoded b=0 images
-(PEPOLAR) and its application to a DWI series (:mod:`bids_ketamine.dwi.sdc`)."""
+(PEPOLAR), a GRE field map or the T1w (``--use-syn-sdc``), and its application to a DWI series
+(:mod:`bids_ketamine.dwi.sdc`)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,37 @@ class GreField(SimpleInterface):
         _write_outputs(self._results, runtime.cwd,
                        {key: nib.Nifti1Image(np.asarray(data, dtype=np.float32), dwi.affine)
                         for key, data in (("field_file", field), ("b0_file", b0))})
+        return runtime
+
+
+class _SynSdcFieldInputSpec(_PhaseEncodingSpec):
+    dwi_file = File(exists=True, mandatory=True, desc="DWI series (RAS+), before motion correction")
+    bval_file = File(exists=True, mandatory=True, desc="its b-values")
+    t1w_file = File(exists=True, mandatory=True, desc="the participant's bias-corrected T1w")
+    t1w_mask_file = File(exists=True, mandatory=True, desc="its brain mask")
+    b0_threshold = traits.Float(50.0, usedefault=True, desc="b-values at or below are b=0")
+    seed = traits.Int(1, usedefault=True, desc="ANTs' random seed")
+
+
+class SynSdcField(SimpleInterface):
+    """The B0 field from the DWI's b=0 and the participant's T1w, without field map
+    (:func:`bids_ketamine.dwi.syn_sdc.syn_sdc_field`)."""
+
+    input_spec = _SynSdcFieldInputSpec
+    output_spec = _GreFieldOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.mask import brain_mask
+        from bids_ketamine.dwi.syn_sdc import syn_sdc_field
+
+        dwi = open_image(self.inputs.dwi_file)
+        b0 = _mean_b0(dwi, self.inputs.bval_file, self.inputs.b0_threshold)
+        b0_img = nib.Nifti1Image(b0, dwi.affine)
+        field = syn_sdc_field(b0_img, nib.Nifti1Image(brain_mask(b0).astype(np.uint8), dwi.affine),
+                              open_image(self.inputs.t1w_file), open_image(self.inputs.t1w_mask_file),
+                              axis=self.inputs.axis, sign=self.inputs.sign,
+                              total_readout_time=self.inputs.total_readout_time, seed=self.inputs.seed)
+        _write_outputs(self._results, runtime.cwd, {"field_file": field, "b0_file": b0_img})
         return runtime
 
 

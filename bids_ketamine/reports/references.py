@@ -46,6 +46,9 @@ REFERENCES: dict[str, str] = {
     "ants": "Avants BB, Tustison NJ, Song G, Cook PA, Klein A, Gee JC. A reproducible evaluation "
     "of ANTs similarity metric performance in brain image registration. NeuroImage. "
     "2011;54(3):2033-2044. doi:10.1016/j.neuroimage.2010.09.025",
+    "synsdc": "Wang S, Peterson DJ, Gatenby JC, Li W, Grabowski TJ, Madhyastha TM. Evaluation of field "
+    "map and nonlinear registration methods for correction of susceptibility artifacts in diffusion MRI. "
+    "Front Neuroinform. 2017;11:17. doi:10.3389/fninf.2017.00017",
     "skimage": "van der Walt S, Schonberger JL, Nunez-Iglesias J, et al. scikit-image: image processing "
     "in Python. PeerJ. 2014;2:e453. doi:10.7717/peerj.453",
     "unwrap3d": "Abdul-Rahman HS, Gdeisat MA, Burton DR, Lalor MJ, Lilley F, Moore CJ. Fast and robust "

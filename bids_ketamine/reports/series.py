@@ -119,7 +119,8 @@ class SeriesParts:
         field_map, before, after, mask = (series.files.get(key) for key in ("field", "uncorrected_b0", "b0", "mask"))
         if field_map is None:
             return head + note("Not corrected: the dataset has no field-map data for this series "
-                               "(or <code>--ignore fieldmaps</code> was given). Regions next to the "
+                               "(or <code>--ignore fieldmaps</code> was given; <code>--use-syn-sdc</code> "
+                               "estimates the field from the T1w). Regions next to the "
                                "sinuses and the temporal bone may be displaced along the "
                                "phase-encoding axis.", "info")
         metadata = read_json(series.files.get("field_json")) or {}

@@ -105,6 +105,14 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
     anat = _init_anat(workflow, subject, config, t1w_files, template) if t1w_files else None
     series_wfs = [_init_series_wfs(workflow, item, config, template=template, atlas_name=atlas_name,
                                    labels_file=labels_file, provenance=provenance) for item in series]
+    for item, (preproc, _, _) in zip(series, series_wfs):
+        if item.fieldmap is not None and item.fieldmap.method == "syn":  # --use-syn-sdc: the field from the T1w
+            if anat is None:
+                raise ValueError(f"{item.prefix}: the fieldmap-less correction needs the participant's T1w, "
+                                 "and none is given (a plan of bids_ketamine.cli.preflight.plan_fieldmaps "
+                                 "for another participant?)")
+            workflow.connect([(anat, preproc, [("outputnode.t1w_preproc", "inputnode.t1w_file"),
+                                               ("outputnode.brain_mask", "inputnode.t1w_mask_file")])])
     groups = [list(range(len(series)))] if config.longitudinal else [[i] for i in range(len(series))]
     for members in groups:
         suffix = "" if len(groups) == 1 else f"_{series[members[0]].key}"

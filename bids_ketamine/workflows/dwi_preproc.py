@@ -49,6 +49,9 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
     ------
     dwi_file, bval_file, bvec_file
         The raw series (lists of ``n_runs`` files when ``n_runs`` > 1).
+    t1w_file, t1w_mask_file
+        With a ``syn`` plan (``--use-syn-sdc``): the participant's bias-corrected T1w and its brain
+        mask, from which the field is estimated.
 
     Outputs
     -------
@@ -69,8 +72,8 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
     """
     workflow = LiterateWorkflow(name=name)
     workflow.__desc__ = _description(config, n_runs)
-    inputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file"]),
-                        name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file", "t1w_file",
+                                                      "t1w_mask_file"]), name="inputnode")
     outputnode = pe.Node(
         niu.IdentityInterface(fields=["dwi_file", "bval_file", "bvec_file", "b0_file", "mask_file",
                                       "noise_file", "motion_file", "warnings", "field_file",
@@ -137,6 +140,7 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
         (to_motion, sdc, [("dwi_file", "inputnode.dwi_file")]),
         (to_motion, motion, [("dwi_file", "distorted_file")]),
         (bvals[0], sdc, [(bvals[1], "inputnode.bval_file")]),
+        (inputnode, sdc, [("t1w_file", "inputnode.t1w_file"), ("t1w_mask_file", "inputnode.t1w_mask_file")]),
         (sdc, motion, [("outputnode.dwi_file", "dwi_file"), ("outputnode.field_file", "field_file")]),
         (sdc, outputnode, [("outputnode.field_file", "field_file"),
                            ("outputnode.b0_file", "uncorrected_b0_file")]),

@@ -6,7 +6,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_ketamine.bids import FieldmapPlan
-from bids_ketamine.interfaces.sdc import GreField, PepolarField, Unwarp
+from bids_ketamine.interfaces.sdc import GreField, PepolarField, SynSdcField, Unwarp
 from bids_ketamine.workflows.literate import LiterateWorkflow
 
 #: What the methods paragraph says of each way of estimating the field.
@@ -21,6 +21,10 @@ _ESTIMATES = {
               "3-D inside the brain of the magnitude image (scikit-image [@skimage], the algorithm of [@unwrap3d]), divided by the "
               "echo-time difference and put on the DWI grid by scanner coordinates",
     "fieldmap": "with a gradient-echo field map given in {units}, put on the DWI grid by scanner coordinates",
+    "syn": "without field map, from the participant's T1w (fieldmap-less, the approach of fMRIPrep's "
+           "SyN-SDC [@synsdc]): the mean b=0 was registered rigidly to the T1w and then nonlinearly to the "
+           "T1w's inverted contrast, the deformation restricted to the phase-encoding axis (ANTs SyN "
+           "[@ants], cross-correlation)",
 }
 
 
@@ -29,8 +33,9 @@ def init_fieldmap_wf(plan: FieldmapPlan, *, b0_threshold: float = 50.0, omp_nthr
     """Build the workflow that corrects one series' susceptibility distortion.
 
     The field comes from the reverse phase-encoded references (``plan.method == "pepolar"``:
-    :class:`~bids_ketamine.interfaces.sdc.PepolarField`) or from a GRE field map (``phasediff``,
-    ``phases``, ``fieldmap``: :class:`~bids_ketamine.interfaces.sdc.GreField`).  Every volume is
+    :class:`~bids_ketamine.interfaces.sdc.PepolarField`), from a GRE field map (``phasediff``,
+    ``phases``, ``fieldmap``: :class:`~bids_ketamine.interfaces.sdc.GreField`) or from the
+    participant's T1w (``syn``, ``--use-syn-sdc``: :class:`~bids_ketamine.interfaces.sdc.SynSdcField`).  Every volume is
     corrected with it, Jacobian included (:class:`~bids_ketamine.interfaces.sdc.Unwarp`, linear
     interpolation): motion is estimated on that copy, and motion correction resamples the
     uncorrected series once through the field and the motion composed
@@ -51,6 +56,9 @@ def init_fieldmap_wf(plan: FieldmapPlan, *, b0_threshold: float = 50.0, omp_nthr
     ------
     dwi_file, bval_file
         The series (RAS+, denoised), before motion correction.
+    t1w_file, t1w_mask_file
+        ``syn`` only: the participant's bias-corrected T1w and its brain mask
+        (:func:`~bids_ketamine.workflows.anat.init_anat_wf`).
 
     Outputs
     -------
@@ -69,7 +77,8 @@ def init_fieldmap_wf(plan: FieldmapPlan, *, b0_threshold: float = 50.0, omp_nthr
         + _ESTIMATES[plan.method].format(n=len(plan.reference_files), units=plan.units)
         + ". The displacement along the phase-encoding axis, with the intensity modulation of its "
         "Jacobian, was composed with each volume's head motion, so that every volume was resampled once.")
-    inputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "bval_file"]), name="inputnode")
+    inputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "bval_file", "t1w_file", "t1w_mask_file"]),
+                        name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "field_file", "b0_file"]),
                          name="outputnode")
     encoding = {"axis": plan.axis, "sign": plan.sign, "total_readout_time": plan.total_readout_time}
@@ -77,6 +86,10 @@ def init_fieldmap_wf(plan: FieldmapPlan, *, b0_threshold: float = 50.0, omp_nthr
         estimate = pe.Node(PepolarField(reference_files=list(plan.reference_files),
                                         reference_bvals=list(plan.reference_bvals), b0_threshold=b0_threshold,
                                         **encoding), name="pepolar_field", n_procs=omp_nthreads, mem_gb=mem_gb)
+    elif plan.method == "syn":
+        estimate = pe.Node(SynSdcField(b0_threshold=b0_threshold, **encoding), name="syn_sdc_field",
+                           n_procs=omp_nthreads, mem_gb=mem_gb)
+        workflow.connect([(inputnode, estimate, [("t1w_file", "t1w_file"), ("t1w_mask_file", "t1w_mask_file")])])
     else:
         estimate = pe.Node(GreField(method=plan.method, fieldmap_files=list(plan.reference_files),
                                     echo_times=list(plan.echo_times), units=plan.units,

@@ -1,0 +1,123 @@
+"""Fieldmap-less correction (``--use-syn-sdc``) against the reverse phase-encoding one on real data
+(issue 19).
+
+Runs the participant level (T1w path) on ``real-sdc/philips-elition`` three times, sharing one
+work folder so that the anatomy is computed once: uncorrected (``--ignore fieldmaps``), PEPOLAR
+(the default: the ``acq-rpe_dir-PA`` run's b=0 volumes) and fieldmap-less (``--ignore fieldmaps
+--use-syn-sdc``: the field from the T1w only).  Then, on the dir-AP series' grid:
+
+- the two estimated fields: median absolute difference of the displacement inside the brain (mm)
+  and their Pearson r;
+- each field applied to the dir-AP mean b=0 and, with the opposite polarity, to the reverse run's
+  mean b=0 (which the fieldmap-less estimate never saw): Pearson r of the two inside the brain,
+  raw, displaced only and with the Jacobian (``tests/test_sdc_real.py`` does this for PEPOLAR);
+- the b=0-to-T1w registration cost of each run's preprocessed mean b=0: ANTs' Mattes mutual
+  information (more negative is better) inside the T1w brain mask, after the workflow's own rigid
+  b=0 -> T1w registration (``*_from-T1w_to-midpoint_mode-image_xfm.txt``).
+
+Usage::
+
+    python benchmarks/syn_sdc_real.py --workdir /tmp/syn_real   # about 10 minutes on 2 cores
+
+Outputs already in ``--workdir`` are reused: delete it after changing the code.  The numbers are
+in docs/anatomy.md ("Fieldmap-less").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from sdc_agreement import run_conditions  # benchmarks/, beside this script
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-sdc" / "philips-elition"
+CONDITIONS = {"uncorrected": ["--ignore", "fieldmaps"], "pepolar": [],
+              "syn": ["--ignore", "fieldmaps", "--use-syn-sdc"]}
+SERIES = "sub-01_ses-01_dir-AP"
+
+
+def _field(folder: Path):
+    stem = folder / "ses-01" / "fmap" / f"{SERIES}_desc-preproc_fieldmap"
+    return nib.load(f"{stem}.nii.gz"), json.loads(Path(f"{stem}.json").read_text())
+
+
+def field_agreement(folders: dict[str, Path]) -> dict:
+    """Displacement difference (mm) and r of the PEPOLAR and fieldmap-less fields in the brain."""
+    from bids_ketamine.dwi.sdc import ras_phase_encoding
+
+    (pepolar, sidecar), (syn, _) = _field(folders["pepolar"]), _field(folders["syn"])
+    axis, _ = ras_phase_encoding(sidecar["PhaseEncodingDirection"],
+                                 nib.load(DATA / "sub-01" / "ses-01" / "dwi" / f"{SERIES}_dwi.nii.gz").affine)
+    mask = folders["pepolar"] / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-brain_mask.nii.gz"
+    brain = nib.load(mask).get_fdata() > 0
+    mm_per_hz = sidecar["TotalReadoutTime"] * float(pepolar.header.get_zooms()[axis])
+    a, b = pepolar.get_fdata()[brain], syn.get_fdata()[brain]
+    return {"median_abs_displacement_difference_mm": float(np.median(np.abs(a - b)) * mm_per_hz),
+            "p90_abs_displacement_difference_mm": float(np.percentile(np.abs(a - b), 90) * mm_per_hz),
+            "r": float(np.corrcoef(a, b)[0, 1]),
+            "p1_p99_hz": {"pepolar": np.percentile(a, [1, 99]).round(1).tolist(),
+                          "syn": np.percentile(b, [1, 99]).round(1).tolist()}}
+
+
+def b0_agreement(folders: dict[str, Path]) -> dict:
+    """Pearson r of the dir-AP and reverse-run mean b=0, each unwarped with its own polarity."""
+    from bids_ketamine.dwi.mask import brain_mask
+    from bids_ketamine.dwi.sdc import mean_reference_b0, ras_phase_encoding, unwarp
+
+    dwi = DATA / "sub-01" / "ses-01" / "dwi"
+    forward_img = nib.load(folders["syn"] / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-uncorrected_dwiref.nii.gz")
+    rpe = dwi / "sub-01_ses-01_acq-rpe_dir-PA_dwi"
+    reverse = mean_reference_b0([nib.load(f"{rpe}.nii.gz")], forward_img,
+                                [np.loadtxt(f"{rpe}.bval", ndmin=1) <= 50]).get_fdata()
+    forward = forward_img.get_fdata()
+    brain = brain_mask(0.5 * (forward + reverse))
+    result = {"raw": float(np.corrcoef(forward[brain], reverse[brain])[0, 1])}
+    for name in ("pepolar", "syn"):
+        field_img, sidecar = _field(folders[name])
+        axis, sign = ras_phase_encoding(sidecar["PhaseEncodingDirection"], nib.load(f"{dwi}/{SERIES}_dwi.nii.gz").affine)
+        encoding = {"axis": axis, "total_readout_time": sidecar["TotalReadoutTime"]}
+        for jacobian in (False, True):
+            first = unwarp(forward, field_img.get_fdata(), sign=sign, jacobian=jacobian, **encoding)
+            second = unwarp(reverse, field_img.get_fdata(), sign=-sign, jacobian=jacobian, **encoding)
+            key = f"{name}_{'jacobian' if jacobian else 'displaced'}"
+            result[key] = float(np.corrcoef(first[brain], second[brain])[0, 1])
+    return result
+
+
+def b0_to_t1w_cost(folder: Path) -> float:
+    """ANTs' Mattes mutual information of the T1w and the preprocessed mean b=0 brought into it
+    by the workflow's rigid registration, inside the T1w brain mask (more negative: better)."""
+    import ants
+    from scipy import ndimage
+
+    anat = folder / "anat"
+    t1w = nib.load(next(anat.glob("*_desc-preproc_T1w.nii.gz")))
+    mask = nib.load(next(anat.glob("*_desc-brain_mask.nii.gz"))).get_fdata() > 0
+    b0 = nib.load(folder / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-b0_dwiref.nii.gz")
+    t1w_to_dwi = np.loadtxt(next(folder.rglob("*_from-T1w_to-midpoint_mode-image_xfm.txt")))
+    vox2vox = np.linalg.inv(b0.affine) @ t1w_to_dwi @ t1w.affine
+    b0_in_t1w = ndimage.affine_transform(b0.get_fdata(), vox2vox[:3, :3], vox2vox[:3, 3], output_shape=t1w.shape,
+                                         order=1)
+    images = [ants.from_numpy(np.where(mask, data, 0).astype(np.float32)) for data in (t1w.get_fdata(), b0_in_t1w)]
+    return float(ants.image_mutual_information(*images))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--workdir", type=Path, default=Path("syn_sdc_real"))
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "syn_sdc_real.json")
+    args = parser.parse_args(argv)
+    folders = run_conditions(args.data, args.workdir, CONDITIONS, common=(), shared_work=True)
+    report = {"fields": field_agreement(folders), "b0_agreement": b0_agreement(folders),
+              "b0_to_t1w_mattes_mi": {name: b0_to_t1w_cost(folder) for name, folder in folders.items()}}
+    args.results.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
