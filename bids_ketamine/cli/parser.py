@@ -124,10 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sel.add_argument(
         "--use-syn-sdc", action="store_true", default=config_default("use_syn_sdc"),
-        help="estimate susceptibility distortion from the participant's T1w (nonlinear registration "
+        help="EXPERIMENTAL: estimate susceptibility distortion from the participant's T1w (nonlinear registration "
         "restricted to the phase-encoding axis, as fMRIPrep's option) for DWI series without "
         "reverse phase-encoded images or a GRE field map; needs a T1w and the series' "
-        "PhaseEncodingDirection and TotalReadoutTime (default: such series stay uncorrected)",
+        "PhaseEncodingDirection and TotalReadoutTime (default: such series stay uncorrected; "
+        "on real test data it did not agree with a reverse phase-encoding estimate: docs/anatomy.md)",
     )
     sel.add_argument(
         "--skip-bids-validation", "--skip_bids_validation", dest="skip_bids_validation", action="store_true",
