@@ -44,13 +44,18 @@ def _field(folder: Path):
     return nib.load(f"{stem}.nii.gz"), json.loads(Path(f"{stem}.json").read_text())
 
 
-def field_agreement(folders: dict[str, Path]) -> dict:
-    """Displacement difference (mm) and r of the PEPOLAR and fieldmap-less fields in the brain."""
+def _encoding(data: Path, sidecar: dict) -> tuple[int, int]:
+    """The dir-AP series' phase-encoding axis and polarity in RAS+ voxel order."""
     from bids_ketamine.dwi.sdc import ras_phase_encoding
 
+    raw = data / "sub-01" / "ses-01" / "dwi" / f"{SERIES}_dwi.nii.gz"
+    return ras_phase_encoding(sidecar["PhaseEncodingDirection"], nib.load(raw).affine)
+
+
+def field_agreement(data: Path, folders: dict[str, Path]) -> dict:
+    """Displacement difference (mm) and r of the PEPOLAR and fieldmap-less fields in the brain."""
     (pepolar, sidecar), (syn, _) = _field(folders["pepolar"]), _field(folders["syn"])
-    axis, _ = ras_phase_encoding(sidecar["PhaseEncodingDirection"],
-                                 nib.load(DATA / "sub-01" / "ses-01" / "dwi" / f"{SERIES}_dwi.nii.gz").affine)
+    axis, _ = _encoding(data, sidecar)
     mask = folders["pepolar"] / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-brain_mask.nii.gz"
     brain = nib.load(mask).get_fdata() > 0
     mm_per_hz = sidecar["TotalReadoutTime"] * float(pepolar.header.get_zooms()[axis])
@@ -62,12 +67,12 @@ def field_agreement(folders: dict[str, Path]) -> dict:
                           "syn": np.percentile(b, [1, 99]).round(1).tolist()}}
 
 
-def b0_agreement(folders: dict[str, Path]) -> dict:
+def b0_agreement(data: Path, folders: dict[str, Path]) -> dict:
     """Pearson r of the dir-AP and reverse-run mean b=0, each unwarped with its own polarity."""
     from bids_ketamine.dwi.mask import brain_mask
-    from bids_ketamine.dwi.sdc import mean_reference_b0, ras_phase_encoding, unwarp
+    from bids_ketamine.dwi.sdc import mean_reference_b0, unwarp
 
-    dwi = DATA / "sub-01" / "ses-01" / "dwi"
+    dwi = data / "sub-01" / "ses-01" / "dwi"
     forward_img = nib.load(folders["syn"] / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-uncorrected_dwiref.nii.gz")
     rpe = dwi / "sub-01_ses-01_acq-rpe_dir-PA_dwi"
     reverse = mean_reference_b0([nib.load(f"{rpe}.nii.gz")], forward_img,
@@ -77,11 +82,12 @@ def b0_agreement(folders: dict[str, Path]) -> dict:
     result = {"raw": float(np.corrcoef(forward[brain], reverse[brain])[0, 1])}
     for name in ("pepolar", "syn"):
         field_img, sidecar = _field(folders[name])
-        axis, sign = ras_phase_encoding(sidecar["PhaseEncodingDirection"], nib.load(f"{dwi}/{SERIES}_dwi.nii.gz").affine)
+        field = field_img.get_fdata()
+        axis, sign = _encoding(data, sidecar)
         encoding = {"axis": axis, "total_readout_time": sidecar["TotalReadoutTime"]}
         for jacobian in (False, True):
-            first = unwarp(forward, field_img.get_fdata(), sign=sign, jacobian=jacobian, **encoding)
-            second = unwarp(reverse, field_img.get_fdata(), sign=-sign, jacobian=jacobian, **encoding)
+            first = unwarp(forward, field, sign=sign, jacobian=jacobian, **encoding)
+            second = unwarp(reverse, field, sign=-sign, jacobian=jacobian, **encoding)
             key = f"{name}_{'jacobian' if jacobian else 'displaced'}"
             result[key] = float(np.corrcoef(first[brain], second[brain])[0, 1])
     return result
@@ -91,16 +97,15 @@ def b0_to_t1w_cost(folder: Path) -> float:
     """ANTs' Mattes mutual information of the T1w and the preprocessed mean b=0 brought into it
     by the workflow's rigid registration, inside the T1w brain mask (more negative: better)."""
     import ants
-    from scipy import ndimage
+
+    from bids_ketamine.dwi.resample import resample
 
     anat = folder / "anat"
     t1w = nib.load(next(anat.glob("*_desc-preproc_T1w.nii.gz")))
     mask = nib.load(next(anat.glob("*_desc-brain_mask.nii.gz"))).get_fdata() > 0
     b0 = nib.load(folder / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-b0_dwiref.nii.gz")
     t1w_to_dwi = np.loadtxt(next(folder.rglob("*_from-T1w_to-midpoint_mode-image_xfm.txt")))
-    vox2vox = np.linalg.inv(b0.affine) @ t1w_to_dwi @ t1w.affine
-    b0_in_t1w = ndimage.affine_transform(b0.get_fdata(), vox2vox[:3, :3], vox2vox[:3, 3], output_shape=t1w.shape,
-                                         order=1)
+    b0_in_t1w = resample(b0.get_fdata(), b0.affine, t1w.shape, t1w.affine, t1w_to_dwi, order=1)
     images = [ants.from_numpy(np.where(mask, data, 0).astype(np.float32)) for data in (t1w.get_fdata(), b0_in_t1w)]
     return float(ants.image_mutual_information(*images))
 
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
     parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "syn_sdc_real.json")
     args = parser.parse_args(argv)
     folders = run_conditions(args.data, args.workdir, CONDITIONS, common=(), shared_work=True)
-    report = {"fields": field_agreement(folders), "b0_agreement": b0_agreement(folders),
+    report = {"fields": field_agreement(args.data, folders), "b0_agreement": b0_agreement(args.data, folders),
               "b0_to_t1w_mattes_mi": {name: b0_to_t1w_cost(folder) for name, folder in folders.items()}}
     args.results.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

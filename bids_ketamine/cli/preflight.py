@@ -215,8 +215,6 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
     dict
         ``usable`` with :attr:`~bids_ketamine.bids.DwiSeries.fieldmap` set where a correction applies.
     """
-    from bids_ketamine.bids import collect_gre, collect_pepolar
-
     use_fieldmaps = "fieldmaps" not in config.ignore
     if not use_fieldmaps:
         LOGGER.info("--ignore fieldmaps: no field-map data used%s",
@@ -229,24 +227,11 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
     for subject, series in usable.items():
         planned[subject] = []
         for item in series:
-            if not use_fieldmaps:
-                plan = _syn_plan(item, (t1w_by_subject or {}).get(subject, []))
-                planned[subject].append(dataclasses.replace(item, fieldmap=plan) if plan else item)
-                continue
-            epi = [(path, metadata, "") for path, metadata in collect_pepolar(config.bids_dir, item)]
-            own = {run.dwi for run in item.runs or (item,)}
-            runs = [(other.dwi, other.sidecar, str(other.bval)) for other in found.get(subject, [])
-                    if other.session == item.session and other.dwi not in own and other.bval is not None]
-            plan = _pepolar_plan(item, epi, explicit=True) if epi else None
-            if plan is None and runs:
-                plan = _pepolar_plan(item, runs, explicit=False)
-            gre = collect_gre(config.bids_dir, item) if plan is None else None
-            if gre is not None:
-                plan = _gre_plan(item, gre)
+            plan = _field_map_data_plan(config, item, found.get(subject, [])) if use_fieldmaps else None
             if plan is None and config.use_syn_sdc:
                 plan = _syn_plan(item, (t1w_by_subject or {}).get(subject, []))
             planned[subject].append(dataclasses.replace(item, fieldmap=plan) if plan else item)
-        if not any(item.fieldmap for item in planned[subject]):
+        if use_fieldmaps and not any(item.fieldmap for item in planned[subject]):
             LOGGER.info("sub-%s: no field-map data for the DWI: susceptibility distortion is not corrected",
                         subject)
     if any(item.fieldmap is not None and item.fieldmap.method == "syn" for items in planned.values() for item in items):
@@ -255,6 +240,21 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
                        "made the two polarities' b=0 agree worse; check the report's distortion figures "
                        "(docs/anatomy.md, 'Fieldmap-less')")
     return planned
+
+
+def _field_map_data_plan(config: Config, item: DwiSeries, subject_series: list[DwiSeries]):
+    """The plan from the series' field-map data (rules 1-3 of :func:`plan_fieldmaps`), or None."""
+    from bids_ketamine.bids import collect_gre, collect_pepolar
+
+    epi = [(path, metadata, "") for path, metadata in collect_pepolar(config.bids_dir, item)]
+    own = {run.dwi for run in item.runs or (item,)}
+    runs = [(other.dwi, other.sidecar, str(other.bval)) for other in subject_series
+            if other.session == item.session and other.dwi not in own and other.bval is not None]
+    plan = _pepolar_plan(item, epi, explicit=True) if epi else None
+    if plan is None and runs:
+        plan = _pepolar_plan(item, runs, explicit=False)
+    gre = collect_gre(config.bids_dir, item) if plan is None else None
+    return _gre_plan(item, gre) if gre is not None else plan
 
 
 def _series_encoding(item: DwiSeries, found: str | None):

@@ -52,6 +52,7 @@ from bids_ketamine.dwi.rigid import (
     resample,
     sample_at_points,
 )
+from bids_ketamine.dwi.worldgrid import translation_matrix
 
 __all__ = ["MotionResult", "correct_motion", "framewise_displacement", "rotate_bvecs"]
 
@@ -254,19 +255,13 @@ PINNED_SD_FACTOR = 3.0
 BLOCK_ALIGNMENT_FROM_SD = 0.1
 
 
-def _shift(centre) -> np.ndarray:
-    shift = np.eye(4)
-    shift[:3, 3] = centre
-    return shift
-
-
 def _centred_log(matrix: np.ndarray, centre) -> np.ndarray:
     """:func:`_rigid_log` of ``matrix`` with rotations about ``centre`` (world mm)."""
-    return _rigid_log(np.linalg.inv(_shift(centre)) @ matrix @ _shift(centre))
+    return _rigid_log(translation_matrix(-np.asarray(centre)) @ matrix @ translation_matrix(centre))
 
 
 def _centred_exp(vector: np.ndarray, centre) -> np.ndarray:
-    return _shift(centre) @ _rigid_exp(vector) @ np.linalg.inv(_shift(centre))
+    return translation_matrix(centre) @ _rigid_exp(vector) @ translation_matrix(-np.asarray(centre))
 
 
 def _smoothest_model_components(transforms, start, dwi_list, design_dwi, centre,

@@ -74,16 +74,12 @@ def inverted_t1w_on_b0(t1w, t1w_mask, b0, t1w_to_b0: np.ndarray):
     brain : ndarray of bool
         The T1w brain mask on the b=0 grid.
     """
-    # b=0 voxel -> b=0 world -> T1w world -> T1w voxel
-    vox2vox = np.linalg.inv(t1w.affine) @ np.linalg.inv(t1w_to_b0) @ b0.affine
-    shape = b0.shape[:3]
+    from bids_ketamine.dwi.resample import resample
 
-    def resample(data):
-        return ndimage.affine_transform(np.asarray(data, dtype=np.float32), vox2vox[:3, :3], vox2vox[:3, 3],
-                                        output_shape=shape, order=1)
-
-    intensity = resample(np.asanyarray(t1w.dataobj))
-    brain = resample(np.asanyarray(t1w_mask.dataobj) > 0) > 0.5
+    grid = {"ref_shape": b0.shape[:3], "ref_affine": b0.affine, "transform": np.linalg.inv(t1w_to_b0),
+            "order": 1}
+    intensity = resample(np.asanyarray(t1w.dataobj, dtype=np.float32), t1w.affine, **grid)
+    brain = resample((np.asanyarray(t1w_mask.dataobj) > 0).astype(np.float32), t1w_mask.affine, **grid) > 0.5
     if not brain.any():
         raise ValueError("the T1w brain mask does not overlap the b=0 after rigid registration; check the "
                          "T1w and the DWI of this session (the same participant? a failed registration?)")

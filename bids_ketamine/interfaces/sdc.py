@@ -34,20 +34,28 @@ class _PhaseEncodingSpec(BaseInterfaceInputSpec):
     total_readout_time = traits.Float(mandatory=True, desc="BIDS TotalReadoutTime (s)")
 
 
-class _PepolarFieldInputSpec(_PhaseEncodingSpec):
+class _RegistrationFieldInputSpec(_PhaseEncodingSpec):
+    """What the registration-based estimates (PEPOLAR, fieldmap-less) share."""
+
     dwi_file = File(exists=True, mandatory=True, desc="DWI series (RAS+), before motion correction")
     bval_file = File(exists=True, mandatory=True, desc="its b-values")
-    reference_files = traits.List(File(exists=True), mandatory=True, minlen=1,
-                                  desc="reverse phase-encoded images (fmap/*_epi or DWI runs), as stored")
-    reference_bvals = traits.List(traits.Str, desc="per reference, its .bval file (only its b=0 volumes "
-                                                   "are used) or '' (every volume)")
     b0_threshold = traits.Float(50.0, usedefault=True, desc="b-values at or below are b=0")
     seed = traits.Int(1, usedefault=True, desc="ANTs' random seed")
 
 
-class _PepolarFieldOutputSpec(TraitedSpec):
+class _PepolarFieldInputSpec(_RegistrationFieldInputSpec):
+    reference_files = traits.List(File(exists=True), mandatory=True, minlen=1,
+                                  desc="reverse phase-encoded images (fmap/*_epi or DWI runs), as stored")
+    reference_bvals = traits.List(traits.Str, desc="per reference, its .bval file (only its b=0 volumes "
+                                                   "are used) or '' (every volume)")
+
+
+class _FieldOutputSpec(TraitedSpec):
     field_file = File(exists=True, desc="the field (Hz) on the DWI grid, undistorted positions")
     b0_file = File(exists=True, desc="mean b=0 of the DWI, distorted (for the report)")
+
+
+class _PepolarFieldOutputSpec(_FieldOutputSpec):
     reference_file = File(exists=True, desc="mean reverse phase-encoded b=0 on the DWI grid")
 
 
@@ -90,16 +98,11 @@ class _GreFieldInputSpec(BaseInterfaceInputSpec):
     b0_threshold = traits.Float(50.0, usedefault=True, desc="b-values at or below are b=0")
 
 
-class _GreFieldOutputSpec(TraitedSpec):
-    field_file = File(exists=True, desc="the field (Hz) on the DWI grid, undistorted positions")
-    b0_file = File(exists=True, desc="mean b=0 of the DWI, distorted (for the report)")
-
-
 class GreField(SimpleInterface):
     """The B0 field from a GRE field map, on the DWI's grid (:func:`bids_ketamine.dwi.gre_fieldmap.gre_field`)."""
 
     input_spec = _GreFieldInputSpec
-    output_spec = _GreFieldOutputSpec
+    output_spec = _FieldOutputSpec
 
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.gre_fieldmap import gre_field
@@ -115,13 +118,9 @@ class GreField(SimpleInterface):
         return runtime
 
 
-class _SynSdcFieldInputSpec(_PhaseEncodingSpec):
-    dwi_file = File(exists=True, mandatory=True, desc="DWI series (RAS+), before motion correction")
-    bval_file = File(exists=True, mandatory=True, desc="its b-values")
+class _SynSdcFieldInputSpec(_RegistrationFieldInputSpec):
     t1w_file = File(exists=True, mandatory=True, desc="the participant's bias-corrected T1w")
     t1w_mask_file = File(exists=True, mandatory=True, desc="its brain mask")
-    b0_threshold = traits.Float(50.0, usedefault=True, desc="b-values at or below are b=0")
-    seed = traits.Int(1, usedefault=True, desc="ANTs' random seed")
 
 
 class SynSdcField(SimpleInterface):
@@ -129,7 +128,7 @@ class SynSdcField(SimpleInterface):
     (:func:`bids_ketamine.dwi.syn_sdc.syn_sdc_field`)."""
 
     input_spec = _SynSdcFieldInputSpec
-    output_spec = _GreFieldOutputSpec
+    output_spec = _FieldOutputSpec
 
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.mask import brain_mask
