@@ -23,6 +23,7 @@ Usage::
     python benchmarks/precision_benchmark.py --n-subjects 12 --motion moderate heavy
     python benchmarks/precision_benchmark.py --n-subjects 3 --motion moderate --workdir /tmp/prec
     python benchmarks/precision_benchmark.py --evaluate-only --workdir /tmp/prec   # recompute tables
+    python benchmarks/precision_benchmark.py --n-subjects 6 --motion moderate --t1w 2   # T1w path
 """
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ def _run(command: list[str]) -> None:
 
 
 def simulate_and_process(workdir: Path, level: str, n_subjects: int, seed: int, preset: str,
-                         nprocs: int) -> dict[str, Path]:
-    """Simulate the change and null trials of one motion level and run the participant level."""
+                         nprocs: int, t1w_mm: float | None = None) -> dict[str, Path]:
+    """Simulate the change and null trials of one motion level and run the participant level
+    (with ``t1w_mm``, each session also has a T1w of that voxel size: the T1w path)."""
     outputs = {}
     for condition in ("change", "null"):
         name = f"{level}_{condition}"
@@ -63,7 +65,8 @@ def simulate_and_process(workdir: Path, level: str, n_subjects: int, seed: int, 
                   "--n-subjects", str(n_subjects), "--seed", str(seed), "--preset", preset,
                   "--effect-model", "blobs", "--repositioning", "2", "2",
                   "--motion", str(MOTION_LEVELS[level]), "--quiet"]
-                 + (["--null"] if condition == "null" else []))
+                 + (["--null"] if condition == "null" else [])
+                 + (["--t1w", str(t1w_mm)] if t1w_mm else []))
         if not list(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
             _run([sys.executable, "-m", "bids_ketamine.cli.run", str(bids), str(out), "participant",
                   "-w", str(workdir / name / "work"), "--nprocs", str(nprocs), "--omp-nthreads", "1"])
@@ -178,17 +181,21 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/precision_benchmark"))
     parser.add_argument("--evaluate-only", action="store_true",
                         help="only evaluate the runs already in --workdir")
+    parser.add_argument("--t1w", type=float, metavar="MM", default=None,
+                        help="simulate a T1w (voxel size MM) in each session: the T1w path, whose ROI "
+                             "values use the participant's own tissue fractions; results precision_t1w.*")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    results = {"preset": args.preset, "seed": args.seed, "levels": {}}
+    results = {"preset": args.preset, "seed": args.seed, "t1w_mm": args.t1w, "levels": {}}
+    name = "precision_t1w" if args.t1w else "precision"
     for level in args.motion:
         started = time.time()
         if args.evaluate_only:
             runs = {c: args.workdir / f"{level}_{c}" for c in ("change", "null")}
         else:
             runs = simulate_and_process(args.workdir, level, args.n_subjects, args.seed, args.preset,
-                                        args.nprocs)
+                                        args.nprocs, args.t1w)
         change, fd = recovered_changes(runs["change"])
         null, _ = recovered_changes(runs["null"])
         change.to_csv(args.workdir / f"{level}_change.tsv", sep="\t", index=False)
@@ -199,9 +206,9 @@ def main(argv=None) -> int:
             "summary": summarise(change, null),
         }
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "precision.json").write_text(json.dumps(results, indent=2) + "\n")
+    (args.results / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
     text = markdown(results)
-    (args.results / "precision.md").write_text(text)
+    (args.results / f"{name}.md").write_text(text)
     print(text)
     return 0
 

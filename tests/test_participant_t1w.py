@@ -6,10 +6,14 @@ in each session, the head repositioned between sessions by up to 2 mm / 2 degree
 - the anatomy runs once and its derivatives are written (``anat/``), the DWI reaches the template
   through the T1w (``from-T1w_to-midpoint`` transform, methods text);
 - every ROI's MD at every session is within 3 % of the true grey-matter MD (``median``);
+- the ROI values' grey-matter fraction is the participant's own and matches the simulator's
+  true fraction of each DWI voxel;
 - swapping which session is called baseline changes each ROI's MD change by its sign only
   (asymmetry < 0.2 % of MD; without a T1w ``test_faults.py`` checks every column exactly).
 
-Measured (seed 5): largest ROI error 2.2 % (BA10_R) with the T1w path, 1.9 % without.
+Measured (seed 5): largest ROI error 2.2 % (BA10_R) with the T1w path and the template's tissue
+probabilities, 1.9 % (BA10_R) with the participant's own (2026-12-05), 1.9 % without a T1w; the
+participant's GM fraction against the truth r 0.92, mean absolute error 0.11-0.12.
 """
 
 from __future__ import annotations
@@ -63,6 +67,35 @@ def test_roi_md_within_3_percent_of_truth(t1w_run):
         relative = merged[f"{session}_est"] / merged[f"{session}_true"] - 1
         print(session, relative.round(4).tolist())
         assert relative.abs().max() < 0.03, merged.loc[relative.abs().idxmax()].to_dict()
+
+
+def test_roi_tissue_fractions_are_the_participants_own(t1w_run):
+    """The grey-matter fraction behind the ROI values (node ``gm_to_native``: the T1w's Atropos
+    fraction, box-averaged to the DWI voxel, carried rigidly T1w -> midpoint -> session) against
+    the simulator's true GM volume fraction of each session's DWI voxels (truth folder), inside
+    the true brain.  Measured on the harder simulator's 6 subjects (2026-12-05): r 0.90-0.94,
+    mean absolute error 0.10-0.12; the template's GM probability warped in, which the T1w path
+    used before: r 0.83-0.89, 0.14-0.16."""
+    import nibabel as nib
+    import numpy as np
+
+    from bids_ketamine.simulate.study import truth_map_paths
+
+    bids_dir, out_dir = t1w_run
+    methods = (out_dir / "sub-01" / "log" / "methods.md").read_text()
+    assert "grey-matter fraction (the participant's, from the T1w segmentation" in methods
+    roi_wf = out_dir.parent / "work" / "bids_ketamine_wf" / "sub_01_wf" / "roi_wf"
+    for session in ("pre", "post"):
+        truth = {tissue: nib.as_closest_canonical(nib.load(path)).get_fdata()  # the app works in RAS
+                 for tissue, path in truth_map_paths(bids_dir, "01", session).items() if tissue in ("gm", "wm", "csf")}
+        brain = truth["gm"] + truth["wm"] + truth["csf"] > 0.5
+        (path,) = roi_wf.glob(f"gm_to_native_*ses{session}*/fractions.nii.gz")
+        recovered = nib.load(path).get_fdata()
+        assert recovered.shape == truth["gm"].shape
+        r = np.corrcoef(recovered[brain], truth["gm"][brain])[0, 1]
+        error = np.abs(recovered[brain] - truth["gm"][brain]).mean()
+        print(session, f"r {r:.3f}, mean absolute error {error:.3f}")
+        assert r > 0.85 and error < 0.14, (session, r, error)
 
 
 def test_swapping_sessions_flips_change_only_with_t1w(t1w_run, tmp_path):

@@ -217,9 +217,7 @@ def test_roi_grey_matter_volume_fractions_of_a_plane_border():
 def test_roi_grey_matter_volume_fractions_equal_whole_grid_filtering():
     """Filtering each label's padded bounding box gives the whole grid's box average exactly,
     for small ROIs, one touching the grid's edge, and a label that is absent."""
-    from scipy import ndimage
-
-    from bids_ketamine.dwi.partial_volume import roi_grey_matter_volume_fractions
+    from bids_ketamine.dwi.partial_volume import box_average, roi_grey_matter_volume_fractions
 
     rng = np.random.default_rng(8)
     atlas = np.zeros((40, 44, 36), int)
@@ -228,12 +226,105 @@ def test_roi_grey_matter_volume_fractions_equal_whole_grid_filtering():
         atlas[corner[0]:corner[0] + 7, corner[1]:corner[1] + 5, corner[2]:corner[2] + 6] = label
     atlas[:2, 40:, 33:] = 5
     gm = rng.random(atlas.shape).astype(np.float32)
-    for box in (1, 2, 3):
+    for box in (1, 2, 3, 4, 1.5, (2.5, 1.2, 3)):
         fractions = roi_grey_matter_volume_fractions(atlas, gm, [1, 2, 3, 4, 5, 6], box)
         for position, label in enumerate([1, 2, 3, 4, 5, 6]):
-            whole = ndimage.uniform_filter(np.where(atlas == label, gm, 0.0).astype(np.float32),
-                                           size=box, mode="constant")
-            np.testing.assert_array_equal(fractions[..., position], whole)
+            whole = box_average(np.where(atlas == label, gm, 0.0), box)
+            np.testing.assert_allclose(fractions[..., position], whole, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("box", [2, 3, 4, 1.5, 2.5])
+def test_box_average_is_centred_for_any_side(box):
+    """A step (voxels 0-9 = 1, i.e. x < 9.5): a box of ``box`` voxels centred on voxel x holds
+    clip((9.5 - (x - box/2)) / box, 0, 1) of it (closed form), even and fractional sides
+    included; scipy's uniform_filter of even size sits half a voxel off."""
+    from scipy import ndimage
+
+    from bids_ketamine.dwi.partial_volume import box_average
+
+    step = np.zeros((24, 7, 7), np.float32)
+    step[:10] = 1.0  # voxels 0..9, i.e. x < 9.5 in voxel coordinates
+    averaged = box_average(step, box)[:, 3, 3]
+    x = np.arange(24)
+    expected = np.clip((9.5 - (x - box / 2)) / box, 0.0, 1.0)
+    np.testing.assert_allclose(averaged[3:20], expected[3:20], atol=1e-6)
+    if box in (2, 4):
+        assert not np.allclose(ndimage.uniform_filter(step, box, mode="constant")[box:20, 3, 3], expected[box:20])
+    both = np.stack([step, 1.0 - step], axis=-1)  # 4-D: each map alike, the maps not mixed
+    np.testing.assert_allclose(box_average(both, box)[3:20, 3, 3].sum(axis=-1), 1.0, atol=1e-6)
+
+
+def test_box_side_follows_the_axes_not_their_order():
+    """A DWI grid of 2 x 2 x 4 mm voxels whose third axis points along world x, over a 1-mm T1w
+    grid (and a 2-mm one): the T1w's x axis takes the 4-mm side."""
+    from bids_ketamine.dwi.partial_volume import box_side
+
+    coarse = np.zeros((4, 4))
+    coarse[1, 0], coarse[2, 1], coarse[0, 2], coarse[3, 3] = 2.0, 2.0, 4.0, 1.0  # i -> y, j -> z, k -> x
+    np.testing.assert_allclose(box_side(np.eye(4), coarse), [4.0, 2.0, 2.0])
+    np.testing.assert_allclose(box_side(np.diag([2.0, 2.0, 2.0, 1.0]), coarse), [2.0, 1.0, 1.0])
+    np.testing.assert_allclose(box_side(np.diag([3.0, 3.0, 3.0, 1.0]), np.eye(4)), [1.0, 1.0, 1.0])  # never below 1
+
+
+def test_t1w_fractions_reach_the_native_grid_through_both_rigid_maps(tmp_path):
+    """T1wFractionsToNative: a T1w (1 mm) whose grey matter fills world x < 0.  The series' grid
+    (3 mm) maps to the midpoint by +2 mm in x and the T1w to the midpoint by +5 mm, so the
+    native point p sits at T1w point p - 3 mm; each native voxel's fraction is the closed-form
+    share of its 3-mm cube at x < 0 there."""
+    from bids_ketamine.interfaces.roi import T1wFractionsToNative
+
+    t1w_affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    t1w_affine[:3, 3] = (-40.5, -10.5, -10.5)  # voxel edges at integer mm: x < 0 is whole voxels
+    gm = np.zeros((81, 21, 21), np.float32)
+    centres = t1w_affine[0, 3] + np.arange(81)
+    gm[centres < 0] = 1.0
+    native_affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    native_affine[:3, 3] = (-20.0, -6.0, -6.0)
+    shift = {"rigid": 2.0, "t1w": 5.0}
+    paths = {}
+    for name, offset in shift.items():
+        matrix = np.eye(4)
+        matrix[0, 3] = offset
+        paths[name] = tmp_path / f"{name}.txt"
+        np.savetxt(paths[name], matrix)
+    nib.Nifti1Image(gm, t1w_affine).to_filename(tmp_path / "gm.nii.gz")
+    nib.Nifti1Image(np.zeros((14, 5, 5), np.float32), native_affine).to_filename(tmp_path / "b0.nii.gz")
+    result = T1wFractionsToNative(in_file=str(tmp_path / "gm.nii.gz"), rigid_file=str(paths["rigid"]),
+                                  t1w_xfm_file=str(paths["t1w"]), reference_file=str(tmp_path / "b0.nii.gz"),
+                                  ).run(cwd=str(tmp_path))
+    out = nib.load(result.outputs.out_file)
+    np.testing.assert_allclose(out.affine, native_affine)
+    x_t1w = native_affine[0, 3] + 3.0 * np.arange(14) + shift["rigid"] - shift["t1w"]
+    expected = np.clip((0.0 - (x_t1w - 1.5)) / 3.0, 0.0, 1.0)
+    np.testing.assert_allclose(np.asarray(out.dataobj)[:, 2, 2], expected, atol=1e-5)
+    assert ((expected > 0) & (expected < 1)).any()  # a voxel straddles the border
+
+
+def test_t1w_roi_weights_are_the_labels_grey_matter_in_each_native_voxel(tmp_path):
+    """T1wROIWeights: two labels split a T1w (1 mm) at x = 0, grey-matter fraction 0.6
+    everywhere; on a 3-mm grid through the identity, every voxel's weights sum to 0.6 and the
+    voxel straddling the border is shared in closed form."""
+    from bids_ketamine.interfaces.roi import T1wROIWeights
+
+    affine = np.eye(4)
+    affine[:3, 3] = (-30.5, -10.5, -10.5)
+    atlas = np.where((affine[0, 3] + np.arange(61)) < 0, 1, 2)[:, None, None] * np.ones((1, 21, 21), np.int16)
+    nib.Nifti1Image(atlas.astype(np.int16), affine).to_filename(tmp_path / "atlas.nii.gz")
+    nib.Nifti1Image(np.full(atlas.shape, 0.6, np.float32), affine).to_filename(tmp_path / "gm.nii.gz")
+    pd.DataFrame({"index": [1, 2], "name": ["left", "right"]}).to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
+    native_affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    native_affine[:3, 3] = (-13.0, -3.0, -3.0)  # x centres -13, -10, ..., 11: -1 straddles x = 0
+    nib.Nifti1Image(np.zeros((9, 3, 3), np.float32), native_affine).to_filename(tmp_path / "b0.nii.gz")
+    np.savetxt(tmp_path / "identity.txt", np.eye(4))
+    result = T1wROIWeights(atlas_file=str(tmp_path / "atlas.nii.gz"), gm_file=str(tmp_path / "gm.nii.gz"),
+                           labels_file=str(tmp_path / "labels.tsv"), rigid_file=str(tmp_path / "identity.txt"),
+                           t1w_xfm_file=str(tmp_path / "identity.txt"), reference_file=str(tmp_path / "b0.nii.gz"),
+                           ).run(cwd=str(tmp_path))
+    weights = np.asarray(nib.load(result.outputs.out_file).dataobj)[:, 1, 1]
+    x = native_affine[0, 3] + 3.0 * np.arange(9)
+    left = 0.6 * np.clip((0.0 - (x - 1.5)) / 3.0, 0.0, 1.0)
+    np.testing.assert_allclose(weights[:, 0], left, atol=1e-5)
+    np.testing.assert_allclose(weights[:, 1], 0.6 - left, atol=1e-5)
 
 
 def test_roi_gm_weighted_mean_uses_soft_weights_not_the_labels():

@@ -193,6 +193,47 @@ def test_roi_wf_wiring(tmp_path, gm_threshold):
     assert "The voxel selection was shared by the participant's sessions" in methods
 
 
+def test_roi_wf_wiring_with_t1w_tissues(tmp_path):
+    """init_roi_wf with ``anatomical``: the atlas is carried into the T1w once; per series the
+    participant's own tissue fractions and ROI weights come rigidly from the T1w (T1w ->
+    midpoint -> this series), not from the template's probabilities through the warp."""
+    from bids_ketamine.workflows.roi import ANAT_TISSUE_FIELDS, init_roi_wf
+
+    config = Config(bids_dir=tmp_path, output_dir=tmp_path / "out", analysis_level="participant")
+    files = {name: tmp_path / name for name in ("atlas.nii.gz", "labels.tsv", "gm.nii.gz", "wm.nii.gz", "csf.nii.gz")}
+    for path in files.values():
+        path.touch()
+    keys = ["a", "b"]
+    workflow = init_roi_wf(config, keys, atlas_file=str(files["atlas.nii.gz"]), labels_file=str(files["labels.tsv"]),
+                           atlas_name="x", gm_file=str(files["gm.nii.gz"]), wm_file=str(files["wm.nii.gz"]),
+                           csf_file=str(files["csf.nii.gz"]), anatomical=True)
+    edges = _edges(workflow._graph)
+    names = {node.name for node in workflow._graph.nodes()}
+    assert set(ANAT_TISSUE_FIELDS) <= set(workflow.get_node("inputnode").inputs.copyable_trait_names())
+    assert sum(name == "atlas_to_t1w" for name in names) == 1
+    assert _pairs(edges[("inputnode", "atlas_to_t1w")]) == {
+        ("t1w_file", "t1w_file"), ("anat_affine_file", "affine_file"), ("anat_warp_file", "warp_file"),
+        ("anat_inverse_warp_file", "inverse_warp_file")}
+    for index, key in enumerate(keys):
+        for tissue in ("gm", "wm", "csf"):
+            node = f"{tissue}_to_native_{key}"
+            assert type(workflow.get_node(node).interface).__name__ == "T1wFractionsToNative"
+            connections = edges[("inputnode", node)]
+            assert _pairs(connections) == {(f"{tissue}_probseg", "in_file"), ("t1w_xfm_file", "t1w_xfm_file"),
+                                           ("xfm_files", "rigid_file"), ("b0_files", "reference_file")}
+            assert {src[0]: src[2] for src, _ in connections if isinstance(src, tuple)} == {
+                "xfm_files": (index,), "b0_files": (index,)}
+            assert ("out_file", f"{tissue}_file") in edges[(node, f"roistats_{key}")]
+        weights = f"roi_weights_{key}"
+        assert type(workflow.get_node(weights).interface).__name__ == "T1wROIWeights"
+        assert ("out_file", "atlas_file") in edges[("atlas_to_t1w", weights)]
+        assert {("gm_probseg", "gm_file"), ("xfm_files", "rigid_file")} <= _pairs(edges[("inputnode", weights)])
+        assert ("out_file", "roi_weights_file") in edges[(weights, f"roistats_{key}")]
+        # the atlas labels themselves still come through the composed template warp
+        assert {(f, f) for f in REGISTRATION_FIELDS} <= _pairs(edges[("inputnode", f"atlas_to_native_{key}")])
+    assert "from the T1w segmentation" in workflow.visit_desc()
+
+
 @pytest.mark.parametrize("longitudinal, n_sessions", [(True, 2), (False, 2), (True, 1)])
 def test_participant_graph_with_t1w(tmp_path, longitudinal, n_sessions):
     """With a T1w the anatomy runs once per participant, its derivatives are written, and every
@@ -226,6 +267,11 @@ def test_participant_graph_with_t1w(tmp_path, longitudinal, n_sessions):
         for node in (f"roi{suffix}_wf.atlas_to_native_{item.key}", f"template_maps{suffix}_wf.maps_to_template_{item.key}"):
             assert _pairs(edges[(f"longitudinal{suffix}_wf.template_through_t1w", node)]) == {
                 (f, f) for f in REGISTRATION_FIELDS}, node
+        # the ROI values' tissue fractions are the participant's: the T1w's maps, rigidly in
+        assert ("gm_file", "in_file") in _pairs(edges[("anat_wf.tissue_fractions", f"roi{suffix}_wf.gm_to_native_{item.key}")])
+        assert ("xfm_file", "t1w_xfm_file") in _pairs(
+            edges[(f"longitudinal{suffix}_wf.b0_to_t1w", f"roi{suffix}_wf.gm_to_native_{item.key}")])
+        assert ("gm_file", "gm_file") in _pairs(edges[("anat_wf.tissue_fractions", f"roi{suffix}_wf.roi_weights_{item.key}")])
     sinks = {name.split(".")[-1] for name in names if name.startswith("anat_derivatives_wf.ds_")}
     assert sinks == {f"ds_{output}" for output in ANAT_OUTPUTS.values()}
     assert ("ds_t1w_to_midpoint_xfm" in names) == (longitudinal or n_sessions == 1)

@@ -308,8 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=fraction_or_none,
         default=config_default("gm_threshold"),
         metavar="P|none",
-        help="keep ROI voxels whose grey-matter probability (the template's, warped into the "
-        "session) is at least P; 'none' keeps white matter and CSF inside the atlas labels",
+        help="keep ROI voxels whose grey-matter fraction is at least P: the participant's own, "
+        "from the T1w segmentation averaged over each DWI voxel, when there is a T1w; else the "
+        "template's probability, warped into the session. 'none' keeps white matter and CSF inside "
+        "the atlas labels",
     )
     reg.add_argument(
         "--no-longitudinal", dest="longitudinal", action="store_false",

@@ -152,7 +152,7 @@ def tissue_md(md, fraction, mask, *, min_fraction: float = 0.9) -> float:
 
 
 def roi_grey_matter_volume_fractions(atlas: np.ndarray, gm_probability: np.ndarray, label_indices,
-                                     box_voxels: int) -> np.ndarray:
+                                     box_voxels) -> np.ndarray:
     """Per label, the grey matter of the label averaged over a box the size of an acquired voxel.
 
     On the template grid, ``box(atlas == k) * gm)`` is, at each point, the share of a box of
@@ -170,8 +170,8 @@ def roi_grey_matter_volume_fractions(atlas: np.ndarray, gm_probability: np.ndarr
         The template's grey-matter probability on the same grid.
     label_indices : sequence of int
         Labels, in the order of the output's last axis.
-    box_voxels : int
-        Box side in template voxels (at least 1).
+    box_voxels : float or sequence of 3 float
+        Box side in template voxels, per axis (at least 1; :func:`box_side`).
 
     Returns
     -------
@@ -183,9 +183,10 @@ def roi_grey_matter_volume_fractions(atlas: np.ndarray, gm_probability: np.ndarr
     gm = np.clip(np.asarray(gm_probability, dtype=np.float32), 0.0, 1.0)
     if atlas.shape != gm.shape:
         raise ValueError(f"atlas grid {atlas.shape} and grey-matter grid {gm.shape} differ")
-    if int(box_voxels) < 1:
+    sides = np.broadcast_to(np.asarray(box_voxels, dtype=float), (3,))
+    if not np.all(sides >= 1):
         raise ValueError(f"box_voxels must be at least 1, got {box_voxels}")
-    box_voxels = int(box_voxels)
+    pad = [int(np.ceil(side)) for side in sides]
     out = np.zeros(atlas.shape + (len(label_indices),), dtype=np.float32)
     for position, index in enumerate(label_indices):
         inside = atlas == int(index)
@@ -193,8 +194,116 @@ def roi_grey_matter_volume_fractions(atlas: np.ndarray, gm_probability: np.ndarr
             continue
         # Filtered within the label's bounding box padded by a box: outside it the box average
         # is 0 (mode "constant"), and the whole grid costs 10-50 times more than an ROI.
-        block = tuple(slice(max(extent.start - box_voxels, 0), extent.stop + box_voxels)
-                      for extent in ndimage.find_objects(inside.astype(np.uint8))[0])
-        out[block + (position,)] = ndimage.uniform_filter(
-            np.where(inside[block], gm[block], 0.0).astype(np.float32), size=box_voxels, mode="constant")
+        block = tuple(slice(max(extent.start - margin, 0), extent.stop + margin)
+                      for extent, margin in zip(ndimage.find_objects(inside.astype(np.uint8))[0], pad))
+        out[block + (position,)] = box_average(np.where(inside[block], gm[block], 0.0), sides)
     return out
+
+
+def box_weights(side: float) -> np.ndarray:
+    """1-D weights of a box ``side`` voxels wide centred on a voxel, over piecewise-constant voxels.
+
+    Voxel ``k`` (offset from the centre) counts for its overlap with ``[-side/2, side/2]``,
+    divided by ``side``: an odd integer side covers whole voxels, an even or fractional side
+    ends part-way through the outermost voxels.  The weights sum to 1 and are symmetric.
+    """
+    side = float(side)
+    if not side >= 1.0:
+        raise ValueError(f"a box must be at least 1 voxel wide, got {side}")
+    reach = int(np.ceil(side / 2.0 - 0.5))
+    offsets = np.arange(-reach, reach + 1, dtype=float)
+    overlap = np.clip(np.minimum(offsets + 0.5, side / 2.0) - np.maximum(offsets - 0.5, -side / 2.0), 0.0, None)
+    return overlap / side
+
+
+def box_average(data, side) -> np.ndarray:
+    """Each voxel's average over a box of ``side`` voxels centred on it (:func:`box_weights`).
+
+    The voxels are treated as piecewise constant, so the box is centred whatever its side
+    (scipy's ``uniform_filter`` of even size sits half a voxel off) and a side that is not a
+    whole number of voxels (a 3-mm DWI voxel over a 2-mm T1w: 1.5) is honoured.  Outside the
+    grid counts as 0.
+
+    Parameters
+    ----------
+    data : ndarray (X, Y, Z) or (X, Y, Z, N)
+        The maps (4-D: each volume alike; the last axis is not averaged).
+    side : float or sequence of 3 float
+        Box side along each axis, in voxels (1: unchanged).
+
+    Returns
+    -------
+    ndarray float32, the shape of ``data``
+    """
+    from scipy import ndimage
+
+    data = np.asarray(data, dtype=np.float32)
+    sides = np.broadcast_to(np.asarray(side, dtype=float), (3,))
+    for axis, width in enumerate(sides):
+        weights = box_weights(width)
+        if weights.size > 1:
+            data = ndimage.correlate1d(data, weights, axis=axis, mode="constant")
+    return data
+
+
+def box_side(fine_affine, coarse_affine) -> np.ndarray:
+    """The size of a coarse grid's voxel in voxels of a fine grid, per axis.
+
+    Parameters
+    ----------
+    fine_affine, coarse_affine : array-like (4, 4)
+        Voxel-to-world affines.  Each fine axis takes the size of the coarse axis closest to it
+        in direction (grids rotated against each other are approximated by aligned boxes).
+
+    Returns
+    -------
+    ndarray (3,)
+        At least 1 voxel per axis.
+    """
+    def _sizes(affine):
+        return np.linalg.norm(np.asarray(affine, dtype=float)[:3, :3], axis=0)
+
+    fine, coarse = _sizes(fine_affine), _sizes(coarse_affine)
+    # each fine axis gets the coarse size of the coarse axis closest to it in direction
+    fine_dirs = np.asarray(fine_affine, float)[:3, :3] / fine
+    coarse_dirs = np.asarray(coarse_affine, float)[:3, :3] / coarse
+    closest = np.argmax(np.abs(fine_dirs.T @ coarse_dirs), axis=1)
+    return np.maximum(coarse[closest] / fine, 1.0)
+
+
+def volume_fractions_on_grid(fractions, affine, ref_shape, ref_affine, transform=None, *,
+                             box_averaged: bool = False) -> np.ndarray:
+    """Volume fractions of a fine-grid map in the voxels of a coarser grid.
+
+    The map is averaged over a box the size of a reference voxel (:func:`box_side`, :func:`box_average`) and
+    sampled (trilinear) at the reference voxel centres: each value is the share of the voxel
+    occupied by the tissue (or label), and it moves smoothly with the head instead of jumping
+    by whole fine voxels (as :func:`roi_grey_matter_volume_fractions` does for labels).
+
+    Parameters
+    ----------
+    fractions : ndarray (X, Y, Z) or (X, Y, Z, N)
+        Fractions in [0, 1] on the fine grid (4-D: every map alike, e.g. one per ROI).
+    affine : array-like (4, 4)
+        Voxel-to-world affine of ``fractions``.
+    ref_shape : tuple of 3 int
+        Shape of the coarse (e.g. native DWI) grid.
+    ref_affine : array-like (4, 4)
+        Its voxel-to-world affine.
+    transform : array-like (4, 4), optional
+        Reference-world to fine-image-world points (e.g. native DWI -> T1w); identity by default.
+    box_averaged : bool
+        The maps are already box-averaged (:func:`roi_grey_matter_volume_fractions`): only sample.
+
+    Returns
+    -------
+    ndarray float32, ``ref_shape`` (+ (N,))
+    """
+    from bids_ketamine.dwi.resample import resample
+
+    data = np.clip(np.asarray(fractions, dtype=np.float32), 0.0, 1.0)
+    if data.ndim not in (3, 4):
+        raise ValueError(f"fractions must be 3-D or 4-D, got shape {data.shape}")
+    if not box_averaged:
+        data = box_average(data, box_side(affine, ref_affine))
+    return resample(data, affine, ref_shape, ref_affine, transform, order=1).astype(np.float32)

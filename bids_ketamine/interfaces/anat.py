@@ -200,6 +200,41 @@ class TemplateBrainMask(SimpleInterface):
         return runtime
 
 
+class _TemplateToT1wInputSpec(_TransformsInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="template-space image (e.g. atlas labels)")
+    t1w_file = File(exists=True, mandatory=True, desc="T1w (output grid)")
+    interpolation = traits.Enum("genericLabel", "linear", usedefault=True,
+                                desc="genericLabel: labels; linear: a map")
+
+
+class _TemplateToT1wOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the image on the T1w grid")
+
+
+class TemplateToT1w(SimpleInterface):
+    """Carry a template-space image onto the T1w grid through the T1w's template registration
+    (:func:`bids_ketamine.anat.registration.from_template`); labels stay integers."""
+
+    input_spec = _TemplateToT1wInputSpec
+    output_spec = _TemplateToT1wOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+
+        from bids_ketamine.anat.antsimage import set_threads
+        from bids_ketamine.anat.registration import from_template
+
+        set_threads(self.inputs.n_threads)
+        moved = from_template(self.inputs.in_file, self.inputs.t1w_file, _transforms(self.inputs),
+                              interpolation=self.inputs.interpolation)
+        data = np.asarray(moved.dataobj, dtype=np.float32)
+        if self.inputs.interpolation == "genericLabel":
+            data = np.rint(data).astype(np.int16)
+        self._results["out_file"] = str(atomic_write_nifti(nib.Nifti1Image(data, moved.affine),
+                                                           Path(runtime.cwd) / "in_t1w.nii.gz"))
+        return runtime
+
+
 class _TissueInputSpec(_ThreadsInputSpec):
     t1w_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
     mask_file = File(exists=True, mandatory=True, desc="brain mask")

@@ -134,8 +134,31 @@ class _ROIWeightsInputSpec(TransformInputSpec):
     reference_file = File(exists=True, mandatory=True, desc="an image on the native DWI grid")
 
 
-class _ROIWeightsOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="4-D: per label, the voxel's volume fraction of the label's grey matter")
+class _NativeMapOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="volume fractions on the native DWI grid (ROI weights: 4-D, one per label)")
+
+
+def _roi_fractions(atlas_img, gm, labels_file, reference) -> np.ndarray:
+    """Per label, ``(atlas == k) * GM`` box-averaged to the native voxel size, on the atlas grid."""
+    from bids_ketamine.dwi.partial_volume import box_side, roi_grey_matter_volume_fractions
+
+    labels = pd.read_csv(labels_file, sep="\t")
+    return roi_grey_matter_volume_fractions(np.rint(np.asarray(atlas_img.dataobj)).astype(int), gm,
+                                            labels["index"].tolist(), box_side(atlas_img.affine, reference.affine))
+
+
+def _weights_inputs(inputs):
+    """The atlas, grey-matter and native reference images of a weights interface, and whether
+    the grey-matter map is on the atlas grid."""
+    atlas_img, gm_img, reference = (open_image(getattr(inputs, name))
+                                    for name in ("atlas_file", "gm_file", "reference_file"))
+    on_grid = gm_img.shape[:3] == atlas_img.shape[:3] and np.allclose(gm_img.affine, atlas_img.affine, atol=1e-3)
+    return atlas_img, gm_img, reference, on_grid
+
+
+def _write_native(data, reference, path) -> str:
+    nib.Nifti1Image(np.asarray(data, dtype=np.float32), reference.affine).to_filename(path)
+    return str(path)
 
 
 class ROIWeights(SimpleInterface):
@@ -145,29 +168,88 @@ class ROIWeights(SimpleInterface):
     (trilinear) through the template warp and the midpoint."""
 
     input_spec = _ROIWeightsInputSpec
-    output_spec = _ROIWeightsOutputSpec
+    output_spec = _NativeMapOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_ketamine.dwi.partial_volume import roi_grey_matter_volume_fractions
         from bids_ketamine.interfaces.registration import warp_to_native
 
-        atlas_img = open_image(self.inputs.atlas_file)
-        gm_img = open_image(self.inputs.gm_file)
-        reference = open_image(self.inputs.reference_file)
-        labels = pd.read_csv(self.inputs.labels_file, sep="\t")
-        atlas_voxel = float(np.mean(np.linalg.norm(atlas_img.affine[:3, :3], axis=0)))
-        native_voxel = float(np.mean(np.linalg.norm(reference.affine[:3, :3], axis=0)))
+        atlas_img, gm_img, reference, on_grid = _weights_inputs(self.inputs)
         gm = np.asarray(gm_img.dataobj, dtype=np.float32)
-        if gm.shape != atlas_img.shape[:3] or not np.allclose(gm_img.affine, atlas_img.affine, atol=1e-3):
+        if not on_grid:
             from nilearn.image import resample_to_img
 
             gm = np.asarray(resample_to_img(gm_img, atlas_img, interpolation="continuous").dataobj, np.float32)
-        fractions = roi_grey_matter_volume_fractions(
-            np.asarray(atlas_img.dataobj).astype(int), gm, labels["index"].tolist(),
-            max(1, int(round(native_voxel / atlas_voxel))))
+        fractions = _roi_fractions(atlas_img, gm, self.inputs.labels_file, reference)
         maps = [nib.Nifti1Image(fractions[..., k], atlas_img.affine) for k in range(fractions.shape[-1])]
         warped = [np.asarray(image.dataobj, dtype=np.float32)
                   for image in warp_to_native(maps, reference, self.inputs, order=1)]
-        self._results["out_file"] = str(Path(runtime.cwd) / "roi_gm_fractions.nii.gz")
-        nib.Nifti1Image(np.stack(warped, axis=-1), reference.affine).to_filename(self._results["out_file"])
+        self._results["out_file"] = _write_native(np.stack(warped, axis=-1), reference,
+                                                  Path(runtime.cwd) / "roi_gm_fractions.nii.gz")
+        return runtime
+
+
+class _T1wToNativeInputSpec(BaseInterfaceInputSpec):
+    """The path from the participant's T1w to a series' native grid (both rigid)."""
+
+    rigid_file = File(exists=True, mandatory=True, desc="series -> midpoint rigid transform (4x4 text)")
+    t1w_xfm_file = File(exists=True, mandatory=True, desc="T1w world -> midpoint world (4x4 text)")
+    reference_file = File(exists=True, mandatory=True, desc="an image on the native DWI grid")
+
+
+def _native_to_t1w(inputs) -> np.ndarray:
+    """Native-world -> T1w-world points: the series' map to the midpoint, then the midpoint's to the T1w."""
+    return np.linalg.inv(np.loadtxt(inputs.t1w_xfm_file)) @ np.loadtxt(inputs.rigid_file)
+
+
+class _T1wFractionsInputSpec(_T1wToNativeInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="a tissue fraction map on the T1w grid")
+
+
+class T1wFractionsToNative(SimpleInterface):
+    """A tissue fraction map of the participant's T1w as volume fractions of a series' native
+    voxels (:func:`bids_ketamine.dwi.partial_volume.volume_fractions_on_grid`), through the
+    rigid T1w -> midpoint -> series maps (issues 19, 20)."""
+
+    input_spec = _T1wFractionsInputSpec
+    output_spec = _NativeMapOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.partial_volume import volume_fractions_on_grid
+
+        image = open_image(self.inputs.in_file)
+        reference = open_image(self.inputs.reference_file)
+        fractions = volume_fractions_on_grid(np.asarray(image.dataobj, dtype=np.float32), image.affine,
+                                             reference.shape[:3], reference.affine, _native_to_t1w(self.inputs))
+        self._results["out_file"] = _write_native(fractions, reference, Path(runtime.cwd) / "fractions.nii.gz")
+        return runtime
+
+
+class _T1wROIWeightsInputSpec(_T1wToNativeInputSpec):
+    atlas_file = File(exists=True, mandatory=True,
+                      desc="atlas labels on the T1w grid (interfaces.anat.TemplateToT1w)")
+    gm_file = File(exists=True, mandatory=True, desc="the participant's grey-matter fraction (T1w grid)")
+    labels_file = File(exists=True, mandatory=True, desc="TSV of the atlas labels (index, name)")
+
+
+class T1wROIWeights(SimpleInterface):
+    """Each ROI's grey-matter volume fraction of every native voxel from the participant's own
+    anatomy: ``(atlas == k) * GM`` on the T1w grid (the atlas carried into the T1w, the T1w's
+    grey-matter fraction) box-averaged to the DWI voxel size, then sampled through the rigid
+    T1w -> midpoint -> series maps.  The T1w counterpart of :class:`ROIWeights`."""
+
+    input_spec = _T1wROIWeightsInputSpec
+    output_spec = _NativeMapOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.partial_volume import volume_fractions_on_grid
+
+        atlas_img, gm_img, reference, on_grid = _weights_inputs(self.inputs)
+        if not on_grid:
+            raise ValueError(f"the atlas {self.inputs.atlas_file} is not on the grid of the grey-matter map "
+                             f"{self.inputs.gm_file}; carry it into the T1w onto that grid (TemplateToT1w)")
+        fractions = _roi_fractions(atlas_img, np.asarray(gm_img.dataobj, dtype=np.float32),
+                                   self.inputs.labels_file, reference)
+        weights = volume_fractions_on_grid(fractions, atlas_img.affine, reference.shape[:3], reference.affine,
+                                           _native_to_t1w(self.inputs), box_averaged=True)
+        self._results["out_file"] = _write_native(weights, reference, Path(runtime.cwd) / "roi_gm_fractions.nii.gz")
         return runtime

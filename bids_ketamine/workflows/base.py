@@ -43,7 +43,7 @@ from bids_ketamine.workflows.dwi_preproc import init_dwi_preproc_wf, series_mem_
 from bids_ketamine.workflows.literate import LiterateWorkflow
 from bids_ketamine.workflows.longitudinal import ANAT_FIELDS, init_longitudinal_wf
 from bids_ketamine.workflows.outputs import ANAT_OUTPUTS, init_anat_derivatives_wf, init_series_derivatives_wf
-from bids_ketamine.workflows.roi import init_roi_wf
+from bids_ketamine.workflows.roi import ANAT_TISSUE_FIELDS, init_roi_wf
 from bids_ketamine.workflows.template_maps import init_template_maps_wf
 from bids_ketamine.workflows.tensor import init_tensor_wf
 
@@ -76,7 +76,9 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
     atlas_name : str
         Atlas label used in output names.
     gm_file : str, optional
-        The template's grey-matter probability map (ROI voxels are restricted to grey matter).
+        The template's grey-matter probability map (ROI voxels are restricted to grey matter);
+        with a T1w the participant's own tissue fractions are used instead
+        (:func:`~bids_ketamine.workflows.roi.init_roi_wf`, ``anatomical``).
     wm_file, csf_file : str, optional
         The template's white-matter and CSF probability maps: with ``gm_file``, the tissue
         fractions of the partial-volume-aware ROI values (issue 20).
@@ -125,7 +127,15 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
             workflow.connect([(anat, longitudinal, [(f"outputnode.{source}", f"inputnode.{target}")
                                                     for source, target in zip(ANAT_SOURCES, ANAT_FIELDS)])])
         roi = init_roi_wf(config, keys, atlas_file=atlas_file, labels_file=labels_file, atlas_name=atlas_name,
-                          gm_file=gm_file, wm_file=wm_file, csf_file=csf_file, name=f"roi{suffix}_wf")
+                          gm_file=gm_file, wm_file=wm_file, csf_file=csf_file, anatomical=anat is not None,
+                          name=f"roi{suffix}_wf")
+        if anat is not None:  # the ROI values' tissue fractions are the participant's own
+            workflow.connect([
+                (anat, roi, [(f"outputnode.{source}", f"inputnode.{target}")
+                             for source, target in zip(ANAT_TISSUE_SOURCES, ANAT_TISSUE_FIELDS)
+                             if source is not None]),
+                (longitudinal, roi, [("outputnode.t1w_xfm_file", "inputnode.t1w_xfm_file")]),
+            ])
         template_maps = init_template_maps_wf(keys, template=template, name=f"template_maps{suffix}_wf")
         gathered = {field: _gather(workflow, preprocs, field, f"{field}s{suffix}")
                     for field in ("b0_file", "mask_file")}
@@ -168,6 +178,11 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
 
 #: :func:`init_anat_wf` outputs feeding :data:`~bids_ketamine.workflows.longitudinal.ANAT_FIELDS`.
 ANAT_SOURCES = ("t1w_preproc", "brain_mask", "template_affine", "template_warp", "template_inverse_warp")
+
+#: :func:`init_anat_wf` outputs feeding :data:`~bids_ketamine.workflows.roi.ANAT_TISSUE_FIELDS`
+#: (None: the T1w -> midpoint map, from the longitudinal workflow).
+ANAT_TISSUE_SOURCES = ("t1w_preproc", None, "gm_probseg", "wm_probseg", "csf_probseg",
+                       "template_affine", "template_warp", "template_inverse_warp")
 
 
 def _init_anat(workflow, subject: str, config: Config, t1w_files: list[str], template: str):
