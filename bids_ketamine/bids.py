@@ -49,6 +49,9 @@ class DwiSeries:
     fit_bval : float, optional
         Highest b-value of the tensor fit, decided by the preflight (``--dti-max-bval``, or
         the lowest shell of single-shell data above it).
+    fit_b_mean : float, optional
+        Mean b-value of the fitted diffusion-weighted volumes (set by the preflight; the
+        b-value of ``pv_gm``'s tissue mixture).
     notes : tuple of str
         Warnings of the preflight, recorded in the series' sidecar and report.
     mem_gb : float, optional
@@ -68,6 +71,7 @@ class DwiSeries:
     sidecar_files: tuple[Path, ...] = field(default=(), hash=False, compare=False)
     runs: tuple["DwiSeries", ...] = field(default=(), hash=False, compare=False)
     fit_bval: float | None = field(default=None, hash=False, compare=False)
+    fit_b_mean: float | None = field(default=None, hash=False, compare=False)
     notes: tuple[str, ...] = field(default=(), hash=False, compare=False)
     mem_gb: float | None = field(default=None, hash=False, compare=False)
     fieldmap: "FieldmapPlan | None" = field(default=None, hash=False, compare=False)

@@ -25,7 +25,7 @@ def header_only_series(root: Path, session: str, subject: str = "01", **entities
     bval.write_text(" ".join(map(str, BVALS)) + "\n")
     np.savetxt(bvec, np.vstack([np.zeros(BVALS.size), np.ones(BVALS.size), np.zeros(BVALS.size)]))
     return DwiSeries(subject=subject, session=session, dwi=dwi, bval=bval, bvec=bvec,
-                     entities=dict(entities), fit_bval=1000.0)
+                     entities=dict(entities), fit_bval=1000.0, fit_b_mean=1000.0)
 
 
 def with_sidecar(series: DwiSeries, metadata: dict) -> DwiSeries:

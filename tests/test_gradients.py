@@ -238,3 +238,13 @@ def test_multishell_keeps_the_option():
     assert dti_volumes(bvals, 1500.0).tolist() == list(range(7))
     with pytest.raises(DwiInputError, match="'x.bval' lists no diffusion-weighted volume"):
         dti_fit_bval(np.zeros(3), 1500.0, "x.bval")
+
+
+def test_mean_fit_bval_averages_the_fitted_volumes_as_written():
+    from bids_ketamine.dwi.gradients import mean_fit_bval
+
+    bvals = np.r_[0, 5, np.full(4, 995.0), np.full(2, 1005.0), np.full(6, 2500.0)]
+    assert mean_fit_bval(bvals, 1500.0) == pytest.approx((4 * 995 + 2 * 1005) / 6)
+    assert mean_fit_bval(bvals, 2500.0) == pytest.approx((4 * 995 + 2 * 1005 + 6 * 2500) / 12)
+    with pytest.raises(ValueError, match="at or below b = 500"):
+        mean_fit_bval(bvals, 500.0)

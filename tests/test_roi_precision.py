@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bids_ketamine.dwi.partial_volume import gm_weighted_mean, grey_matter_md, tissue_md
+from bids_ketamine.dwi.partial_volume import gm_weighted_mean, grey_matter_md, relative_s0, tissue_md
 from bids_ketamine.dwi.roi import ROISTATS_COLUMNS, ROISTATS_PV_COLUMNS, roi_statistics
 from bids_ketamine.dwi.shared_selection import participant_selection_maps, sample_sessions_on_grid
 
@@ -67,22 +67,66 @@ def test_sample_sessions_keeps_own_values_exactly():
         sample_sessions_on_grid(maps, affines[:1], rigids, 0)
 
 
-def test_grey_matter_md_recovers_a_closed_form_mixture():
+def _mixture_md(fractions, md_by_tissue, s0, b_value):
+    """Voxel MD of isotropic compartments as DIPY's tensor fit reads it from their summed signal."""
+    from dipy.core.gradients import gradient_table
+    from dipy.reconst.dti import TensorModel
+    from dipy.sims.voxel import multi_tensor
+
+    directions = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.7071, 0.7071, 0], [0.7071, 0, 0.7071],
+                           [0, 0.7071, 0.7071]])
+    gtab = gradient_table(np.r_[0.0, np.full(6, b_value)], bvecs=np.r_[[[0, 0, 0]], directions])
+    signal_fractions = fractions * np.asarray(s0) / (fractions @ np.asarray(s0))[:, None]
+    evals = [np.full(3, md * 1e-3) for md in md_by_tissue]  # mm^2/s
+    signals = np.array([multi_tensor(gtab, evals, S0=100.0, angles=[(0, 0)] * 3, fractions=100 * row, snr=None)[0]
+                        for row in signal_fractions])
+    return TensorModel(gtab, fit_method="OLS").fit(signals).md * 1e3  # um^2/ms
+
+
+def test_grey_matter_md_recovers_the_mixture_dipys_tensor_fit_sees():
+    """Isotropic GM, WM and CSF compartments mixed by their signal (CSF brighter at b=0), the
+    voxels' MD from DIPY's tensor fit: the least squares in the attenuation gives the GM MD back
+    exactly, where a mixture of MD values (sum f MD) would be far off."""
     rng = np.random.default_rng(1)
     fractions = rng.dirichlet([4.0, 2.0, 0.5], size=200)
     gm_md, wm_md, csf_md = 0.83, 0.71, 3.0
-    md = fractions @ np.array([gm_md, wm_md, csf_md])
+    s0 = {"gm": 1.0, "wm": 0.8, "csf": 1.4}
+    md = _mixture_md(fractions, (gm_md, wm_md, csf_md), list(s0.values()), 1000.0)
     f = {"gm": fractions[:, 0], "wm": fractions[:, 1], "csf": fractions[:, 2]}
-    assert grey_matter_md(md, f, wm_md=wm_md, csf_md=csf_md) == pytest.approx(gm_md, rel=1e-12)
+    assert grey_matter_md(md, f, wm_md=wm_md, csf_md=csf_md, b_value=1000.0, s0=s0) == pytest.approx(gm_md, rel=1e-6)
     # fractions that do not sum to 1 are rescaled (a probability map scaled by 0.9)
     scaled = {k: 0.9 * v for k, v in f.items()}
-    assert grey_matter_md(md, scaled, wm_md=wm_md, csf_md=csf_md) == pytest.approx(gm_md, rel=1e-12)
+    assert grey_matter_md(md, scaled, wm_md=wm_md, csf_md=csf_md, b_value=1000.0, s0=s0) == pytest.approx(gm_md, rel=1e-6)
+    # the MD-value mixture's least squares, sum f_gm (MD - f_wm MD_wm - f_csf MD_csf) / sum f_gm^2
+    linear = np.dot(f["gm"], md - f["wm"] * wm_md - f["csf"] * csf_md) / np.dot(f["gm"], f["gm"])
+    assert linear < 0.95 * gm_md  # 0.75: 10 % low
+    # ignoring CSF's brighter b=0 (equal signals) biases it, at the wrong b-value too
+    assert abs(grey_matter_md(md, f, wm_md=wm_md, b_value=1000.0) - gm_md) > 0.01
+    assert abs(grey_matter_md(md, f, wm_md=wm_md, b_value=2000.0, s0=s0) - gm_md) > 0.01
     # the weighted mean is the closed form sum(f md) / sum(f), biased by the mixture
     expected = np.sum(f["gm"] * md) / np.sum(f["gm"])
     assert gm_weighted_mean(md, f["gm"]) == pytest.approx(expected, rel=1e-12)
     assert abs(gm_weighted_mean(md, f["gm"]) - gm_md) > 0.05
     with pytest.raises(ValueError, match="'csf' is missing"):
-        grey_matter_md(md, {"gm": f["gm"], "wm": f["wm"]}, wm_md=wm_md)
+        grey_matter_md(md, {"gm": f["gm"], "wm": f["wm"]}, wm_md=wm_md, b_value=1000.0)
+    with pytest.raises(ValueError, match="b_value must be a positive"):
+        grey_matter_md(md, f, wm_md=wm_md, b_value=0.0)
+    # too little grey matter: n/a
+    assert np.isnan(grey_matter_md(md[:1], {k: v[:1] for k, v in f.items()}, wm_md=wm_md, b_value=1000.0))
+
+
+def test_relative_s0_is_the_tissues_b0_signal_least_squares():
+    rng = np.random.default_rng(4)
+    fractions = rng.dirichlet([3.0, 3.0, 1.0], size=(6, 7, 8))
+    f = {name: fractions[..., i] for i, name in enumerate(("gm", "wm", "csf"))}
+    b0 = 500.0 * (1.0 * f["gm"] + 0.8 * f["wm"] + 1.5 * f["csf"])
+    mask = np.ones(b0.shape, bool)
+    assert relative_s0(b0, f, mask) == pytest.approx({"gm": 1.0, "wm": 0.8, "csf": 1.5}, rel=1e-9)
+    # an image darker where the CSF map says CSF (maps from another head): a clear error
+    with pytest.raises(ValueError, match="not all positive"):
+        relative_s0(500.0 * (f["gm"] + 0.8 * f["wm"]) - 100.0 * f["csf"], f, mask)
+    with pytest.raises(ValueError, match="differ"):
+        relative_s0(b0, f, mask[:-1])
 
 
 def test_tissue_md_is_the_median_of_pure_voxels():
@@ -101,7 +145,9 @@ def test_roi_table_pv_columns_follow_the_contract_columns():
     wm = 1 - gm - csf
     wm[0] = 1.0
     gm[0] = csf[0] = 0.0
-    md = gm * 0.8 + wm * 0.7 + csf * 3.0
+    s0 = np.array([1.0, 0.8, 1.4])  # b=0 signal of GM, WM, CSF
+    fractions = np.stack([gm, wm, csf], axis=-1)
+    md = -np.log((fractions * s0) @ np.exp(-np.array([0.8, 0.7, 3.0])) / (fractions @ s0))  # b = 1000 s/mm^2
     shared_md = md.copy()
     noisy = md + np.where(rng.uniform(size=shape) < 0.2, 0.5, 0.0)  # own noise pushes some over 1.1
     table = roi_statistics({"md": noisy}, labels_native, pd.DataFrame({"index": [1], "name": ["a"]}),
@@ -115,10 +161,13 @@ def test_roi_table_pv_columns_follow_the_contract_columns():
     assert row["own_excluded_fraction"] == pytest.approx(1 - (roi & (noisy <= 1.1)).sum() / roi.sum())
     assert row["gm_fraction"] == pytest.approx(gm[kept].mean())
     assert row["gm_weighted_mean"] == pytest.approx(np.sum(gm[kept] * noisy[kept]) / gm[kept].sum())
-    # noise-free MD: the mixture fit gives the GM MD (WM MD 0.7 from the pure WM slab)
+    assert np.isnan(row["pv_gm"])  # no b-value: no mixture
+    # noise-free MD: the mixture fit gives the GM MD (WM MD 0.7 from the pure WM slab, the
+    # tissues' b=0 signals from the b=0 image)
     clean = roi_statistics({"md": md}, labels_native, pd.DataFrame({"index": [1], "name": ["a"]}),
                            np.ones(shape, bool), gm_probability=gm, gm_threshold=None,
-                           tissue_fractions={"gm": gm, "wm": wm, "csf": csf})
+                           tissue_fractions={"gm": gm, "wm": wm, "csf": csf}, b_value=1000.0,
+                           b0=300.0 * fractions @ s0)
     assert clean.iloc[0]["pv_gm"] == pytest.approx(0.8, rel=1e-9)
 
 

@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 from header_series import header_only_series
-from nipype.interfaces.base import File
+from nipype.interfaces.base import File, isdefined
 from nipype.pipeline.engine.utils import generate_expanded_graph
 
 from bids_ketamine import derivatives
@@ -73,6 +73,9 @@ def test_participant_graph(tmp_path, denoise, longitudinal, gm_threshold, n_sess
         for param in ("fa", "md", "ad", "rd"):
             assert _trace(edges, f"{roi}.roistats_{key}", f"{param}_file") == (
                 f"tensor_{key}_wf.fit_tensor", f"{param}_file"), "the ROI statistics read this series' maps"
+        # pv_gm's mixture: this series' b=0 image and the b-value of its tensor fit
+        assert _trace(edges, f"{roi}.roistats_{key}", "b0_file")[0].startswith(f"dwi_preproc_{key}_wf.")
+        assert nodes[f"{roi}.roistats_{key}"].inputs.b_value == item.fit_b_mean
         assert _trace(edges, f"{roi}.roistats_{key}", "mask_file") == (f"dwi_preproc_{key}_wf.brain_mask", "mask_file")
         assert _trace(edges, f"{roi}.atlas_to_native_{key}", "reference_file") == (
             f"dwi_preproc_{key}_wf.motion_correct", "b0_file")
@@ -170,8 +173,11 @@ def test_roi_wf_wiring(tmp_path, gm_threshold):
         path.touch()  # the interfaces check that their fixed inputs exist
     workflow = init_roi_wf(config, keys, atlas_file=str(files["atlas.nii.gz"]), labels_file=str(files["labels.tsv"]),
                            atlas_name="x", gm_file=str(files["gm.nii.gz"]), wm_file=str(files["wm.nii.gz"]),
-                           csf_file=str(files["csf.nii.gz"]))
+                           csf_file=str(files["csf.nii.gz"]), b_values=[1000.0, None])
     edges = _edges(workflow._graph)
+    # pv_gm's mixture: each series' own b-value (none given: left undefined, pv_gm n/a)
+    assert workflow.get_node("roistats_a").inputs.b_value == 1000.0
+    assert not isdefined(workflow.get_node("roistats_b").inputs.b_value)
     names = {node.name for node in workflow._graph.nodes()}
     assert sum(name == "shared_selection" for name in names) == 1
     for index, key in enumerate(keys):
@@ -184,7 +190,7 @@ def test_roi_wf_wiring(tmp_path, gm_threshold):
             assert picked == {"xfm_files": (index,), "b0_files": (index,)}  # this series' transform and grid
             assert {(f, f) for f in REGISTRATION_FIELDS} <= _pairs(connections)
         statistics = {dst: src for src, dst in edges[("inputnode", f"roistats_{key}")]}
-        assert {field[:-1] for field in SERIES_FIELDS if field[:-6] in ("mask", "fa", "md", "ad", "rd")} \
+        assert {field[:-1] for field in SERIES_FIELDS if field[:-6] in ("mask", "fa", "md", "ad", "rd", "b0")} \
             == set(statistics)
         assert all(src[2] == (index,) for src in statistics.values())
         assert ("out_file", f"in{index + 1}") in edges[(f"roistats_{key}", "merge_roistats")]

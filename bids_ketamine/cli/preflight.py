@@ -50,6 +50,7 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
         DwiInputError,
         check_series_files,
         dti_fit_bval,
+        mean_fit_bval,
     )
 
     from bids_ketamine.dwi.acquisition import longitudinal_acquisition_warnings
@@ -95,6 +96,7 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
                             "(--combine-runs average) must share their matrix; use --combine-runs separate")
                 bvals = np.concatenate([checked[run.dwi].bvals for run in runs])
                 fit_bval, note = dti_fit_bval(bvals, config.dti_max_bval, item.bval, config.b0_threshold)
+                fit_b_mean = mean_fit_bval(bvals, fit_bval, config.b0_threshold)
             except DwiInputError as err:
                 reject(item, err)
                 continue
@@ -106,7 +108,7 @@ def preflight(config: Config, series_by_subject: dict[str, list[DwiSeries]]):
             shapes = [checked[run.dwi].img.shape for run in runs]
             n_volumes = sum(shape[3] if len(shape) > 3 else 1 for shape in shapes)
             usable.setdefault(subject, []).append(dataclasses.replace(
-                item, fit_bval=fit_bval, notes=item.notes + ((note,) if note else ()),
+                item, fit_bval=fit_bval, fit_b_mean=fit_b_mean, notes=item.notes + ((note,) if note else ()),
                 mem_gb=series_mem_gb(int(np.prod(shapes[0][:3])), n_volumes)))
         # differences of acquisition between the participant's sessions (recorded with each series)
         protocol_warnings = longitudinal_acquisition_warnings(usable.get(subject, []))

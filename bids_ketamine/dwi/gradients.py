@@ -313,6 +313,21 @@ def dti_volumes(bvals: np.ndarray, dti_max_bval: float = 1500.0) -> np.ndarray:
     return selected
 
 
+def mean_fit_bval(bvals: np.ndarray, fit_bval: float, b0_threshold: float = 50.0) -> float:
+    """Mean b-value (s/mm^2) of the diffusion-weighted volumes the tensor is fitted to.
+
+    The b-value at which ``pv_gm``'s tissue signals are mixed
+    (:func:`bids_ketamine.dwi.partial_volume.grey_matter_md`): exact for one shell, the mean
+    of the shells' volumes for several.
+    """
+    bvals = np.asarray(bvals, dtype=float)
+    labels = shell_labels(bvals, b0_threshold)
+    fitted = (labels > 0) & (labels <= fit_bval)
+    if not fitted.any():
+        raise ValueError(f"no diffusion-weighted volume at or below b = {fit_bval:g}")
+    return float(bvals[fitted].mean())
+
+
 def dti_fit_bval(bvals: np.ndarray, dti_max_bval: float, source: Path | str = "the series",
                  b0_threshold: float = 50.0) -> tuple[float, str | None]:
     """The highest b-value the tensor of a series is fitted to, decided from its b-values.

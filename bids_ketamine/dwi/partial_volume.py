@@ -1,16 +1,22 @@
 """Partial-volume-aware grey-matter MD of a region.
 
-A voxel of a few millimetres holds grey matter (GM), white matter (WM) and CSF.  With tissue
-volume fractions ``f`` (summing to 1) the voxel's MD is, to first order, the fraction-weighted
-mixture::
+A voxel of a few millimetres holds grey matter (GM), white matter (WM) and CSF.  What mixes in
+a voxel is the tissues' signal, not their MD: with tissue volume fractions ``f`` (summing to 1)
+and each tissue's b=0 signal ``S0_t`` (proton density and T2 weighting; CSF is brighter than
+tissue at b=0), the voxel's attenuation at b-value ``b`` is the signal-weighted mixture::
 
-    MD_v = f_gm,v * MD_gm + f_wm,v * MD_wm + f_csf,v * MD_csf
+    exp(-b MD_v) = sum_t w_t,v exp(-b MD_t),   w_t,v = f_t,v S0_t / sum_s f_s,v S0_s
 
-:func:`grey_matter_md` estimates the region's ``MD_gm`` by least squares over its voxels with
-``MD_wm`` and ``MD_csf`` known (the WM value measured over the whole brain of the session, the
-CSF value that of free water), so that a head repositioned by half a voxel, which changes every
-voxel's mixture, changes the estimate only through the fractions, not through the voxel choice.
-:func:`gm_weighted_mean` is the simpler estimate that down-weights mixed voxels without
+so that a voxel of 10 % CSF reads about 0.1 um^2/ms above its tissue at b = 1000 s/mm^2, not the
+0.2 a fraction-weighted mixture of MD values (``sum_t f_t MD_t``) predicts: CSF's signal is
+almost gone at that b-value (the MD-mixture model's bias, measured: docs/participant.md).
+
+:func:`grey_matter_md` estimates the region's ``MD_gm`` by least squares in the attenuation,
+where the model is linear, over the region's voxels with ``MD_wm`` and ``MD_csf`` known (the WM
+value measured over the whole brain of the session, the CSF value that of free water) and the
+b=0 signals from :func:`relative_s0`, so that a head repositioned by half a voxel, which changes
+every voxel's mixture, changes the estimate only through the fractions, not through the voxel
+choice.  :func:`gm_weighted_mean` is the simpler estimate that down-weights mixed voxels without
 modelling them.
 """
 
@@ -20,12 +26,14 @@ import numpy as np
 
 #: MD of free water at body temperature (um^2/ms), the CSF term of the mixture.
 CSF_MD = 3.0
+#: The tissues of the mixture, in the order of :func:`relative_s0`'s fit.
+TISSUES = ("gm", "wm", "csf")
 
 
 def _as_vectors(md, fractions: dict) -> tuple[np.ndarray, dict]:
     md = np.asarray(md, dtype=float).ravel()
     out = {}
-    for name in ("gm", "wm", "csf"):
+    for name in TISSUES:
         if name not in fractions:
             raise ValueError(f"tissue fractions need 'gm', 'wm' and 'csf'; '{name}' is missing")
         values = np.asarray(fractions[name], dtype=float).ravel()
@@ -92,14 +100,63 @@ def weighted_median(values, weights) -> float:
     return float(np.interp(0.5 * cumulative[-1], cumulative - 0.5 * sorted_weights, sorted_values))
 
 
-def grey_matter_md(md, fractions: dict, *, wm_md: float, csf_md: float = CSF_MD,
-                   min_gm_weight: float = 0.5) -> float:
+def relative_s0(b0, fractions: dict, mask) -> dict:
+    """Each tissue's b=0 signal relative to grey matter's, from a session's mean b=0 image.
+
+    The least-squares fit of ``b0_v = sum_t f_t,v S0_t`` over the voxels of ``mask``, divided
+    by ``S0_gm``: the weights of the signal mixture of the module docstring, measured on the
+    session's own contrast (which depends on the sequence's echo and repetition times).
+
+    Parameters
+    ----------
+    b0 : ndarray
+        Mean b=0 image.
+    fractions : dict
+        ``"gm"``, ``"wm"``, ``"csf"`` -> fraction maps on the same grid (rescaled to sum to 1
+        where they do not).
+    mask : ndarray of bool
+        Voxels of the fit (the brain).
+
+    Returns
+    -------
+    dict
+        ``"gm"`` (1.0), ``"wm"``, ``"csf"``.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, or a tissue's b=0 signal is not positive (tissue maps that do
+        not match the image).
+    """
+    b0 = np.asarray(b0, dtype=float)
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != b0.shape:
+        raise ValueError(f"b=0 image {b0.shape} and mask {mask.shape} differ")
+    for name in TISSUES:
+        if np.shape(fractions.get(name, ())) != b0.shape:
+            raise ValueError(f"{name} fractions {np.shape(fractions.get(name, ()))} and b=0 image {b0.shape} differ")
+    usable = mask & np.isfinite(b0)
+    values, f = _as_vectors(b0[usable], {name: np.asarray(fractions[name])[usable] for name in TISSUES})
+    design = np.stack([f[name] for name in TISSUES], axis=1)
+    s0 = np.linalg.lstsq(design, values, rcond=None)[0]
+    if not (np.all(np.isfinite(s0)) and np.all(s0 > 0)):
+        raise ValueError(f"tissue b=0 signals {np.round(s0, 3).tolist()} (GM, WM, CSF) are not all "
+                         "positive: the tissue maps do not match the b=0 image")
+    return {name: float(value / s0[0]) for name, value in zip(TISSUES, s0)}
+
+
+def grey_matter_md(md, fractions: dict, *, wm_md: float, b_value: float, csf_md: float = CSF_MD,
+                   s0: dict | None = None, min_gm_weight: float = 0.5) -> float:
     """Grey-matter MD of a region from the voxels' tissue mixture (least squares).
 
-    The mixture model of the module docstring with ``MD_wm`` and ``MD_csf`` fixed has one
-    unknown, ``MD_gm``; its least-squares estimate over the region's voxels ``v`` is::
+    The signal mixture of the module docstring with ``MD_wm`` and ``MD_csf`` fixed has one
+    unknown, the GM attenuation ``a_gm = exp(-b MD_gm)``, linear in the voxels' attenuations
+    ``a_v = exp(-b MD_v)``; its least-squares estimate over the region's voxels ``v`` is::
 
-        MD_gm = sum_v f_gm,v (MD_v - f_wm,v MD_wm - f_csf,v MD_csf) / sum_v f_gm,v^2
+        a_gm = sum_v w_gm,v (a_v - w_wm,v a_wm - w_csf,v a_csf) / sum_v w_gm,v^2
+
+    and ``MD_gm = -ln(a_gm) / b``.  Exact for isotropic compartments and one b-value; for a
+    tensor fitted over several shells, ``b_value`` is their mean (an approximation).
 
     Parameters
     ----------
@@ -110,23 +167,41 @@ def grey_matter_md(md, fractions: dict, *, wm_md: float, csf_md: float = CSF_MD,
         where they do not).
     wm_md : float
         White-matter MD (um^2/ms), e.g. :func:`tissue_md` of the session's WM.
+    b_value : float
+        b-value of the MD (s/mm^2), e.g. the mean of the diffusion-weighted volumes fitted.
     csf_md : float
         CSF MD (um^2/ms).
+    s0 : dict, optional
+        Each tissue's b=0 signal (:func:`relative_s0`); default equal.
     min_gm_weight : float
-        NaN when ``sum f_gm^2`` is below this (too little grey matter to estimate).
+        NaN when ``sum w_gm^2`` is below this (too little grey matter to estimate).
 
     Returns
     -------
     float
+        NaN also when the GM attenuation comes out non-positive (the mixture cannot explain
+        the voxels).
     """
     if not (np.isfinite(wm_md) and np.isfinite(csf_md)):
         raise ValueError(f"wm_md and csf_md must be finite, got {wm_md} and {csf_md}")
+    if not (np.isfinite(b_value) and b_value > 0):
+        raise ValueError(f"b_value must be a positive number of s/mm^2, got {b_value}")
+    s0 = s0 or dict.fromkeys(TISSUES, 1.0)
+    if not all(np.isfinite(s0.get(name, np.nan)) and s0[name] > 0 for name in TISSUES):
+        raise ValueError(f"s0 needs positive 'gm', 'wm' and 'csf' values, got {s0}")
     md, f = _as_vectors(md, fractions)
     usable = np.isfinite(md)
-    gm = f["gm"][usable]
-    residual = md[usable] - f["wm"][usable] * wm_md - f["csf"][usable] * csf_md
-    weight = float(np.dot(gm, gm))
-    return float(np.dot(gm, residual) / weight) if weight >= min_gm_weight else float("nan")
+    signal = {name: f[name][usable] * s0[name] for name in TISSUES}
+    total = sum(signal.values())
+    share = {name: np.where(total > 0, values / np.maximum(total, 1e-12), 0.0) for name, values in signal.items()}
+    b = b_value * 1e-3  # s/mm^2 x um^2/ms -> dimensionless
+    residual = (np.exp(-b * md[usable]) - share["wm"] * np.exp(-b * wm_md)
+                - share["csf"] * np.exp(-b * csf_md))
+    weight = float(np.dot(share["gm"], share["gm"]))
+    if weight < min_gm_weight:
+        return float("nan")
+    attenuation = float(np.dot(share["gm"], residual) / weight)
+    return float(-np.log(attenuation) / b) if attenuation > 0 else float("nan")
 
 
 def tissue_md(md, fraction, mask, *, min_fraction: float = 0.9) -> float:

@@ -23,10 +23,20 @@ fractions are given.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
-from bids_ketamine.dwi.partial_volume import gm_weighted_mean, grey_matter_md, tissue_md, weighted_median
+from bids_ketamine.dwi.partial_volume import (
+    gm_weighted_mean,
+    grey_matter_md,
+    relative_s0,
+    tissue_md,
+    weighted_median,
+)
+
+LOGGER = logging.getLogger(__name__)
 
 ROISTATS_COLUMNS = ["roi", "param", "mean", "median", "std", "n_voxels", "coverage"]
 
@@ -35,7 +45,8 @@ ROISTATS_COLUMNS = ["roi", "param", "mean", "median", "std", "n_voxels", "covera
 #: - ``gm_weighted_mean``: grey-matter-fraction-weighted mean over the ROI's voxels that pass the
 #:   brain mask and CSF exclusion (no grey-matter threshold: the weights replace it);
 #: - ``pv_gm``: grey-matter MD of the tissue-mixture least squares over the same voxels
-#:   (:func:`bids_ketamine.dwi.partial_volume.grey_matter_md`; MD only, NaN for other maps);
+#:   (:func:`bids_ketamine.dwi.partial_volume.grey_matter_md`, the tissues' signals mixed at the
+#:   fit's b-value; MD only, NaN for other maps and without the b-value);
 #: - ``roi_gm_weighted_mean``: mean weighted by each voxel's volume fraction of the ROI's grey
 #:   matter (``roi_weights``, soft: no nearest-neighbour label, no grey-matter threshold) over the
 #:   voxels that pass the brain mask and CSF exclusion;
@@ -95,6 +106,8 @@ def roi_statistics(
     coverage: dict[str, float] | None = None,
     tissue_fractions: dict[str, np.ndarray] | None = None,
     roi_weights: np.ndarray | None = None,
+    b_value: float | None = None,
+    b0: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Mean, median and standard deviation of each map inside each ROI.
 
@@ -125,6 +138,12 @@ def roi_statistics(
         Per ROI (in the order of ``labels``) each voxel's volume fraction of the ROI's grey
         matter (:func:`bids_ketamine.dwi.partial_volume.roi_grey_matter_volume_fractions`,
         warped in); enables ``roi_gm_weighted_mean``.
+    b_value : float, optional
+        b-value of the MD map (s/mm^2: the mean of the fitted diffusion-weighted volumes);
+        with ``tissue_fractions`` enables ``pv_gm``.
+    b0 : ndarray, optional
+        Mean b=0 image on the native grid: each tissue's b=0 signal for ``pv_gm``'s mixture
+        (:func:`bids_ketamine.dwi.partial_volume.relative_s0`); default equal signals.
 
     Returns
     -------
@@ -167,6 +186,14 @@ def roi_statistics(
                 raise ValueError(f"{name} fractions have shape {values.shape}, labels {shape}")
         if own_md is not None:
             wm_md = tissue_md(own_md, fractions["wm"], inside)
+    mixture = None
+    if fractions is not None and b_value is not None:
+        try:
+            s0 = relative_s0(b0, fractions, inside) if b0 is not None else None
+        except ValueError as err:
+            LOGGER.warning("pv_gm left empty (n/a): %s", err)
+        else:
+            mixture = {"wm_md": wm_md, "b_value": float(b_value), "s0": s0}
     if roi_weights is not None and roi_weights.shape != shape + (len(labels),):
         raise ValueError(f"ROI weights have shape {roi_weights.shape}, expected {shape + (len(labels),)}")
     rows = []
@@ -194,22 +221,23 @@ def roi_statistics(
                 "std": float(selected.std(ddof=1)) if selected.size > 1 else np.nan,
                 "n_voxels": n_voxels,
                 "coverage": float((coverage or {}).get(str(name), np.nan)),
-                **_partial_volume_values(param, values, pv_voxels, fractions, wm_md),
+                **_partial_volume_values(param, values, pv_voxels, fractions, mixture),
                 **_soft_roi_values(values, inside & not_csf, roi_weights, position),
                 **quality,
             })
     return pd.DataFrame(rows, columns=ROISTATS_COLUMNS + ROISTATS_PV_COLUMNS)
 
 
-def _partial_volume_values(param, values, voxels, fractions, wm_md):
-    """``gm_weighted_mean`` and ``pv_gm`` of one ROI and map (NaN without fractions)."""
+def _partial_volume_values(param, values, voxels, fractions, mixture):
+    """``gm_weighted_mean`` and ``pv_gm`` of one ROI and map (NaN without fractions; ``pv_gm``
+    also without ``mixture``: the WM MD, b-value and tissue b=0 signals)."""
     out = {"gm_weighted_mean": np.nan, "pv_gm": np.nan}
     if fractions is None or not voxels.any():
         return out
     selected = values[voxels]
     out["gm_weighted_mean"] = gm_weighted_mean(selected, fractions["gm"][voxels])
-    if param == "md" and np.isfinite(wm_md):
-        out["pv_gm"] = grey_matter_md(selected, {k: v[voxels] for k, v in fractions.items()}, wm_md=wm_md)
+    if param == "md" and mixture is not None and np.isfinite(mixture["wm_md"]):
+        out["pv_gm"] = grey_matter_md(selected, {k: v[voxels] for k, v in fractions.items()}, **mixture)
     return out
 
 

@@ -14,6 +14,7 @@ from nipype.interfaces.base import (
     OutputMultiObject,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 
@@ -41,6 +42,8 @@ class _ROIStatsInputSpec(BaseInterfaceInputSpec):
     wm_file = File(exists=True, desc="white-matter probability on the native grid")
     roi_weights_file = File(exists=True, desc="4-D ROI grey-matter volume fractions (ROIWeights)")
     csf_file = File(exists=True, desc="CSF probability on the native grid")
+    b0_file = File(exists=True, desc="mean b=0 image: the tissues' b=0 signals of pv_gm's mixture")
+    b_value = traits.Float(desc="mean b-value of the fitted DW volumes (s/mm^2); enables pv_gm")
 
 
 class _ROIStatsOutputSpec(TraitedSpec):
@@ -82,6 +85,8 @@ class ROIStats(SimpleInterface):
             gm_probability=gm,
             gm_threshold=self.inputs.gm_threshold,
             coverage=dict(self.inputs.coverage) if self.inputs.coverage else None,
+            b_value=self.inputs.b_value if isdefined(self.inputs.b_value) else None,
+            b0=_load(self.inputs.b0_file) if self.inputs.b0_file else None,
         )
         self._results["out_file"] = str(Path(runtime.cwd) / "roistats.tsv")
         table.to_csv(self._results["out_file"], sep="\t", index=False, float_format="%.6g", na_rep="n/a")

@@ -128,7 +128,7 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                                                     for source, target in zip(ANAT_SOURCES, ANAT_FIELDS)])])
         roi = init_roi_wf(config, keys, atlas_file=atlas_file, labels_file=labels_file, atlas_name=atlas_name,
                           gm_file=gm_file, wm_file=wm_file, csf_file=csf_file, anatomical=anat is not None,
-                          name=f"roi{suffix}_wf")
+                          b_values=[series[index].fit_b_mean for index in members], name=f"roi{suffix}_wf")
         if anat is not None:  # the ROI values' tissue fractions are the participant's own
             workflow.connect([
                 (anat, roi, [(f"outputnode.{source}", f"inputnode.{target}")

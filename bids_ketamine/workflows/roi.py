@@ -24,7 +24,8 @@ ANAT_TISSUE_FIELDS = ("t1w_file", "t1w_xfm_file", "gm_probseg", "wm_probseg", "c
 
 def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labels_file: str,
                 atlas_name: str, gm_file: str | None = None, wm_file: str | None = None,
-                csf_file: str | None = None, anatomical: bool = False, name: str = "roi_wf"):
+                csf_file: str | None = None, anatomical: bool = False,
+                b_values: list[float | None] | None = None, name: str = "roi_wf"):
     """ROI statistics of every series registered together, in each series' own grid.
 
     The voxel selection (brain mask, CSF exclusion) is decided once from all series
@@ -51,6 +52,9 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
     anatomical : bool
         The participant has a T1w: tissue fractions from its segmentation (inputs
         :data:`ANAT_TISSUE_FIELDS`).
+    b_values : list of float, optional
+        Per series, the mean b-value of the tensor fit (:attr:`DwiSeries.fit_b_mean`): with the
+        series' mean b=0 image it sets ``pv_gm``'s tissue mixture (n/a without).
     name : str
         Workflow name.
 
@@ -98,6 +102,8 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
     for index, key in enumerate(series_keys):
         roistats = pe.Node(ROIStats(labels_file=labels_file, csf_md_threshold=config.csf_md_threshold,
                                     gm_threshold=config.gm_threshold), name=f"roistats_{key}", mem_gb=1.0)
+        if b_values and b_values[index] is not None:
+            roistats.inputs.b_value = b_values[index]
         coverage = pe.Node(ROICoverage(atlas_file=atlas_file, labels_file=labels_file),
                            name=f"coverage_{key}", mem_gb=1.0)
         mask_to_atlas = pe.Node(WarpToTemplate(reference_file=atlas_file, order=1),
@@ -108,7 +114,7 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
             (mask_to_atlas, coverage, [(("out_files", pick, 0), "mask_file")]),
             (coverage, roistats, [("coverage", "coverage")]),
             (inputnode, roistats, [((f"{field}_files", pick, index), f"{field}_file")
-                                   for field in ("mask", "fa", "md", "ad", "rd")]),
+                                   for field in ("mask", "fa", "md", "ad", "rd", "b0")]),
             (shared, roistats, [(("shared_md_files", pick, index), "shared_md_file"),
                                 (("shared_mask_files", pick, index), "shared_mask_file")]),
             (roistats, merge_tables, [("out_file", f"in{index + 1}")]),
