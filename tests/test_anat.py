@@ -25,7 +25,7 @@ from bids_ketamine.config import OFFLINE_TEMPLATE, Config
 pytest.importorskip("ants", reason="ANTsPy (pip install antspyx) is not installed")
 
 from bids_ketamine.anat.antsimage import checked_volume  # noqa: E402
-from bids_ketamine.anat.tissues import mixture_fractions  # noqa: E402
+from bids_ketamine.anat.tissues import mixture_fractions, pure_intensities  # noqa: E402
 from bids_ketamine.workflows.anat import OUTPUT_FIELDS, init_anat_wf  # noqa: E402
 
 
@@ -68,6 +68,36 @@ def test_mixture_fractions_closed_form():
     assert mixed["gm"][0] == pytest.approx(0.3) and mixed["wm"][0] == pytest.approx(0.7)
     with pytest.raises(ValueError, match="CSF < GM < WM"):
         mixture_fractions(values, {"csf": 600.0, "gm": 200.0, "wm": 1000.0})
+
+
+def test_pure_intensities_come_from_the_interior_of_csf_and_wm():
+    """A ventricle (CSF 250) whose rim is CSF-GM partial volume (425) that the classifier
+    still calls CSF with posterior 0.95, in white matter (1000) with a partial-volume rim
+    (800), and grey matter (600): the pure intensities are the interiors', not the class
+    medians, which the rims outnumber."""
+    shape = (14, 14, 14)
+    inside = np.ones(shape, bool)
+    data = np.full(shape, 1000.0)
+    csf = np.zeros(shape, bool)
+    csf[3:11, 3:11, 3:11] = True  # 512 voxels, 216 of them interior
+    interior = np.zeros(shape, bool)
+    interior[4:10, 4:10, 4:10] = True
+    data[csf] = 425.0
+    data[interior] = 250.0
+    wm_rim = np.zeros(shape, bool)
+    wm_rim[2:12, 2:12, 2:12] = True
+    wm_rim &= ~csf
+    data[wm_rim] = 800.0
+    gm = np.zeros(shape, bool)
+    gm[0] = True
+    data[gm] = 600.0
+    posteriors = {"csf": np.where(csf, 0.95, 0.0), "gm": np.where(gm, 0.95, 0.0),
+                  "wm": np.where(csf | gm, 0.0, 0.95)}
+    assert np.median(data[posteriors["csf"] >= 0.9]) == 425.0  # the rule before 2026-12-05
+    means = pure_intensities(data, inside, posteriors)
+    assert means == {"csf": 250.0, "gm": 600.0, "wm": 1000.0}
+    with pytest.raises(ValueError, match="no GM found"):
+        pure_intensities(data, inside, dict(posteriors, gm=np.zeros(shape)))
 
 
 def test_checked_volume_rejects_bad_images():
@@ -152,6 +182,8 @@ def test_anat_workflow_recovers_simulated_tissues(simulated_t1w, tmp_path):
     for name in ("gm", "wm", "csf"):
         estimate = nib.load(getattr(tissues, f"{name}_file")).get_fdata()
         error = float(np.mean(np.abs(estimate - truth[name])[region]))
+        print(f"brain mask Dice {dice:.3f}; {name} fraction error {error:.3f}, bias "
+              f"{float(np.mean((estimate - truth[name])[region])):+.3f}")
         assert error <= 0.12, f"{name} mean absolute fraction error {error:.3f}"
     # the transforms are written with the sidecar that states their convention
     import json
@@ -203,6 +235,11 @@ def test_mixture_beats_posteriors_on_simulation(simulated_t1w):
                                for n in ("gm", "wm", "csf")])
     assert mixture_error < posterior_error
     assert mixture_error <= 0.08
+    # no net loss of grey matter (2026-12-05: GM -0.013; with the pure intensities from
+    # posteriors >= 0.9 and those voxels kept pure, -0.057)
+    gm_bias = float((fractions["gm"].get_fdata() - truth["gm"])[inside].mean())
+    print(f"mixture error {mixture_error:.3f}, posterior error {posterior_error:.3f}, GM bias {gm_bias:+.3f}")
+    assert abs(gm_bias) < 0.03
 
 
 @pytest.mark.slow

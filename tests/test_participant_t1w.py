@@ -7,13 +7,15 @@ in each session, the head repositioned between sessions by up to 2 mm / 2 degree
   through the T1w (``from-T1w_to-midpoint`` transform, methods text);
 - every ROI's MD at every session is within 3 % of the true grey-matter MD (``median``);
 - the ROI values' grey-matter fraction is the participant's own and matches the simulator's
-  true fraction of each DWI voxel; ``pv_gm`` is within 15 % (mean within 9 %) of the truth;
+  true fraction of each DWI voxel; ``pv_gm`` is within 12 % (mean within 7 %) of the truth;
 - swapping which session is called baseline changes each ROI's MD change by its sign only
   (asymmetry < 0.2 % of MD; without a T1w ``test_faults.py`` checks every column exactly).
 
 Measured (seed 5): largest ROI error 2.2 % (BA10_R) with the T1w path and the template's tissue
-probabilities, 1.9 % (BA10_R) with the participant's own (2026-12-05), 1.9 % without a T1w; the
-participant's GM fraction against the truth r 0.92, mean absolute error 0.11-0.12.
+probabilities, 1.9 % (BA10_R) with the participant's own (2026-12-05), 2.3 % (BA10_R) after the
+T1w's pure intensities were fixed (same day), 1.9 % without a T1w; the participant's GM fraction
+against the truth r 0.92, mean absolute error 0.11-0.12, bias -0.07 (after the fix: 0.107-0.110,
+bias -0.007).
 """
 
 from __future__ import annotations
@@ -70,16 +72,17 @@ def test_roi_md_within_3_percent_of_truth(t1w_run):
 
 
 def test_pv_gm_reads_grey_matter_through_the_signal_mixture(t1w_run):
-    """``pv_gm``, the tissue-mixture fit, against the true grey-matter MD.  Measured on the same
-    settings (3 subjects, 2026-12-05): -3 to -12 %, mean -5 %; the earlier fit, a mixture of MD
-    values (``3.0 x f_csf``), -8 to -27 %, mean -12 % (docs/participant.md)."""
+    """``pv_gm``, the tissue-mixture fit, against the true grey-matter MD.  Measured (2026-12-05):
+    here -1.8 to -8.6 %, mean -4 %; on 3 subjects of the same settings largest 8.6 %, mean
+    -3.4 %; the earlier fit, a mixture of MD values (``3.0 x f_csf``) on the earlier tissue
+    fractions, -8 to -27 %, mean -12 % (docs/participant.md)."""
     bids_dir, out_dir = t1w_run
     merged = truth_table(bids_dir).merge(recovered_md(out_dir, "pv_gm"), on=["participant_id", "roi"],
                                          suffixes=("_true", "_est"))
     relative = [merged[f"{session}_est"] / merged[f"{session}_true"] - 1 for session in ("md_baseline", "md_followup")]
     print("pv_gm relative error", [r.round(3).tolist() for r in relative])
-    assert all(r.abs().max() < 0.15 for r in relative)
-    assert all(r.mean() > -0.09 for r in relative)
+    assert all(r.abs().max() < 0.12 for r in relative)
+    assert all(r.mean() > -0.07 for r in relative)
 
 
 def test_roi_tissue_fractions_are_the_participants_own(t1w_run):

@@ -4,13 +4,25 @@ Two steps:
 
 1. ANTs Atropos (k-means initialised, Markov random field prior) classifies the brain
    voxels into three classes; on a T1w the class of lowest mean intensity is CSF, then GM,
-   then WM.  The classes' mean intensities are measured over the voxels each class holds
-   with posterior probability >= 0.9 (nearly pure tissue).
+   then WM.  Each class's pure intensity is measured where the tissue is surely pure
+   (:func:`pure_intensities`): CSF and WM in the interior of their class (the voxels whose six
+   neighbours share their class: the ventricles, deep white matter), GM over the voxels it
+   holds with posterior >= 0.9 (the cortex is too thin to have an interior at a T1w's
+   resolution).
 2. Each voxel's tissue *fractions* come from a two-compartment linear mixture of the two
-   adjacent pure intensities that bracket its intensity (CSF-GM below the GM mean, GM-WM
-   above it), the model FSL FAST's partial-volume estimate is built on.  Voxels that
-   Atropos classifies with posterior >= ``pure_posterior`` keep a pure fraction of 1: the
-   noise of a pure voxel's intensity is not turned into spurious partial volume.
+   adjacent pure intensities that bracket its intensity (CSF-GM below the GM intensity, GM-WM
+   above it), the model FSL FAST's partial-volume estimate is built on.  Voxels that Atropos
+   calls GM with posterior >= ``pure_posterior`` stay pure GM: GM is the middle class, so a
+   confident GM voxel off the GM intensity is noise, residual bias or a deep grey nucleus
+   (brighter than cortex on real T1w: without this rule the GM fraction of sub-elition's
+   amygdalae fell from 0.94 to 0.78), not partial volume.  Voxels confidently CSF or WM keep their mixture: at
+   the cortex' edges, where the ROIs are, the Markov random field makes most of them confident.
+
+Until 2026-12-05 the CSF and WM intensities were also taken from posteriors >= 0.9, and every
+voxel with a posterior >= 0.9 for any class kept a pure fraction.  With the Markov random field
+90 % of the brain's voxels reach that posterior, sulcal partial volume included, so the CSF
+intensity came out a third of the way to GM's and the GM fraction 0.05-0.06 low on the
+simulator (docs/anatomy.md, "Pure intensities").
 """
 
 from __future__ import annotations
@@ -19,11 +31,12 @@ import tempfile
 
 import nibabel as nib
 import numpy as np
+from scipy import ndimage
 
 from bids_ketamine.anat.antsimage import checked_volume, require_ants, to_ants, to_nibabel
 from bids_ketamine.utils.images import as_image
 
-__all__ = ["TISSUE_NAMES", "atropos_posteriors", "mixture_fractions", "tissue_fractions"]
+__all__ = ["TISSUE_NAMES", "atropos_posteriors", "mixture_fractions", "pure_intensities", "tissue_fractions"]
 
 #: Tissue classes in order of increasing T1w intensity.
 TISSUE_NAMES = ("csf", "gm", "wm")
@@ -130,6 +143,51 @@ def mixture_fractions(intensity: np.ndarray, means: dict[str, float]) -> dict[st
     return {name: f.astype(np.float32) for name, f in fractions.items()}
 
 
+def pure_intensities(data: np.ndarray, inside: np.ndarray, posteriors: dict, *,
+                     pure_posterior: float = 0.9) -> dict[str, float]:
+    """Each tissue's pure T1w intensity, measured where it is surely pure.
+
+    CSF and WM: the median over the interior of the class (voxels whose most probable class
+    and their six neighbours' is that tissue); GM, and a class with fewer than 10 interior
+    voxels: over the voxels it holds with posterior >= ``pure_posterior`` (>= 0.5 when fewer
+    than 10 do).
+
+    Parameters
+    ----------
+    data : ndarray
+        Bias-corrected T1w intensities.
+    inside : ndarray of bool
+        Brain mask.
+    posteriors : dict
+        ``"csf"``, ``"gm"``, ``"wm"`` -> posterior maps (:func:`atropos_posteriors`).
+    pure_posterior : float
+
+    Returns
+    -------
+    dict
+        ``"csf"``, ``"gm"``, ``"wm"`` -> intensity.
+
+    Raises
+    ------
+    ValueError
+        If a class holds no voxel of the mask.
+    """
+    stacked = np.stack([posteriors[name] for name in TISSUE_NAMES], axis=-1)
+    hard = np.where(inside, np.argmax(stacked, axis=-1), -1)
+    means = {}
+    for index, name in enumerate(TISSUE_NAMES):
+        pure = ndimage.binary_erosion(hard == index) if name != "gm" else np.zeros_like(inside)
+        if pure.sum() < 10:
+            pure = inside & (posteriors[name] >= pure_posterior)
+        if pure.sum() < 10:
+            pure = inside & (posteriors[name] >= 0.5)
+        if not pure.any():
+            raise ValueError(f"no {name.upper()} found in the brain mask: check the brain mask and "
+                             "that the image is T1-weighted")
+        means[name] = float(np.median(data[pure]))
+    return means
+
+
 def tissue_fractions(t1w, mask, *, pure_posterior: float = 0.9,
                      mrf_weight: float = 0.1) -> dict[str, nib.Nifti1Image]:
     """GM, WM and CSF partial-volume maps of a brain-extracted, bias-corrected T1w.
@@ -140,8 +198,8 @@ def tissue_fractions(t1w, mask, *, pure_posterior: float = 0.9,
     mask : path or nibabel image
         Brain mask on the T1w grid.
     pure_posterior : float
-        Voxels whose Atropos posterior for one class reaches this value count as pure
-        tissue: they define the class means and keep a fraction of 1.
+        Voxels whose Atropos GM posterior reaches this value define the pure GM intensity
+        (:func:`pure_intensities`) and stay pure GM.
     mrf_weight : float
         Atropos' Markov random field weight.
 
@@ -159,24 +217,13 @@ def tissue_fractions(t1w, mask, *, pure_posterior: float = 0.9,
     posteriors = atropos_posteriors(img, nib.Nifti1Image(inside.astype(np.uint8), img.affine),
                                     mrf_weight=mrf_weight)
     data = np.asanyarray(img.dataobj, dtype=np.float32)
-    means = {}
-    for name in TISSUE_NAMES:
-        pure = inside & (posteriors[name] >= pure_posterior)
-        if pure.sum() < 10:
-            pure = inside & (posteriors[name] >= 0.5)
-        if not pure.any():
-            raise ValueError(f"no {name.upper()} found in the brain mask: check the brain mask and "
-                             "that the image is T1-weighted")
-        means[name] = float(np.median(data[pure]))
-    fractions = mixture_fractions(data[inside], means)
-    stacked = np.stack([posteriors[name][inside] for name in TISSUE_NAMES], axis=1)
-    confident = stacked.max(axis=1) >= pure_posterior
-    winner = np.argmax(stacked, axis=1)
+    fractions = mixture_fractions(data[inside], pure_intensities(data, inside, posteriors,
+                                                                 pure_posterior=pure_posterior))
+    confident_gm = posteriors["gm"][inside] >= pure_posterior
     out = {}
-    for index, name in enumerate(TISSUE_NAMES):
-        values = np.where(confident, (winner == index).astype(np.float32), fractions[name])
+    for name in TISSUE_NAMES:
         volume = np.zeros(img.shape, dtype=np.float32)
-        volume[inside] = values
+        volume[inside] = np.where(confident_gm, float(name == "gm"), fractions[name])
         out[name] = volume
     labels = np.zeros(img.shape, dtype=np.uint8)
     labels[inside] = 1 + np.argmax(np.stack([out[n][inside] for n in TISSUE_NAMES], axis=1), axis=1)
