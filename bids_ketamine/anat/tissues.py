@@ -15,12 +15,13 @@ Two steps:
    calls GM with posterior >= ``pure_posterior`` stay pure GM: GM is the middle class, so a
    confident GM voxel off the GM intensity is noise, residual bias or a deep grey nucleus
    (brighter than cortex on real T1w: without this rule the GM fraction of sub-elition's
-   amygdalae fell from 0.94 to 0.78), not partial volume.  Voxels confidently CSF or WM keep their mixture: at
-   the cortex' edges, where the ROIs are, the Markov random field makes most of them confident.
+   amygdalae fell from 0.94 to 0.78), not partial volume.  Voxels confidently CSF or WM keep
+   their mixture: at the cortex' edges, where the ROIs are, the Markov random field makes most
+   of them confident.
 
 Until 2026-12-05 the CSF and WM intensities were also taken from posteriors >= 0.9, and every
 voxel with a posterior >= 0.9 for any class kept a pure fraction.  With the Markov random field
-90 % of the brain's voxels reach that posterior, sulcal partial volume included, so the CSF
+91 % of the brain's voxels reach that posterior, sulcal partial volume included, so the CSF
 intensity came out a third of the way to GM's and the GM fraction 0.05-0.06 low on the
 simulator (docs/anatomy.md, "Pure intensities").
 """
