@@ -71,7 +71,9 @@ def init_anat_wf(config: Config, *, n_t1w: int = 1, name: str = "anat_wf"):
         "morphology); the brain was extracted by carrying the template's brain mask into "
         "the T1w through that registration; grey-matter, white-matter and CSF partial-volume "
         "maps came from a three-class Atropos segmentation [@atropos] (k-means initialisation, Markov "
-        "random field) with two-compartment intensity mixing in voxels of uncertain class."
+        "random field), with two-compartment intensity mixing between pure tissue intensities "
+        "measured in the interior of the CSF and white-matter classes and over confident grey matter "
+        "(voxels confidently grey matter kept pure)."
     )
     inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_files"]), name="inputnode")
     outputnode = pe.Node(niu.IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
