@@ -14,6 +14,12 @@ Usage::
 
     python benchmarks/distortion_benchmark.py [--workdir /tmp/distortion] [--n-subjects 3] [--paths dwi-only ...]
     python benchmarks/distortion_benchmark.py --evaluate-only --workdir /tmp/distortion
+    python benchmarks/distortion_benchmark.py --oracle --workdir /tmp/distortion
+
+``--oracle`` asks where each ROI's error comes from: the median of the pipeline's own MD map over
+the pipeline's ROI labels, over the simulator's true labels on the same grid (no registration
+error) and over the true labels' nearly pure grey-matter voxels (``desc-greymatter_dseg``), for
+every ``out_<condition>_<path>`` folder beside its ``bids_<condition>`` (any simulation options).
 """
 
 from __future__ import annotations
@@ -132,6 +138,44 @@ def _field_errors(bids: Path, out: Path) -> tuple[float | None, float | None]:
     return round(float(np.median(overall)), 3), round(float(np.median(large)), 3)
 
 
+def oracle_errors(workdir: Path) -> pd.DataFrame:
+    """Per arm and ROI, the largest absolute error (percent of the truth, both sessions) of the
+    median MD (0 < MD < 1.5) over the pipeline's labels, the true labels and the true labels'
+    grey-matter voxels, and the mean Dice of the pipeline's labels with the true ones."""
+    import nibabel as nib
+
+    from bids_ketamine.simulate.study import truth_map_paths
+
+    rows = []
+    for out in sorted(workdir.glob("out_*")):
+        condition = next((c.name[5:] for c in workdir.glob("bids_*") if out.name.startswith(f"out_{c.name[5:]}_")), None)
+        if condition is None:
+            continue
+        bids = workdir / f"bids_{condition}"
+        truth = pd.read_csv(bids / "sourcedata" / "simulation" / "truth.tsv", sep="\t").set_index(["participant_id", "roi"])
+        for folder in sorted(out.glob("sub-*/ses-*/dwi")):
+            subject, session = folder.parts[-3], folder.parts[-2]
+            stem = folder / f"{subject}_{session}_space-dwi_"
+            md = nib.load(f"{stem}model-tensor_param-md_dwimap.nii.gz").get_fdata()
+            labels = np.asarray(nib.load(f"{stem}atlas-ketamine7_dseg.nii.gz").dataobj)
+            names = pd.read_csv(f"{stem}atlas-ketamine7_dseg.tsv", sep="\t").set_index("index")["name"]
+            paths = truth_map_paths(bids, subject[4:], session[4:])
+            true_labels, true_gm = (np.asarray(nib.as_closest_canonical(nib.load(paths[key])).dataobj)
+                                    for key in ("rois", "roi_gm"))
+            tissue = (md > 0) & (md < 1.5)
+            column = "md_baseline" if session == "ses-pre" else "md_followup"
+            for index, roi in names.items():
+                true_md = truth.loc[(subject, roi), column]
+                mine, theirs = labels == index, true_labels == index
+                row = {"arm": out.name[4:], "roi": roi, "dice": 2 * (mine & theirs).sum() / (mine.sum() + theirs.sum())}
+                for key, voxels in (("pipeline_labels", mine), ("true_labels", theirs), ("true_gm", true_gm == index)):
+                    row[key] = 100 * abs(np.median(md[voxels & tissue]) / true_md - 1)
+                rows.append(row)
+    table = pd.DataFrame(rows)
+    return table.groupby(["arm", "roi"]).agg(dice=("dice", "mean"), pipeline_labels=("pipeline_labels", "max"),
+                                             true_labels=("true_labels", "max"), true_gm=("true_gm", "max")).round(2)
+
+
 def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/distortion_benchmark"))
@@ -145,7 +189,13 @@ def main(argv=None) -> pd.DataFrame:
                              "no reverse phase-encoded b=0)")
     parser.add_argument("--statistic", default="median", help="ROI table column evaluated (default: median)")
     parser.add_argument("--results", type=Path, default=RESULTS / "distortion.json")
+    parser.add_argument("--oracle", action="store_true",
+                        help="print where each ROI's error comes from (labels, true labels, true grey matter) and stop")
     args = parser.parse_args(argv)
+    if args.oracle:
+        table = oracle_errors(args.workdir)
+        print(table.to_string())
+        return table
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.evaluate_only:
         simulate_and_process(args.workdir, args.n_subjects, args.seed, args.paths, args.conditions)

@@ -10,11 +10,30 @@ forward warp ``w`` (second image sampled at ``x + w(x)`` matches the first at ``
 ``-2 s d`` at the first image's positions; the field on the undistorted grid follows by a
 fixed-point inversion.
 
-Registration settings, measured on the simulator's 3 mm subject (100 Hz, seed 5, one thread;
-error against the true field inside the brain, where the true displacement exceeds 1 voxel):
-CC radius 2 at four levels down to full resolution, 82 s, r 0.74, 1.19 voxel; CC radius 1 at
-full resolution, 43 s, r 0.91, 0.59 voxel; CC radius 1 stopping at half resolution (the
-field is smooth; the warp is upsampled), 9.7 s, r 0.86, 0.77 voxel: the default.
+Registration settings (:data:`PEPOLAR_SETTINGS`): cross-correlation radius 1, stopping at half
+resolution (the field is smooth; the warp is upsampled), gradient step 0.3 and the total field
+smoothed by 0.5 voxel.  Measured 2026-12-05 on six simulated sessions (small preset, 3 mm, 100 Hz,
+seeds 5 and 8, the raw series' mean b=0; error against the true field inside the true brain) and
+on the two real pairs of ``../shared/data/real-sdc`` (Pearson r of the two polarities' b=0 inside
+the brain after correcting both, Jacobian included, raw uih 0.798, elition 0.716):
+
+=================================  ==========  ==============  ===============  =========  ============
+SyN step / total sigma             field r     median err      err |d|>1 (vx)   uih b=0 r  elition b=0 r
+=================================  ==========  ==============  ===============  =========  ============
+0.2 / 0 (the setting until then)   0.78-0.93   0.012-0.030     0.38-0.75        0.810      0.669
+0.2 / 0.5 (4 of the sessions)      0.72-0.91   0.006-0.007     0.76-1.24        0.875      0.727
+0.3 / 0.5 (the default)            0.88-0.97   0.006-0.007     0.22-0.61        0.876      0.723
+0.4 / 0.5                          0.83-0.96   0.022-0.070     0.25-0.78        0.873      0.720
+0.3 / 0.75                         0.73-0.93   0.006           0.69-1.23        0.875      0.727
+0.3 / 1                            0.69-0.90   0.005-0.006     1.02-1.43        0.872      0.730
+=================================  ==========  ==============  ===============  =========  ============
+
+Without smoothing of the total field the estimate follows the noise where the field is weak (the
+real pairs' b=0 agree worse with the Jacobian than without correction); smoothing it at SyN's
+default step stops the update before the steep field next to the sources is reached; the larger
+step reaches it in the same iterations.  Beyond 0.3 the weak-field error grows (step 0.4-0.5).
+Earlier measurements on the first simulated session (one thread): CC radius 2 at four levels,
+82 s, r 0.74; CC radius 1 to full resolution, 43 s, r 0.91; stopping at half resolution, 9.7 s.
 
 The correction (:func:`unwarp`) inverts the EPI forward model: the undistorted image at ``u`` is
 the distorted one at ``u + s d(u)``, times the Jacobian ``1 + s d'(u)`` (signal compressed into
@@ -35,16 +54,21 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["DisplacementField", "JACOBIAN_SIGMA", "displacement_voxels", "index_space_image", "mean_reference_b0",
-           "pepolar_field", "phase_encoding_vector", "ras_phase_encoding", "unwarp"]
+__all__ = ["DisplacementField", "JACOBIAN_SIGMA", "PEPOLAR_SETTINGS", "displacement_voxels", "index_space_image",
+           "mean_reference_b0", "pepolar_field", "phase_encoding_vector", "ras_phase_encoding", "unwarp"]
+
+#: ANTs SyN settings of :func:`pepolar_field` (module docstring: measurements).
+PEPOLAR_SETTINGS = {"syn_metric": "CC", "syn_sampling": 1, "reg_iterations": (100, 50, 0),
+                    "grad_step": 0.3, "flow_sigma": 3.0, "total_sigma": 0.5}
 
 
 #: Smoothing (voxels) of the estimated displacement before its Jacobian is taken (:func:`unwarp`):
-#: none, the exact Jacobian.  Measured on the simulated 3 mm subject (100 Hz, seed 5) and real
-#: philips-elition, Pearson r of the two polarities' b=0 inside the brain after correction (raw
-#: 0.684 / 0.716): exact 0.766 / 0.669, no Jacobian 0.737 / 0.758, smoothed by 3 voxels
-#: 0.865 / 0.717; but the simulated subject's largest ROI MD error (through the b=0's
-#: registration to the template) was 2.3 % with the exact Jacobian and 3.2 % smoothed.
+#: none, the exact Jacobian.  Measured on the simulated 3 mm subject (100 Hz, seed 5, ses-pre) and
+#: real philips-elition, Pearson r of the two polarities' b=0 inside the brain after correction
+#: (raw 0.684 / 0.716), with the field of :data:`PEPOLAR_SETTINGS`: exact 0.869 / 0.723, smoothed
+#: by 3 voxels 0.856 / 0.738, no Jacobian 0.724 / 0.755.  (With the unsmoothed field used until
+#: 2026-12-05, exact 0.766 / 0.669 and smoothed 0.865 / 0.717, but the simulated subject's
+#: largest ROI MD error was 2.3 % exact and 3.2 % smoothed.)
 JACOBIAN_SIGMA = 0.0
 
 
@@ -257,7 +281,7 @@ def index_space_image(ants, data: np.ndarray, zooms):
 
 
 def pepolar_field(b0, reverse_b0, *, axis: int, sign: int, total_readout_time: float,
-                  mask=None, seed: int = 1) -> nib.Nifti1Image:
+                  mask=None, seed: int = 1, settings: dict | None = None) -> nib.Nifti1Image:
     """The B0 field (Hz) from a b=0 image and its reverse phase-encoded twin.
 
     Parameters
@@ -274,6 +298,8 @@ def pepolar_field(b0, reverse_b0, *, axis: int, sign: int, total_readout_time: f
         Brain mask (same grid): the metric is computed inside it, dilated by 2 voxels.
     seed : int
         ANTs' random seed (:func:`bids_ketamine.anat.antsimage.seeded`).
+    settings : dict, optional
+        ``ants.registration`` keywords replacing those of :data:`PEPOLAR_SETTINGS`.
 
     Returns
     -------
@@ -301,8 +327,8 @@ def pepolar_field(b0, reverse_b0, *, axis: int, sign: int, total_readout_time: f
     with tempfile.TemporaryDirectory() as scratch, seeded(seed):
         result = ants.registration(fixed=fixed, moving=moving, type_of_transform="SyNOnly",
                                    initial_transform="identity", restrict_transformation=restrict,
-                                   syn_metric="CC", syn_sampling=1, reg_iterations=(100, 50, 0),
-                                   outprefix=f"{scratch}/pepolar_", **kwargs)
+                                   outprefix=f"{scratch}/pepolar_", **kwargs,
+                                   **{**PEPOLAR_SETTINGS, **(settings or {})})
         warp = [f for f in result["fwdtransforms"] if f.endswith(".nii.gz")][0]
         displacement = np.asarray(nib.load(warp).dataobj, dtype=np.float64).reshape(first.shape + (3,))
     # the images have no rotation: ANTs' physical components are the voxel axes (mm)

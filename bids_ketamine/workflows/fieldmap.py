@@ -6,6 +6,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_ketamine.bids import FieldmapPlan
+from bids_ketamine.dwi.sdc import PEPOLAR_SETTINGS
 from bids_ketamine.interfaces.sdc import GreField, PepolarField, SynSdcField, Unwarp
 from bids_ketamine.workflows.literate import LiterateWorkflow
 
@@ -13,7 +14,8 @@ from bids_ketamine.workflows.literate import LiterateWorkflow
 _ESTIMATES = {
     "pepolar": "with the b=0 volumes of {n} reverse phase-encoded image(s) (PEPOLAR): the B0 field was "
                "estimated by nonlinear registration of the mean b=0 of each polarity restricted to the "
-               "phase-encoding axis (ANTs SyN [@ants])",
+               "phase-encoding axis (ANTs SyN [@ants]; cross-correlation, gradient step {grad_step}, the "
+               "total field smoothed by a Gaussian of {total_sigma} voxel)",
     "phasediff": "with a gradient-echo field map (phase difference): the phase was unwrapped in 3-D inside "
                  "the brain of the magnitude image (scikit-image [@skimage], the algorithm of [@unwrap3d]), divided by the echo-time "
                  "difference and put on the DWI grid by scanner coordinates",
@@ -74,7 +76,7 @@ def init_fieldmap_wf(plan: FieldmapPlan, *, b0_threshold: float = 50.0, omp_nthr
     workflow = LiterateWorkflow(name=name)
     workflow.__desc__ = (
         "Susceptibility distortion was corrected "
-        + _ESTIMATES[plan.method].format(n=len(plan.reference_files), units=plan.units)
+        + _ESTIMATES[plan.method].format(n=len(plan.reference_files), units=plan.units, **PEPOLAR_SETTINGS)
         + ". The displacement along the phase-encoding axis, with the intensity modulation of its "
         "Jacobian, was composed with each volume's head motion, so that every volume was resampled once.")
     inputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "bval_file", "t1w_file", "t1w_mask_file"]),
