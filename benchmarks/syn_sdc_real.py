@@ -14,6 +14,11 @@ work folder so that the anatomy is computed once: uncorrected (``--ignore fieldm
 - the b=0-to-T1w registration cost of each run's preprocessed mean b=0: ANTs' Mattes mutual
   information (more negative is better) inside the T1w brain mask, after the workflow's own rigid
   b=0 -> T1w registration (``*_from-T1w_to-midpoint_mode-image_xfm.txt``).
+- the same question asked of the geometry alone: the uncorrected run's preprocessed mean b=0,
+  displaced (no Jacobian) by ``k`` times each estimated field, ``k`` in -1, -0.5, 0, 0.5, 1, brought into
+  the T1w by the uncorrected run's rigid registration; Pearson r with the T1w inside its brain
+  mask (negative: CSF is bright on the b=0, dark on the T1w; more negative is better). A field
+  with the right sign and size is best at ``k = 1`` and worse than none at ``k = -1``.
 
 Usage::
 
@@ -110,6 +115,31 @@ def b0_to_t1w_cost(folder: Path) -> float:
     return float(ants.image_mutual_information(*images))
 
 
+def b0_to_t1w_correlation_by_scale(data: Path, folders: dict[str, Path], scales=(-1.0, -0.5, 0.0, 0.5, 1.0)) -> dict:
+    """Per estimated field and scale ``k``: Pearson r of the T1w and the uncorrected run's mean
+    b=0 displaced by ``k`` x the field, inside the T1w brain mask (module docstring)."""
+    from bids_ketamine.dwi.resample import resample
+    from bids_ketamine.dwi.sdc import unwarp
+
+    folder = folders["uncorrected"]
+    t1w = nib.load(next((folder / "anat").glob("*_desc-preproc_T1w.nii.gz")))
+    brain = nib.load(next((folder / "anat").glob("*_desc-brain_mask.nii.gz"))).get_fdata() > 0
+    b0 = nib.load(folder / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-b0_dwiref.nii.gz")
+    t1w_to_dwi = np.loadtxt(next(folder.rglob("*_from-T1w_to-midpoint_mode-image_xfm.txt")))
+    anatomy = t1w.get_fdata()[brain]
+    result = {}
+    for name in ("pepolar", "syn"):
+        field_img, sidecar = _field(folders[name])
+        axis, sign = _encoding(data, sidecar)
+        result[name] = {}
+        for scale in scales:
+            moved = unwarp(b0.get_fdata(), scale * field_img.get_fdata(), axis=axis, sign=sign,
+                           total_readout_time=sidecar["TotalReadoutTime"], jacobian=False)
+            in_t1w = resample(moved, b0.affine, t1w.shape, t1w.affine, t1w_to_dwi, order=1)
+            result[name][f"{scale:+g}"] = float(np.corrcoef(anatomy, in_t1w[brain])[0, 1])
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -118,7 +148,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     folders = run_conditions(args.data, args.workdir, CONDITIONS, common=(), shared_work=True)
     report = {"fields": field_agreement(args.data, folders), "b0_agreement": b0_agreement(args.data, folders),
-              "b0_to_t1w_mattes_mi": {name: b0_to_t1w_cost(folder) for name, folder in folders.items()}}
+              "b0_to_t1w_mattes_mi": {name: b0_to_t1w_cost(folder) for name, folder in folders.items()},
+              "b0_to_t1w_r_by_field_scale": b0_to_t1w_correlation_by_scale(args.data, folders)}
     args.results.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
