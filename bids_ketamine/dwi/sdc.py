@@ -28,8 +28,9 @@ SyN step / total sigma             field r     median err      err |d|>1 (vx)   
 0.3 / 1                            0.69-0.90   0.005-0.006     1.02-1.43        0.872      0.730
 =================================  ==========  ==============  ===============  =========  ============
 
-Without smoothing of the total field the estimate follows the noise where the field is weak (the
-real pairs' b=0 agree worse with the Jacobian than without correction); smoothing it at SyN's
+Without smoothing of the total field the estimate follows the noise where the field is weak (on
+elition the corrected b=0 pair, Jacobian included, agreed worse than uncorrected; on uih the
+corrected MD maps did); smoothing it at SyN's
 default step stops the update before the steep field next to the sources is reached; the larger
 step reaches it in the same iterations.  Beyond 0.3 the weak-field error grows (step 0.4-0.5).
 Earlier measurements on the first simulated session (one thread): CC radius 2 at four levels,
