@@ -154,6 +154,8 @@ def oracle_errors(workdir: Path) -> pd.DataFrame:
         bids = workdir / f"bids_{condition}"
         truth = pd.read_csv(bids / "sourcedata" / "simulation" / "truth.tsv", sep="\t").set_index(["participant_id", "roi"])
         for folder in sorted(out.glob("sub-*/ses-*/dwi")):
+            if not list(folder.glob("*_roistats.tsv")):  # not finished
+                continue
             subject, session = folder.parts[-3], folder.parts[-2]
             stem = folder / f"{subject}_{session}_space-dwi_"
             md = nib.load(f"{stem}model-tensor_param-md_dwimap.nii.gz").get_fdata()

@@ -301,6 +301,40 @@ def test_apply_motion_shifts_by_whole_voxels():
     np.testing.assert_allclose(moved, np.roll(image, -2, axis=0), atol=1e-10)
 
 
+def test_exact_motion_sampling_moves_the_head_like_resampling(anatomy):
+    """``motion_sampling="exact"`` samples the anatomy where the moved head is instead of
+    resampling the static head's image.  For a translation of whole voxels the two agree (a cubic
+    B-spline is exact at grid points), which checks the direction of the motion.  For a rotation
+    of 20 degrees about z the diffusion-weighted images agree (r 0.983-0.987) only if the exact
+    mode turns the fibres with the head (with them turned twice: r 0.88).  Half a voxel keeps the
+    exact b=0's total signal, the head's, within 0.01 % (resampled: +0.36 %)."""
+    import dataclasses
+
+    acquisition = make_acquisition("small")
+    keep = np.r_[0, np.flatnonzero(acquisition.bvals > 0)[:4]]  # a b=0 and four directions
+    acquisition = dataclasses.replace(acquisition, bvals=acquisition.bvals[keep],
+                                      gradients=acquisition.gradients[keep])
+    voxel_mm = np.linalg.norm(acquisition.affine[:3, :3], axis=0)
+
+    def volumes(motion_row, mode):
+        motion = np.tile(np.asarray(motion_row, dtype=float), (len(keep), 1))
+        return simulate_session(anatomy, acquisition, motion=motion, motion_sampling=mode).data.astype(float)
+
+    two_voxels, turn, half_voxel = ([2 * voxel_mm[0], 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 20.0],
+                                    [voxel_mm[0] / 2, 0, 0, 0, 0, 0])
+    exact, resampled = volumes(two_voxels, "exact"), volumes(two_voxels, "resample")
+    brain = resampled[..., 0] > 100
+    assert np.median(np.abs(exact - resampled)[brain]) <= 1.0  # int16 rounding
+    exact, resampled = volumes(turn, "exact"), volumes(turn, "resample")
+    brain = resampled[..., 0] > 100
+    r = [np.corrcoef(exact[..., v][brain], resampled[..., v][brain])[0, 1] for v in range(1, len(keep))]
+    assert min(r) > 0.97, r
+    static = volumes([0] * 6, "exact")[..., 0].sum()
+    assert abs(volumes(half_voxel, "exact")[..., 0].sum() / static - 1) < 1e-3
+    with pytest.raises(ValueError, match="motion_sampling"):
+        simulate_session(anatomy, acquisition, motion_sampling="nearest")
+
+
 # ---------------------------------------------------------------------------------------
 # Clinical design and model
 

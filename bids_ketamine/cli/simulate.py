@@ -15,6 +15,7 @@ from typing import Sequence
 
 from bids_ketamine import __version__
 from bids_ketamine.cli.arg_types import as_number, positive_int
+from bids_ketamine.simulate.session import MOTION_SAMPLING
 from bids_ketamine.simulate.trial import TrialDesign
 from bids_ketamine.utils.labels import bare_label
 
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scanner-drift", type=_finite, default=0.0, metavar="PCT",
                         help="SD of a global drift of every diffusivity at each follow-up session "
                              "(percent; default 0)")
+    parser.add_argument("--motion-sampling", choices=MOTION_SAMPLING, default=TrialDesign.motion_sampling,
+                        help="how a volume shows the moved head: resample the static head's image "
+                             "(cubic B-spline; default) or sample the anatomy where the head is, as a "
+                             "scanner does (exact; slower, about a second per volume at 3 mm)")
     parser.add_argument("--repositioning", nargs=2, type=_finite,
                         default=(TrialDesign.session_translation_mm, TrialDesign.session_rotation_deg),
                         metavar=("MM", "DEG"),
@@ -152,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scanner_drift_pct=args.scanner_drift,
         session_translation_mm=args.repositioning[0],
         session_rotation_deg=args.repositioning[1],
+        motion_sampling=args.motion_sampling,
     )
     if args.atlas_image is not None and not args.atlas_image.is_file():
         parser.error(f"--atlas-image {args.atlas_image} does not exist")

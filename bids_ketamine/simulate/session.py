@@ -28,7 +28,7 @@ from bids_ketamine.simulate.signal import (
     world_to_bvecs,
 )
 
-__all__ = ["Preset", "PRESETS", "Acquisition", "make_acquisition", "SimulatedSession",
+__all__ = ["MOTION_SAMPLING", "Preset", "PRESETS", "Acquisition", "make_acquisition", "SimulatedSession",
            "identity_subject_transform", "simulate_session"]
 
 #: Largest value an int16 image can hold.
@@ -71,6 +71,11 @@ class Preset:
     def shape(self) -> tuple:
         return tuple(int(round(f / self.voxel_size)) for f in self.fov_mm)
 
+
+#: How a simulated volume shows the moved head (:func:`simulate_session`, ``motion_sampling``):
+#: the static head's image resampled (the default until a better one is measured), or the
+#: anatomy sampled where the moved head is.
+MOTION_SAMPLING = ("resample", "exact")
 
 PRESETS = {
     "demo": Preset("demo", 4.0, 3, 12, 1000.0, (216.0, 252.0, 186.0), 50.0, 0.3),
@@ -238,6 +243,7 @@ def simulate_session(
     rng: np.random.Generator | int | None = None,
     gain: float = 1.0,
     interpolation_order: int = 3,
+    motion_sampling: str = "resample",
     gm_md_field: np.ndarray | None = None,
     distortion=None,
     reverse_rng: np.random.Generator | None = None,
@@ -269,6 +275,12 @@ def simulate_session(
         Spline order used to move the head for per-volume motion (3: cubic B-spline, which
         keeps partial volume close to what a scanner would sample; 1: trilinear, faster but
         blurs CSF into grey matter by a few percent of MD).
+    motion_sampling : {"resample", "exact"}
+        How a volume shows the moved head.  ``"resample"``: the static head's image, resampled
+        (``interpolation_order``), which blurs each volume by a different amount, as no scanner
+        does.  ``"exact"``: the anatomy supersampled where the moved head puts it, as a scanner
+        samples the object (:func:`~bids_ketamine.simulate.anatomy.sample_anatomy` once per
+        moving volume; slower).
     gm_md_field : ndarray, optional
         GM MD on the template grid (``--effect-model blobs``); replaces ``md_groups`` for the
         grey-matter signal (``md_groups`` still names the truth's per-group values).
@@ -299,6 +311,8 @@ def simulate_session(
         raise ValueError(f"snr must be positive (or None for noise-free data), got {snr}")
     if gain <= 0:
         raise ValueError(f"gain must be positive, got {gain}")
+    if motion_sampling not in MOTION_SAMPLING:
+        raise ValueError(f"motion_sampling must be one of {MOTION_SAMPLING}, got {motion_sampling!r}")
     n_volumes = len(acquisition.bvals)
     motion = np.zeros((n_volumes, 6)) if motion is None else np.asarray(motion, dtype=float)
     if motion.shape != (n_volumes, 6):
@@ -323,7 +337,6 @@ def simulate_session(
     # Only the block that can hold the (moving) head is resampled; the rest stays zero.
     box, box_affine = _support_box(model.brain, acquisition.affine, matrices)
     data = np.empty(acquisition.shape + (n_volumes,), dtype=np.int16)
-    moved = np.zeros(acquisition.shape)
     field_hz, epi, reverse, gre = None, None, None, None
     if distortion is not None:
         from bids_ketamine.simulate.distortion import distortion_map, susceptibility_field
@@ -337,9 +350,21 @@ def simulate_session(
     reverse_b0 = []
     for volume, (bvalue, gradient, matrix) in enumerate(zip(acquisition.bvals, acquisition.gradients,
                                                             matrices)):
-        # The tissue turned with the head: the gradient in the static head's frame.
-        static = model.volume(bvalue, matrix[:3, :3].T @ gradient)
-        moved[box] = apply_motion(static[box], box_affine, matrix, order=interpolation_order)
+        if motion_sampling == "exact" and not np.allclose(matrix, np.eye(4)):
+            # The scanner samples the moved head: scanner point x holds the static head's M^-1 x.
+            inverse = np.linalg.inv(matrix)
+
+            def moved_to_template(points, inverse=inverse):
+                return scanner_to_template(points @ inverse[:3, :3].T + inverse[:3, 3])
+
+            volume_model = SignalModel(sample_anatomy(anatomy, acquisition.shape, acquisition.affine,
+                                                      moved_to_template, gm_md_field), md_groups, scaled)
+            moved = volume_model.volume(bvalue, gradient)  # fibre directions already turned
+        else:
+            # The tissue turned with the head: the gradient in the static head's frame.
+            static = model.volume(bvalue, matrix[:3, :3].T @ gradient)
+            moved = np.zeros(acquisition.shape)
+            moved[box] = apply_motion(static[box], box_affine, matrix, order=interpolation_order)
         noisy = add_rician_noise(moved if epi is None else epi.apply(moved), sigma, rng)
         data[..., volume] = np.clip(np.rint(noisy), 0, _INT16_MAX).astype(np.int16)
         if epi is not None and reverse is not None and bvalue <= _B0_MAX:

@@ -226,7 +226,7 @@ def simulate_trial(output_dir, n_subjects: int = 6, seed: int = 0, preset: str =
                 anatomy, acquisition, md_groups=participant.md_groups(session_index),
                 tissue=tissue, subject_transform=subject_transform,
                 session_pose=pose, motion=motion, snr=design.effective_snr, rng=draws, gain=gain,
-                gm_md_field=field, distortion=distortion,
+                gm_md_field=field, distortion=distortion, motion_sampling=design.motion_sampling,
                 reverse_rng=(subject_rng(design.seed, participant.index, "reverse_pe", session_index)
                              if reverse_pe else None),
                 gre_rng=(subject_rng(design.seed, participant.index, "gre_fieldmap", session_index)
@@ -520,8 +520,10 @@ def _write_truth(root, design, anatomy, acquisition, outcomes, rows, atlas_name,
             "bvec_convention": "BIDS/FSL: image voxel axes, x negated when det(affine) > 0; "
                                "not rotated for per-volume motion",
             "storage": "int16, no scaling (scl_slope 1): signal units, S0 of grey matter about 2000",
-            "interpolation_for_motion": "cubic B-spline resampling of each volume's static image "
-                                        "(the head moved by the volume's rigid motion)",
+            "interpolation_for_motion": (
+                "cubic B-spline resampling of each volume's static image (the head moved by the volume's "
+                "rigid motion)" if design.motion_sampling == "resample" else
+                "none: the anatomy supersampled where each volume's rigid motion puts the head"),
         },
         "anatomy": {
             "template": anatomy.provenance,

@@ -109,6 +109,10 @@ class TrialDesign:
     scanner_drift_pct : float
         SD (percent) of a global multiplicative drift of every diffusivity at each follow-up
         session (0: none).
+    motion_sampling : str
+        ``"resample"`` (the static head's image resampled for each volume's motion) or
+        ``"exact"`` (the anatomy sampled where the moved head is, as a scanner does; slower);
+        :func:`bids_ketamine.simulate.session.simulate_session`.
     """
 
     n_subjects: int = 6
@@ -132,9 +136,10 @@ class TrialDesign:
     effect_model: str = "roi"
     blob_amplitude: float = 2.0
     scanner_drift_pct: float = 0.0
+    motion_sampling: str = "resample"
 
     def __post_init__(self):
-        from bids_ketamine.simulate.session import PRESETS
+        from bids_ketamine.simulate.session import MOTION_SAMPLING, PRESETS
 
         if int(self.n_subjects) < 1:
             raise ValueError(f"--n-subjects must be at least 1, got {self.n_subjects}")
@@ -169,6 +174,9 @@ class TrialDesign:
             raise ValueError(f"--scanner-drift must be >= 0 (percent SD), got {self.scanner_drift_pct}")
         if not (np.isfinite(self.blob_amplitude) and self.blob_amplitude >= 0):
             raise ValueError(f"blob_amplitude must be >= 0, got {self.blob_amplitude}")
+        if self.motion_sampling not in MOTION_SAMPLING:
+            raise ValueError(f"--motion-sampling must be one of {', '.join(MOTION_SAMPLING)}, "
+                             f"got {self.motion_sampling!r}")
         if self.visit_interval_hours <= 0:
             raise ValueError(f"visit_interval_hours must be positive, got {self.visit_interval_hours}")
 
