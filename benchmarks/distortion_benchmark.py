@@ -148,11 +148,13 @@ def oracle_errors(workdir: Path) -> pd.DataFrame:
 
     rows = []
     for out in sorted(workdir.glob("out_*")):
-        condition = next((c.name[5:] for c in workdir.glob("bids_*") if out.name.startswith(f"out_{c.name[5:]}_")), None)
+        condition = next((bids.name[5:] for bids in workdir.glob("bids_*")
+                          if out.name.startswith(f"out_{bids.name[5:]}_")), None)
         if condition is None:
             continue
         bids = workdir / f"bids_{condition}"
-        truth = pd.read_csv(bids / "sourcedata" / "simulation" / "truth.tsv", sep="\t").set_index(["participant_id", "roi"])
+        truth = pd.read_csv(bids / "sourcedata" / "simulation" / "truth.tsv",
+                            sep="\t").set_index(["participant_id", "roi"])
         for folder in sorted(out.glob("sub-*/ses-*/dwi")):
             if not list(folder.glob("*_roistats.tsv")):  # not finished
                 continue
@@ -169,7 +171,8 @@ def oracle_errors(workdir: Path) -> pd.DataFrame:
             for index, roi in names.items():
                 true_md = truth.loc[(subject, roi), column]
                 mine, theirs = labels == index, true_labels == index
-                row = {"arm": out.name[4:], "roi": roi, "dice": 2 * (mine & theirs).sum() / (mine.sum() + theirs.sum())}
+                dice = 2 * (mine & theirs).sum() / (mine.sum() + theirs.sum())
+                row = {"arm": out.name[4:], "roi": roi, "dice": dice}
                 for key, voxels in (("pipeline_labels", mine), ("true_labels", theirs), ("true_gm", true_gm == index)):
                     row[key] = 100 * abs(np.median(md[voxels & tissue]) / true_md - 1)
                 rows.append(row)

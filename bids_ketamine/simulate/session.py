@@ -73,8 +73,8 @@ class Preset:
 
 
 #: How a simulated volume shows the moved head (:func:`simulate_session`, ``motion_sampling``):
-#: the static head's image resampled (the default until a better one is measured), or the
-#: anatomy sampled where the moved head is.
+#: the static head's image resampled (the default: faster, and what the benchmarks so far used),
+#: or the anatomy sampled where the moved head is, as a scanner does (docs/simulation.md).
 MOTION_SAMPLING = ("resample", "exact")
 
 PRESETS = {
@@ -272,9 +272,8 @@ def simulate_session(
     gain : float
         Receiver gain of the session (scales every S0 and the noise alike).
     interpolation_order : int
-        Spline order used to move the head for per-volume motion (3: cubic B-spline, which
-        keeps partial volume close to what a scanner would sample; 1: trilinear, faster but
-        blurs CSF into grey matter by a few percent of MD).
+        Spline order used to move the head for per-volume motion with ``"resample"`` (3: cubic
+        B-spline; 1: trilinear, faster but blurs CSF into grey matter by a few percent of MD).
     motion_sampling : {"resample", "exact"}
         How a volume shows the moved head.  ``"resample"``: the static head's image, resampled
         (``interpolation_order``), which blurs each volume by a different amount, as no scanner
