@@ -15,8 +15,8 @@ work folder so that the anatomy is computed once: uncorrected (``--ignore fieldm
   information (more negative is better) inside the T1w brain mask, after the workflow's own rigid
   b=0 -> T1w registration (``*_from-T1w_to-midpoint_mode-image_xfm.txt``).
 - the same question asked of the geometry alone: the uncorrected run's preprocessed mean b=0,
-  displaced (no Jacobian) by ``k`` times each estimated field, ``k`` in -1, -0.5, 0, 0.5, 1, brought into
-  the T1w by the uncorrected run's rigid registration; Pearson r with the T1w inside its brain
+  displaced (no Jacobian) by ``k`` times each estimated field, ``k`` in -1, -0.5, 0, 0.5, 1,
+  brought into the T1w by the uncorrected run's rigid registration; Pearson r with the T1w inside its brain
   mask (negative: CSF is bright on the b=0, dark on the T1w; more negative is better). A field
   with the right sign and size is best at ``k = 1`` and worse than none at ``k = -1``.
 
@@ -98,45 +98,53 @@ def b0_agreement(data: Path, folders: dict[str, Path]) -> dict:
     return result
 
 
+def _t1w_and_b0(folder: Path):
+    """One run's bias-corrected T1w, its brain mask, the preprocessed mean b=0 of the dir-AP
+    series, and a function that brings a volume on the b=0's grid into the T1w through the
+    workflow's own rigid registration (``*_from-T1w_to-midpoint_mode-image_xfm.txt``)."""
+    from bids_ketamine.dwi.resample import resample
+
+    anat = folder / "anat"
+    t1w = nib.load(next(anat.glob("*_desc-preproc_T1w.nii.gz")))
+    brain = nib.load(next(anat.glob("*_desc-brain_mask.nii.gz"))).get_fdata() > 0
+    b0 = nib.load(folder / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-b0_dwiref.nii.gz")
+    t1w_to_dwi = np.loadtxt(next(folder.rglob("*_from-T1w_to-midpoint_mode-image_xfm.txt")))
+
+    def into_t1w(volume: np.ndarray) -> np.ndarray:
+        return resample(volume, b0.affine, t1w.shape, t1w.affine, t1w_to_dwi, order=1)
+
+    return t1w, brain, b0, into_t1w
+
+
 def b0_to_t1w_cost(folder: Path) -> float:
     """ANTs' Mattes mutual information of the T1w and the preprocessed mean b=0 brought into it
     by the workflow's rigid registration, inside the T1w brain mask (more negative: better)."""
     import ants
 
-    from bids_ketamine.dwi.resample import resample
-
-    anat = folder / "anat"
-    t1w = nib.load(next(anat.glob("*_desc-preproc_T1w.nii.gz")))
-    mask = nib.load(next(anat.glob("*_desc-brain_mask.nii.gz"))).get_fdata() > 0
-    b0 = nib.load(folder / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-b0_dwiref.nii.gz")
-    t1w_to_dwi = np.loadtxt(next(folder.rglob("*_from-T1w_to-midpoint_mode-image_xfm.txt")))
-    b0_in_t1w = resample(b0.get_fdata(), b0.affine, t1w.shape, t1w.affine, t1w_to_dwi, order=1)
-    images = [ants.from_numpy(np.where(mask, data, 0).astype(np.float32)) for data in (t1w.get_fdata(), b0_in_t1w)]
+    t1w, brain, b0, into_t1w = _t1w_and_b0(folder)
+    images = [ants.from_numpy(np.where(brain, data, 0).astype(np.float32))
+              for data in (t1w.get_fdata(), into_t1w(b0.get_fdata()))]
     return float(ants.image_mutual_information(*images))
 
 
-def b0_to_t1w_correlation_by_scale(data: Path, folders: dict[str, Path], scales=(-1.0, -0.5, 0.0, 0.5, 1.0)) -> dict:
+def b0_to_t1w_correlation_by_scale(data: Path, folders: dict[str, Path],
+                                   scales=(-1.0, -0.5, 0.0, 0.5, 1.0)) -> dict:
     """Per estimated field and scale ``k``: Pearson r of the T1w and the uncorrected run's mean
     b=0 displaced by ``k`` x the field, inside the T1w brain mask (module docstring)."""
-    from bids_ketamine.dwi.resample import resample
     from bids_ketamine.dwi.sdc import unwarp
 
-    folder = folders["uncorrected"]
-    t1w = nib.load(next((folder / "anat").glob("*_desc-preproc_T1w.nii.gz")))
-    brain = nib.load(next((folder / "anat").glob("*_desc-brain_mask.nii.gz"))).get_fdata() > 0
-    b0 = nib.load(folder / "ses-01" / "dwi" / f"{SERIES}_space-dwi_desc-b0_dwiref.nii.gz")
-    t1w_to_dwi = np.loadtxt(next(folder.rglob("*_from-T1w_to-midpoint_mode-image_xfm.txt")))
-    anatomy = t1w.get_fdata()[brain]
+    t1w, brain, b0, into_t1w = _t1w_and_b0(folders["uncorrected"])
+    anatomy, b0_data = t1w.get_fdata()[brain], b0.get_fdata()
     result = {}
     for name in ("pepolar", "syn"):
         field_img, sidecar = _field(folders[name])
         axis, sign = _encoding(data, sidecar)
+        field = field_img.get_fdata()
         result[name] = {}
         for scale in scales:
-            moved = unwarp(b0.get_fdata(), scale * field_img.get_fdata(), axis=axis, sign=sign,
+            moved = unwarp(b0_data, scale * field, axis=axis, sign=sign,
                            total_readout_time=sidecar["TotalReadoutTime"], jacobian=False)
-            in_t1w = resample(moved, b0.affine, t1w.shape, t1w.affine, t1w_to_dwi, order=1)
-            result[name][f"{scale:+g}"] = float(np.corrcoef(anatomy, in_t1w[brain])[0, 1])
+            result[name][f"{scale:+g}"] = float(np.corrcoef(anatomy, into_t1w(moved)[brain])[0, 1])
     return result
 
 
