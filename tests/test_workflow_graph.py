@@ -347,4 +347,5 @@ def test_participant_graph_with_fieldmap(tmp_path, method, degibbs):
     methods = workflow.visit_desc()
     assert ("reverse phase-encoded" in methods) == (method == "pepolar")
     assert ("phase difference" in methods) == (method == "phasediff")
+    assert ("registration of its magnitude image" in methods) == (method == "phasediff")
     assert "resampled once" in methods

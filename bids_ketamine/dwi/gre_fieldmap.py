@@ -9,9 +9,11 @@ reliability-sorting algorithm of Abdul-Rahman et al. 2007; FSL's PRELUDE is not 
 2 pi ambiguity resolved so that the brain's median phase lies within pi of the wrapped phase's
 circular mean, and divided by
 ``2 pi (TE2 - TE1)``.  Outside the field map's brain the field is filled in smoothly from its edge
-(normalised convolution), lightly smoothed, and put on the DWI grid by scanner coordinates
-(trilinear): the field map and the DWI come from one session, and head motion between them is
-not corrected.
+(normalised convolution), lightly smoothed, and put on the DWI grid (trilinear) through a rigid
+registration of the field map's magnitude image to the DWI's mean b=0 (:func:`magnitude_to_dwi`:
+ANTs, Mattes mutual information, from the scanner coordinates, each image inside its brain), so
+that the head may move between the two series, as SDCflows does.  Without a magnitude image, or
+with ``register=False``, the field is placed by scanner coordinates alone.
 
 Phase images are taken in radians; images in scanner units (e.g. 0-4095) are rescaled from
 their range to ``[-pi, pi)``, as SDCflows does.
@@ -19,16 +21,26 @@ their range to ``[-pi, pi)``, as SDCflows does.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["field_from_phase_difference", "fieldmap_on_grid", "phase_in_radians", "wrapped_difference"]
+logger = logging.getLogger("bids_ketamine")
+
+__all__ = ["field_from_phase_difference", "fieldmap_on_grid", "gre_field", "magnitude_to_dwi", "phase_in_radians",
+           "wrapped_difference"]
 
 #: Smoothing (voxels of the field map) of the field before it is put on the DWI grid: the phase
 #: difference is noisy at the voxel scale and the field is smooth.
 FIELD_SIGMA = 1.0
 #: Width (voxels) of the normalised convolution that fills the field outside the brain.
 FILL_SIGMA = 3.0
+#: Mean displacement (mm) of the DWI brain's voxels beyond which the magnitude-to-b=0 registration
+#: is taken to have failed and the field is placed by scanner coordinates (with a warning): the
+#: field map and the DWI come from one session, and a head that moved this far between them is
+#: rarer than a registration that went wrong (the same guard as fMRIPrep's fallback from BBR).
+MAX_FIELDMAP_SHIFT_MM = 10.0
 
 
 def phase_in_radians(phase) -> np.ndarray:
@@ -93,22 +105,65 @@ def field_from_phase_difference(phase_difference, delta_te: float, mask) -> np.n
     return ndimage.gaussian_filter(field, FIELD_SIGMA).astype(np.float32)
 
 
-def fieldmap_on_grid(field_img, target) -> np.ndarray:
-    """A field map (Hz, any orientation) on a target image's grid (RAS+ DWI), by scanner
-    coordinates (trilinear; nearest edge value outside the field map's field of view)."""
+def fieldmap_on_grid(field_img, target, target_to_fieldmap=None) -> np.ndarray:
+    """A field map (Hz, any orientation) on a target image's grid (RAS+ DWI), trilinear, the
+    nearest edge value outside the field map's field of view.
+
+    ``target_to_fieldmap`` (4x4, world mm) maps a point of the target's world to the field map's
+    (:func:`magnitude_to_dwi`); without it, scanner coordinates (the identity)."""
     field = np.asarray(field_img.dataobj, dtype=float)
     if field.ndim == 4 and field.shape[3] == 1:
         field = field[..., 0]
     if field.ndim != 3:
         raise ValueError(f"a field map is a 3-D image, got shape {field.shape}")
-    index_map = np.linalg.inv(field_img.affine) @ target.affine
+    world = np.eye(4) if target_to_fieldmap is None else np.asarray(target_to_fieldmap, dtype=float)
+    index_map = np.linalg.inv(field_img.affine) @ world @ target.affine
     grid = np.indices(target.shape[:3], dtype=float).reshape(3, -1)
     coords = index_map[:3, :3] @ grid + index_map[:3, 3:4]
     values = ndimage.map_coordinates(field, coords, order=1, mode="nearest")
     return values.reshape(target.shape[:3]).astype(np.float32)
 
 
-def gre_field(method: str, images, magnitude, target, *, echo_times=(), units: str = "Hz") -> np.ndarray:
+def magnitude_to_dwi(magnitude, b0, b0_mask, *, seed: int = 1) -> np.ndarray:
+    """Rigid registration of a field map's magnitude image to the DWI's mean b=0.
+
+    :func:`~bids_ketamine.anat.dwi_to_t1w.register_rigid_mi` (Mattes mutual information: the GRE
+    magnitude and the b=0 differ in contrast), started from the scanner coordinates (one session:
+    the head has moved little), each image inside its own brain mask
+    (:func:`~bids_ketamine.dwi.mask.brain_mask`).  The b=0 is still distorted; the rigid fit
+    sees that as a small bias against the undistorted magnitude (on simulated data the brain moved
+    0.25 mm where the field map had not: docs/anatomy.md, "Susceptibility-distortion correction").
+
+    Parameters
+    ----------
+    magnitude : nibabel image
+        The (first) magnitude image, 3-D, on the field map's grid.
+    b0 : nibabel image
+        The DWI's mean b=0.
+    b0_mask : ndarray of bool
+        Its brain mask (the b=0's grid).
+    seed : int
+        ANTs' random seed.
+
+    Returns
+    -------
+    ndarray (4, 4)
+        DWI world (RAS mm) -> field-map world: a field-map image on the DWI grid is
+        ``fieldmap(matrix @ x)`` (:func:`fieldmap_on_grid`).
+    """
+    import nibabel as nib
+
+    from bids_ketamine.anat.dwi_to_t1w import register_rigid_mi
+    from bids_ketamine.dwi.mask import brain_mask
+
+    magnitude_mask = brain_mask(np.asarray(magnitude.dataobj, dtype=float))
+    return register_rigid_mi(magnitude, nib.Nifti1Image(magnitude_mask.astype(np.uint8), magnitude.affine),
+                             b0, nib.Nifti1Image(np.asarray(b0_mask, dtype=np.uint8), b0.affine),
+                             names=("field-map magnitude", "DWI mean b=0"), initial="identity", seed=seed)
+
+
+def gre_field(method: str, images, magnitude, target, *, echo_times=(), units: str = "Hz",
+              b0=None, b0_mask=None, seed: int = 1) -> np.ndarray:
     """The field (Hz) of a GRE field map on a target's grid (the whole path of this module).
 
     Parameters
@@ -126,6 +181,11 @@ def gre_field(method: str, images, magnitude, target, *, echo_times=(), units: s
         ``(TE1, TE2)`` in s (``phasediff``, ``phases``).
     units : {"Hz", "rad/s"}
         Of a ``fieldmap`` image.
+    b0, b0_mask : nibabel image, ndarray of bool, optional
+        The DWI's mean b=0 and its brain mask: with them (and a magnitude image) the field is
+        placed through :func:`magnitude_to_dwi`; without, by scanner coordinates.
+    seed : int
+        ANTs' random seed of that registration.
 
     Returns
     -------
@@ -137,13 +197,18 @@ def gre_field(method: str, images, magnitude, target, *, echo_times=(), units: s
     if method not in ("phasediff", "phases", "fieldmap"):
         raise ValueError(f"unknown GRE field-map method {method!r}")
     reference = images[0]
+    target_to_fieldmap = None
+    if b0 is not None and magnitude is not None:
+        first = np.asarray(magnitude.dataobj, dtype=np.float32).reshape(magnitude.shape[:3] + (-1,))[..., 0]
+        target_to_fieldmap = _checked_registration(magnitude_to_dwi(_like(first, magnitude), b0, b0_mask, seed=seed),
+                                                   b0, b0_mask)
     if method == "fieldmap":
         field = np.asarray(reference.dataobj, dtype=float)
         scale = {"hz": 1.0, "rad/s": 1.0 / (2 * np.pi)}.get(units.lower())
         if scale is None:
             raise ValueError(f"field-map Units {units!r} is neither 'Hz' nor 'rad/s': fix the sidecar")
         smooth = ndimage.gaussian_filter(field * scale, FIELD_SIGMA).astype(np.float32)
-        return fieldmap_on_grid(_like(smooth, reference), target)
+        return fieldmap_on_grid(_like(smooth, reference), target, target_to_fieldmap)
     if len(echo_times) != 2:
         raise ValueError("a phase field map needs its two echo times (EchoTime1/EchoTime2 or the phase images' EchoTime)")
     if method == "phasediff":
@@ -153,7 +218,25 @@ def gre_field(method: str, images, magnitude, target, *, echo_times=(), units: s
         difference = wrapped_difference(first, second)
     mask = brain_mask(np.asarray(magnitude.dataobj, dtype=float).reshape(difference.shape[:3] + (-1,))[..., 0])
     field = field_from_phase_difference(difference.reshape(mask.shape), echo_times[1] - echo_times[0], mask)
-    return fieldmap_on_grid(_like(field, reference), target)
+    return fieldmap_on_grid(_like(field, reference), target, target_to_fieldmap)
+
+
+def _checked_registration(target_to_fieldmap, b0, b0_mask):
+    """The registration, or None (scanner coordinates, with a warning) where it moves the DWI
+    brain's voxels by more than :data:`MAX_FIELDMAP_SHIFT_MM` on average."""
+    voxels = np.argwhere(np.asarray(b0_mask, dtype=bool)).T
+    world = b0.affine[:3, :3] @ voxels + b0.affine[:3, 3:4]
+    moved = target_to_fieldmap[:3, :3] @ world + target_to_fieldmap[:3, 3:4]
+    shift = float(np.linalg.norm(moved - world, axis=0).mean())
+    if shift > MAX_FIELDMAP_SHIFT_MM:
+        logger.warning("the field-map magnitude's registration to the DWI b=0 moves the brain by %.1f mm on "
+                       "average (more than %.0f mm): taken as failed, the field map is placed by its scanner "
+                       "coordinates; check that the field map belongs to this DWI series (IntendedFor / "
+                       "B0FieldSource)", shift, MAX_FIELDMAP_SHIFT_MM)
+        return None
+    logger.info("field-map magnitude registered to the DWI b=0: the brain moved %.2f mm on average from the "
+                "scanner coordinates", shift)
+    return target_to_fieldmap
 
 
 def _like(data: np.ndarray, img):

@@ -96,6 +96,9 @@ class _GreFieldInputSpec(BaseInterfaceInputSpec):
     echo_times = traits.List(traits.Float, desc="TE1, TE2 (s) of the phase cases")
     units = traits.Str("Hz", usedefault=True, desc="Units of a fieldmap image (Hz or rad/s)")
     b0_threshold = traits.Float(50.0, usedefault=True, desc="b-values at or below are b=0")
+    register = traits.Bool(True, usedefault=True, desc="place the field through a rigid registration of the "
+                                                         "magnitude to the b=0 (else by scanner coordinates)")
+    seed = traits.Int(1, usedefault=True, desc="ANTs' random seed")
 
 
 class GreField(SimpleInterface):
@@ -106,12 +109,15 @@ class GreField(SimpleInterface):
 
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.gre_fieldmap import gre_field
+        from bids_ketamine.dwi.mask import brain_mask
 
         dwi = open_image(self.inputs.dwi_file)
         b0 = _mean_b0(dwi, self.inputs.bval_file, self.inputs.b0_threshold)
         magnitude = open_image(self.inputs.magnitude_file) if isdefined(self.inputs.magnitude_file) else None
         field = gre_field(self.inputs.method, [open_image(path) for path in self.inputs.fieldmap_files],
-                          magnitude, dwi, echo_times=tuple(self.inputs.echo_times or ()), units=self.inputs.units)
+                          magnitude, dwi, echo_times=tuple(self.inputs.echo_times or ()), units=self.inputs.units,
+                          b0=nib.Nifti1Image(b0, dwi.affine) if self.inputs.register else None,
+                          b0_mask=brain_mask(b0), seed=self.inputs.seed)
         _write_outputs(self._results, runtime.cwd,
                        {key: nib.Nifti1Image(np.asarray(data, dtype=np.float32), dwi.affine)
                         for key, data in (("field_file", field), ("b0_file", b0))})

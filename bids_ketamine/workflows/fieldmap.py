@@ -18,16 +18,20 @@ _ESTIMATES = {
                "total field smoothed by a Gaussian of {total_sigma} voxel)",
     "phasediff": "with a gradient-echo field map (phase difference): the phase was unwrapped in 3-D inside "
                  "the brain of the magnitude image (scikit-image [@skimage], the algorithm of [@unwrap3d]), divided by the echo-time "
-                 "difference and put on the DWI grid by scanner coordinates",
+                 "difference and put on the DWI grid {placement}",
     "phases": "with a gradient-echo field map (two phase images): their wrapped difference was unwrapped in "
               "3-D inside the brain of the magnitude image (scikit-image [@skimage], the algorithm of [@unwrap3d]), divided by the "
-              "echo-time difference and put on the DWI grid by scanner coordinates",
-    "fieldmap": "with a gradient-echo field map given in {units}, put on the DWI grid by scanner coordinates",
+              "echo-time difference and put on the DWI grid {placement}",
+    "fieldmap": "with a gradient-echo field map given in {units}, put on the DWI grid {placement}",
     "syn": "without field map, from the participant's T1w (fieldmap-less, the approach of fMRIPrep's "
            "SyN-SDC [@synsdc]): the mean b=0 was registered rigidly to the T1w and then nonlinearly to the "
            "T1w's inverted contrast, the deformation restricted to the phase-encoding axis (ANTs SyN "
            "[@ants], cross-correlation)",
 }
+#: How a GRE field is put on the DWI grid, with and without a magnitude image.
+_PLACEMENT = {True: "through a rigid registration of its magnitude image to the mean b=0 (ANTs [@ants], "
+                    "mutual information)",
+              False: "by scanner coordinates"}
 
 
 def init_fieldmap_wf(plan: FieldmapPlan, *, b0_threshold: float = 50.0, omp_nthreads: int = 1,
@@ -76,7 +80,8 @@ def init_fieldmap_wf(plan: FieldmapPlan, *, b0_threshold: float = 50.0, omp_nthr
     workflow = LiterateWorkflow(name=name)
     workflow.__desc__ = (
         "Susceptibility distortion was corrected "
-        + _ESTIMATES[plan.method].format(n=len(plan.reference_files), units=plan.units, **PEPOLAR_SETTINGS)
+        + _ESTIMATES[plan.method].format(n=len(plan.reference_files), units=plan.units,
+                                         placement=_PLACEMENT[bool(plan.magnitude_file)], **PEPOLAR_SETTINGS)
         + ". The displacement along the phase-encoding axis, with the intensity modulation of its "
         "Jacobian, was composed with each volume's head motion, so that every volume was resampled once.")
     inputnode = pe.Node(niu.IdentityInterface(fields=["dwi_file", "bval_file", "t1w_file", "t1w_mask_file"]),
@@ -95,7 +100,8 @@ def init_fieldmap_wf(plan: FieldmapPlan, *, b0_threshold: float = 50.0, omp_nthr
     else:
         estimate = pe.Node(GreField(method=plan.method, fieldmap_files=list(plan.reference_files),
                                     echo_times=list(plan.echo_times), units=plan.units,
-                                    b0_threshold=b0_threshold), name="gre_field", mem_gb=mem_gb)
+                                    b0_threshold=b0_threshold), name="gre_field", n_procs=omp_nthreads,
+                           mem_gb=mem_gb)
         if plan.magnitude_file:
             estimate.inputs.magnitude_file = plan.magnitude_file
     apply = pe.Node(Unwarp(**encoding), name="unwarp", mem_gb=mem_gb * 2)
