@@ -389,6 +389,21 @@ def test_roi_gm_weighted_mean_uses_soft_weights_not_the_labels():
         np.sum(weights[..., 0] * md) / weights.sum())
 
 
+@pytest.mark.parametrize("argument, name", [
+    ("b0", "mean b=0"), ("md", "MD map"), ("gm_probability", "grey-matter probability"),
+    ("tissue_fractions", "wm fraction map"), ("mask", "mask")])
+def test_roi_statistics_checks_every_image_against_the_labels_grid(argument, name):
+    """An image on another grid is refused at the door, named, before any statistic is computed
+    (the mean b=0 went unchecked until 2026-12-05)."""
+    shape, other = (6, 6, 6), np.ones((6, 6, 5))
+    inputs = {"md": None, "b0": None, "gm_probability": None, "mask": np.ones(shape, bool),
+              "tissue_fractions": {"gm": np.full(shape, 0.5), "wm": np.full(shape, 0.3), "csf": np.full(shape, 0.2)}}
+    inputs[argument] = dict(inputs["tissue_fractions"], wm=other) if argument == "tissue_fractions" else other
+    with pytest.raises(ValueError, match=rf"^{name} has shape \(6, 6, 5\), labels \(6, 6, 6\)$"):
+        roi_statistics({"md": np.full(shape, 0.8)}, np.ones(shape, int), pd.DataFrame({"index": [1], "name": ["a"]}),
+                       inputs.pop("mask"), b_value=1000.0, **inputs)
+
+
 def _write_table(out_dir, subject, session, columns, value):
     folder = out_dir / f"sub-{subject}" / f"ses-{session}" / "dwi"
     folder.mkdir(parents=True, exist_ok=True)

@@ -155,11 +155,12 @@ def roi_statistics(
     if not maps:
         raise ValueError("no parameter maps given")
     shape = labels_native.shape
-    for name, values in maps.items():
-        if values.shape != shape:
-            raise ValueError(f"map '{name}' has shape {values.shape}, labels {shape}")
-    if mask.shape != shape:
-        raise ValueError(f"mask has shape {mask.shape}, labels {shape}")
+    on_the_grid = {**{f"map '{name}'": values for name, values in maps.items()}, "mask": mask, "MD map": md,
+                   "grey-matter probability": gm_probability, "mean b=0": b0,
+                   **{f"{name} fraction map": values for name, values in (tissue_fractions or {}).items()}}
+    for name, values in on_the_grid.items():
+        if values is not None and np.shape(values) != shape:
+            raise ValueError(f"{name} has shape {np.shape(values)}, labels {shape}")
     inside = mask.astype(bool)
     md_map = maps.get("md") if md is None else md
     own_md = maps.get("md")
@@ -173,17 +174,12 @@ def roi_statistics(
             own_not_csf = np.isfinite(own_md) & (own_md <= csf_md_threshold)
     is_gm = np.ones(shape, dtype=bool)
     if gm_probability is not None and gm_threshold is not None:
-        if gm_probability.shape != shape:
-            raise ValueError(f"grey-matter probability has shape {gm_probability.shape}, labels {shape}")
         is_gm = gm_probability >= gm_threshold
     keep = inside & not_csf & is_gm
     fractions = None
     wm_md = np.nan
     if tissue_fractions is not None:
         fractions = {name: np.asarray(tissue_fractions[name], dtype=float) for name in ("gm", "wm", "csf")}
-        for name, values in fractions.items():
-            if values.shape != shape:
-                raise ValueError(f"{name} fractions have shape {values.shape}, labels {shape}")
         if own_md is not None:
             wm_md = tissue_md(own_md, fractions["wm"], inside)
     mixture = None
