@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -45,6 +46,23 @@ def recovered_md(out_dir: Path, statistic: str = STATISTIC) -> pd.DataFrame:
     table = read_roistats(out_dir)
     wide = table.pivot_table(index=["participant_id", "roi"], columns="session", values=statistic)
     return wide.rename(columns={"pre": "md_baseline", "post": "md_followup"}).reset_index()
+
+
+def roistats_tables(out: Path) -> dict[str, pd.DataFrame]:
+    """Every ROI table of an output folder, by file name, rows in a fixed order."""
+    tables = {}
+    for path in sorted(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
+        table = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
+        tables[path.name] = table.sort_values(["roi", "param"], ignore_index=True)
+    return tables
+
+
+def with_sessions_exchanged(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The tables of :func:`roistats_tables` with ``ses-pre`` and ``ses-post`` exchanged in their
+    names (a run on :func:`swap_sessions`'s copy, named as the original's)."""
+    exchanged = {"ses-pre": "ses-post", "ses-post": "ses-pre"}
+    return {re.sub(r"ses-(pre|post)", lambda found: exchanged[found.group(0)], name): table
+            for name, table in tables.items()}
 
 
 def swap_sessions(bids_dir: Path, target: Path, *, n_subjects: int = 1) -> tuple[Path, list[str]]:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -46,7 +45,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from participant_runs import swap_sessions
+from participant_runs import roistats_tables, swap_sessions, with_sessions_exchanged
 
 from bids_ketamine.config import KETAMINE7_ROIS
 
@@ -113,15 +112,6 @@ def finish(process: subprocess.Popen) -> None:
 
 def run_participant(bids, out, work, nprocs=1) -> None:
     finish(start_participant(bids, out, work, nprocs))
-
-
-def roistats_tables(out: Path) -> dict[str, pd.DataFrame]:
-    """Every ROI table of an output folder, by file name, rows in a fixed order."""
-    tables = {}
-    for path in sorted(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
-        table = pd.read_csv(path, sep="\t", na_values="n/a", keep_default_na=False)
-        tables[path.name] = table.sort_values(["roi", "param"], ignore_index=True)
-    return tables
 
 
 def assert_same_tables(got: dict, want: dict, atol: float | None) -> None:
@@ -356,10 +346,7 @@ def test_independent_run_with_sessions_swapped_gives_the_same_tables(dataset, re
     out, work = tmp_path / "out", tmp_path / "work"
     run_participant(swapped, out, work, nprocs=1)
     skip_if_source_changed(reference)
-    exchanged = {"ses-pre": "ses-post", "ses-post": "ses-pre"}
-    renamed = {re.sub(r"ses-(pre|post)", lambda found: exchanged[found.group(0)], name): table
-               for name, table in roistats_tables(out).items()}
-    assert_same_tables(renamed, reference["tables"], atol=None)
+    assert_same_tables(with_sessions_exchanged(roistats_tables(out)), reference["tables"], atol=None)
 
 
 # ----------------------------------------------------------------------------- group level
