@@ -57,6 +57,17 @@ def roistats_tables(out: Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
+def assert_same_tables(got: dict, want: dict, atol: float | None) -> None:
+    """Same files, same rows; values equal (atol None) or within atol (1e-6)."""
+    assert sorted(got) == sorted(want)
+    for name in want:
+        if atol is None:
+            pd.testing.assert_frame_equal(got[name], want[name], check_exact=True, obj=name)
+        else:
+            pd.testing.assert_frame_equal(got[name], want[name], check_exact=False, rtol=0,
+                                          atol=atol, obj=name)
+
+
 def with_sessions_exchanged(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """The tables of :func:`roistats_tables` with ``ses-pre`` and ``ses-post`` exchanged in their
     names (a run on :func:`swap_sessions`'s copy, named as the original's)."""

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from participant_runs import roistats_tables, swap_sessions, with_sessions_exchanged
+from participant_runs import assert_same_tables, roistats_tables, swap_sessions, with_sessions_exchanged
 
 from bids_ketamine.config import KETAMINE7_ROIS
 
@@ -112,17 +112,6 @@ def finish(process: subprocess.Popen) -> None:
 
 def run_participant(bids, out, work, nprocs=1) -> None:
     finish(start_participant(bids, out, work, nprocs))
-
-
-def assert_same_tables(got: dict, want: dict, atol: float | None) -> None:
-    """Same files, same rows; values equal (atol None) or within atol (1e-6)."""
-    assert sorted(got) == sorted(want)
-    for name in want:
-        if atol is None:
-            pd.testing.assert_frame_equal(got[name], want[name], check_exact=True, obj=name)
-        else:
-            pd.testing.assert_frame_equal(got[name], want[name], check_exact=False, rtol=0,
-                                          atol=atol, obj=name)
 
 
 def finished_nodes(work: Path) -> dict[Path, float]:
