@@ -124,13 +124,12 @@ def fieldmap_on_grid(field_img, target, target_to_fieldmap=None) -> np.ndarray:
     return values.reshape(target.shape[:3]).astype(np.float32)
 
 
-def magnitude_to_dwi(magnitude, b0, b0_mask, *, seed: int = 1) -> np.ndarray:
+def magnitude_to_dwi(magnitude, magnitude_mask, b0, b0_mask, *, seed: int = 1) -> np.ndarray:
     """Rigid registration of a field map's magnitude image to the DWI's mean b=0.
 
     :func:`~bids_ketamine.anat.dwi_to_t1w.register_rigid_mi` (Mattes mutual information: the GRE
     magnitude and the b=0 differ in contrast), started from the scanner coordinates (one session:
-    the head has moved little), each image inside its own brain mask
-    (:func:`~bids_ketamine.dwi.mask.brain_mask`).  The b=0 is still distorted; the rigid fit
+    the head has moved little), each image inside its own brain mask.  The b=0 is still distorted; the rigid fit
     sees that as a small bias against the undistorted magnitude (on simulated data the brain moved
     0.25 mm where the field map had not: docs/anatomy.md, "Susceptibility-distortion correction").
 
@@ -138,6 +137,8 @@ def magnitude_to_dwi(magnitude, b0, b0_mask, *, seed: int = 1) -> np.ndarray:
     ----------
     magnitude : nibabel image
         The (first) magnitude image, 3-D, on the field map's grid.
+    magnitude_mask : ndarray of bool
+        Its brain mask (:func:`~bids_ketamine.dwi.mask.brain_mask`, as for the unwrapping).
     b0 : nibabel image
         The DWI's mean b=0.
     b0_mask : ndarray of bool
@@ -154,10 +155,8 @@ def magnitude_to_dwi(magnitude, b0, b0_mask, *, seed: int = 1) -> np.ndarray:
     import nibabel as nib
 
     from bids_ketamine.anat.dwi_to_t1w import register_rigid_mi
-    from bids_ketamine.dwi.mask import brain_mask
 
-    magnitude_mask = brain_mask(np.asarray(magnitude.dataobj, dtype=float))
-    return register_rigid_mi(magnitude, nib.Nifti1Image(magnitude_mask.astype(np.uint8), magnitude.affine),
+    return register_rigid_mi(magnitude, nib.Nifti1Image(np.asarray(magnitude_mask, dtype=np.uint8), magnitude.affine),
                              b0, nib.Nifti1Image(np.asarray(b0_mask, dtype=np.uint8), b0.affine),
                              names=("field-map magnitude", "DWI mean b=0"), initial="identity", seed=seed)
 
@@ -197,11 +196,14 @@ def gre_field(method: str, images, magnitude, target, *, echo_times=(), units: s
     if method not in ("phasediff", "phases", "fieldmap"):
         raise ValueError(f"unknown GRE field-map method {method!r}")
     reference = images[0]
+    register = b0 is not None and magnitude is not None
+    if register or method != "fieldmap":  # the magnitude's brain: where the phase is unwrapped
+        magnitude_volume = np.asarray(magnitude.dataobj, dtype=float).reshape(magnitude.shape[:3] + (-1,))[..., 0]
+        magnitude_mask = brain_mask(magnitude_volume)
     target_to_fieldmap = None
-    if b0 is not None and magnitude is not None:
-        first = np.asarray(magnitude.dataobj, dtype=np.float32).reshape(magnitude.shape[:3] + (-1,))[..., 0]
-        target_to_fieldmap = _checked_registration(magnitude_to_dwi(_like(first, magnitude), b0, b0_mask, seed=seed),
-                                                   b0, b0_mask)
+    if register:
+        target_to_fieldmap = _checked_registration(
+            magnitude_to_dwi(_like(magnitude_volume, magnitude), magnitude_mask, b0, b0_mask, seed=seed), b0, b0_mask)
     if method == "fieldmap":
         field = np.asarray(reference.dataobj, dtype=float)
         scale = {"hz": 1.0, "rad/s": 1.0 / (2 * np.pi)}.get(units.lower())
@@ -216,8 +218,8 @@ def gre_field(method: str, images, magnitude, target, *, echo_times=(), units: s
     else:
         first, second = (phase_in_radians(np.asarray(img.dataobj, dtype=float)) for img in images[:2])
         difference = wrapped_difference(first, second)
-    mask = brain_mask(np.asarray(magnitude.dataobj, dtype=float).reshape(difference.shape[:3] + (-1,))[..., 0])
-    field = field_from_phase_difference(difference.reshape(mask.shape), echo_times[1] - echo_times[0], mask)
+    field = field_from_phase_difference(difference.reshape(magnitude_mask.shape), echo_times[1] - echo_times[0],
+                                        magnitude_mask)
     return fieldmap_on_grid(_like(field, reference), target, target_to_fieldmap)
 
 

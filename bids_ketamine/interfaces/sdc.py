@@ -117,7 +117,7 @@ class GreField(SimpleInterface):
         field = gre_field(self.inputs.method, [open_image(path) for path in self.inputs.fieldmap_files],
                           magnitude, dwi, echo_times=tuple(self.inputs.echo_times or ()), units=self.inputs.units,
                           b0=nib.Nifti1Image(b0, dwi.affine) if self.inputs.register else None,
-                          b0_mask=brain_mask(b0), seed=self.inputs.seed)
+                          b0_mask=brain_mask(b0) if self.inputs.register else None, seed=self.inputs.seed)
         _write_outputs(self._results, runtime.cwd,
                        {key: nib.Nifti1Image(np.asarray(data, dtype=np.float32), dwi.affine)
                         for key, data in (("field_file", field), ("b0_file", b0))})
