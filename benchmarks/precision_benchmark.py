@@ -24,6 +24,7 @@ Usage::
     python benchmarks/precision_benchmark.py --n-subjects 3 --motion moderate --workdir /tmp/prec
     python benchmarks/precision_benchmark.py --evaluate-only --workdir /tmp/prec   # recompute tables
     python benchmarks/precision_benchmark.py --n-subjects 6 --motion moderate --t1w 2   # T1w path
+    python benchmarks/precision_benchmark.py --motion-sampling exact   # no simulator interpolation
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from bids_ketamine.simulate.session import DEFAULT_MOTION_SAMPLING, MOTION_SAMPLING
 
 RESULTS = Path(__file__).parent / "results"
 #: Per-volume motion scale (simulator ``--motion``) of each level; mean FD of the pipeline's
@@ -52,9 +55,11 @@ def _run(command: list[str]) -> None:
 
 
 def simulate_and_process(workdir: Path, level: str, n_subjects: int, seed: int, preset: str,
-                         nprocs: int, t1w_mm: float | None = None) -> dict[str, Path]:
+                         nprocs: int, t1w_mm: float | None = None,
+                         motion_sampling: str = DEFAULT_MOTION_SAMPLING) -> dict[str, Path]:
     """Simulate the change and null trials of one motion level and run the participant level
-    (with ``t1w_mm``, each session also has a T1w of that voxel size: the T1w path)."""
+    (with ``t1w_mm``, each session also has a T1w of that voxel size: the T1w path;
+    ``motion_sampling``: the simulator's ``--motion-sampling``)."""
     outputs = {}
     for condition in ("change", "null"):
         name = f"{level}_{condition}"
@@ -64,7 +69,8 @@ def simulate_and_process(workdir: Path, level: str, n_subjects: int, seed: int, 
             _run([sys.executable, "-m", "bids_ketamine.cli.simulate", str(bids), "--overwrite",
                   "--n-subjects", str(n_subjects), "--seed", str(seed), "--preset", preset,
                   "--effect-model", "blobs", "--repositioning", "2", "2",
-                  "--motion", str(MOTION_LEVELS[level]), "--quiet"]
+                  "--motion", str(MOTION_LEVELS[level]), "--motion-sampling", motion_sampling,
+                  "--quiet"]
                  + (["--null"] if condition == "null" else [])
                  + (["--t1w", str(t1w_mm)] if t1w_mm else []))
         if not list(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
@@ -184,18 +190,23 @@ def main(argv=None) -> int:
     parser.add_argument("--t1w", type=float, metavar="MM", default=None,
                         help="simulate a T1w (voxel size MM) in each session: the T1w path, whose ROI "
                              "values use the participant's own tissue fractions; results precision_t1w.*")
+    parser.add_argument("--motion-sampling", choices=MOTION_SAMPLING, default=DEFAULT_MOTION_SAMPLING,
+                        help="the simulator's --motion-sampling; 'exact' samples the anatomy where the "
+                             "moved head is (no simulator interpolation); results precision*_exact.*")
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    results = {"preset": args.preset, "seed": args.seed, "t1w_mm": args.t1w, "levels": {}}
-    name = "precision_t1w" if args.t1w else "precision"
+    results = {"preset": args.preset, "seed": args.seed, "t1w_mm": args.t1w,
+               "motion_sampling": args.motion_sampling, "levels": {}}
+    name = ("precision_t1w" if args.t1w else "precision") + (
+        "" if args.motion_sampling == DEFAULT_MOTION_SAMPLING else f"_{args.motion_sampling}")
     for level in args.motion:
         started = time.time()
         if args.evaluate_only:
             runs = {c: args.workdir / f"{level}_{c}" for c in ("change", "null")}
         else:
             runs = simulate_and_process(args.workdir, level, args.n_subjects, args.seed, args.preset,
-                                        args.nprocs, args.t1w)
+                                        args.nprocs, args.t1w, args.motion_sampling)
         change, fd = recovered_changes(runs["change"])
         null, _ = recovered_changes(runs["null"])
         change.to_csv(args.workdir / f"{level}_change.tsv", sep="\t", index=False)

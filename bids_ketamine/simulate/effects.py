@@ -24,9 +24,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["draw_effects", "gm_md_field", "ideal_label_change", "effects_path"]
 
@@ -144,7 +148,7 @@ def gm_md_field(codes: np.ndarray, affine: np.ndarray, md_groups, visits: list,
     return field
 
 
-def ideal_label_change(truth_dir, label_img, *, session_index: int = 1) -> "pd.DataFrame":
+def ideal_label_change(truth_dir, label_img, *, session_index: int = 1) -> pd.DataFrame:
     """Ideal change of each label of a template-space label image, per participant.
 
     The true GM MD change between the baseline and session ``session_index`` averaged over the

@@ -28,7 +28,7 @@ from bids_ketamine.simulate.signal import (
     world_to_bvecs,
 )
 
-__all__ = ["MOTION_SAMPLING", "Preset", "PRESETS", "Acquisition", "make_acquisition", "SimulatedSession",
+__all__ = ["MOTION_SAMPLING", "DEFAULT_MOTION_SAMPLING", "Preset", "PRESETS", "Acquisition", "make_acquisition", "SimulatedSession",
            "identity_subject_transform", "simulate_session"]
 
 #: Largest value an int16 image can hold.
@@ -73,9 +73,10 @@ class Preset:
 
 
 #: How a simulated volume shows the moved head (:func:`simulate_session`, ``motion_sampling``):
-#: the static head's image resampled (the default: faster, and what the benchmarks so far used),
-#: or the anatomy sampled where the moved head is, as a scanner does (docs/simulation.md).
+#: the static head's image resampled (the default, first: faster, and what the benchmarks so far
+#: used), or the anatomy sampled where the moved head is, as a scanner does (docs/simulation.md).
 MOTION_SAMPLING = ("resample", "exact")
+DEFAULT_MOTION_SAMPLING = MOTION_SAMPLING[0]
 
 PRESETS = {
     "demo": Preset("demo", 4.0, 3, 12, 1000.0, (216.0, 252.0, 186.0), 50.0, 0.3),
@@ -243,7 +244,7 @@ def simulate_session(
     rng: np.random.Generator | int | None = None,
     gain: float = 1.0,
     interpolation_order: int = 3,
-    motion_sampling: str = "resample",
+    motion_sampling: str = DEFAULT_MOTION_SAMPLING,
     gm_md_field: np.ndarray | None = None,
     distortion=None,
     reverse_rng: np.random.Generator | None = None,

@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
+from bids_ketamine.simulate.session import DEFAULT_MOTION_SAMPLING, MOTION_SAMPLING, PRESETS
 from bids_ketamine.simulate.signal import TissueParameters
 
 __all__ = [
@@ -136,11 +137,9 @@ class TrialDesign:
     effect_model: str = "roi"
     blob_amplitude: float = 2.0
     scanner_drift_pct: float = 0.0
-    motion_sampling: str = "resample"
+    motion_sampling: str = DEFAULT_MOTION_SAMPLING
 
     def __post_init__(self):
-        from bids_ketamine.simulate.session import MOTION_SAMPLING, PRESETS
-
         if int(self.n_subjects) < 1:
             raise ValueError(f"--n-subjects must be at least 1, got {self.n_subjects}")
         if self.preset not in PRESETS:
@@ -183,8 +182,6 @@ class TrialDesign:
     @property
     def effective_snr(self) -> float | None:
         """SNR actually used (None when noise is off)."""
-        from bids_ketamine.simulate.session import PRESETS
-
         if not self.noise:
             return None
         return float(self.snr if self.snr is not None else PRESETS[self.preset].snr)
@@ -192,8 +189,6 @@ class TrialDesign:
     @property
     def effective_motion(self) -> float:
         """Motion scale actually used (0 when motion is off)."""
-        from bids_ketamine.simulate.session import PRESETS
-
         if not self.motion_enabled:
             return 0.0
         return float(self.motion if self.motion is not None else PRESETS[self.preset].motion)
