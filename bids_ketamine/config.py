@@ -35,6 +35,12 @@ FIT_METHODS = ("wls", "ols", "nlls", "restore")
 #: partial-volume-aware values, bids_ketamine.dwi.roi.ROISTATS_PV_COLUMNS).
 ROI_STATISTICS = ("median", "mean", "gm_weighted_mean", "pv_gm", "roi_gm_weighted_mean",
                   "roi_gm_weighted_median")
+#: The ROI value the group level uses unless ``--roi-statistic`` names one (chosen on the evidence
+#: of docs/participant.md, "Default"), and the one it uses instead, for
+#: every participant, when some ROI table lacks it: tables of a participant level run with
+#: ``--gm-threshold none`` (no grey-matter weights) or written before the column existed.
+DEFAULT_ROI_STATISTIC = "roi_gm_weighted_median"
+ROI_STATISTIC_FALLBACK = "median"
 DEFAULT_OUTCOMES = ("madrs", "qids_sr")
 #: Inputs ``--ignore`` can leave unused (fMRIPrep's flag): the T1w (DWI-only path) and the
 #: field maps (no susceptibility-distortion correction).
@@ -106,7 +112,8 @@ class Config:
     covariates: tuple[str, ...] | None = None
     params: tuple[str, ...] = ("md",)
     min_coverage: float = 0.8
-    roi_statistic: str = "median"
+    #: None: :data:`DEFAULT_ROI_STATISTIC`, or :data:`ROI_STATISTIC_FALLBACK` where it is missing.
+    roi_statistic: str | None = None
     response_threshold: float = 50.0
     remission_thresholds: dict[str, float] = field(
         default_factory=lambda: dict(DEFAULT_REMISSION)

@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bids_ketamine.config import DEFAULT_ROI_STATISTIC
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts" / "container"
 CACHE = Path(os.environ.get("BIDS_KETAMINE_CONTAINER_CACHE", "/var/tmp/bids_ketamine-container"))
@@ -239,17 +241,20 @@ def test_roi_tables_equal_outside(runs):
 
 
 def test_group_change_inside_holds_the_roi_tables(runs):
-    """change.tsv's baseline and follow-up are the ROI tables' medians (the default
-    ``--roi-statistic``) of each participant's sessions, and change = follow-up - baseline."""
+    """change.tsv's baseline and follow-up are the ROI tables' default ``--roi-statistic``
+    (roi_gm_weighted_median: the participant level wrote it) of each participant's sessions, and
+    change = follow-up - baseline."""
     inside = runs["inside"] / "derivatives"
     change = pd.read_csv(inside / "group" / "change.tsv", sep="\t")
+    statistic = json.loads((inside / "group" / "models.json").read_text())["roi_value"]["statistic"]
+    assert statistic == DEFAULT_ROI_STATISTIC
     rows = []
     for path in sorted(inside.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
         subject, session = path.name.split("_")[:2]
         table = pd.read_csv(path, sep="\t")
         rows.append(table.assign(participant_id=subject, session=session[4:]))
     tables = pd.concat(rows).pivot_table(index=["participant_id", "roi", "param"],
-                                         columns="session", values="median")
+                                         columns="session", values=statistic)
     assert len(tables) == 2 * 7 * 4  # two participants, 7 ROIs, FA/MD/AD/RD
     merged = change.merge(tables.reset_index(), on=["participant_id", "roi", "param"])
     assert len(merged) == len(change) and len(change) > 0

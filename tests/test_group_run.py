@@ -175,9 +175,10 @@ def test_user_errors(study, tmp_path):
         run_group_level(config.replace(params=("glutamate",)))
 
 
-@pytest.mark.parametrize("statistic", ["median", "mean"])
+@pytest.mark.parametrize("statistic", ["median", "mean", None])
 def test_roi_statistic_picks_the_column(tmp_path, statistic):
-    """--roi-statistic: change.tsv holds the ROI tables' median (default) or mean."""
+    """--roi-statistic: change.tsv holds the ROI tables' median or mean, and without the option
+    their roi_gm_weighted_median (the default); models.json says which."""
     rng = np.random.default_rng(3)
     subjects = [f"{i:02d}" for i in range(1, 9)]
     participants = pd.DataFrame({"participant_id": subjects,
@@ -188,9 +189,11 @@ def test_roi_statistic_picks_the_column(tmp_path, statistic):
             scores.append({"participant_id": s, "session_id": ses, "madrs": madrs, "qids_sr": 12})
             mean = 0.8 + 0.05 * rng.standard_normal()
             median = mean - 0.03 - 0.01 * rng.random()  # a CSF tail pulls the mean up
-            expected[(s, ses)] = {"mean": mean, "median": median}[statistic]
+            weighted = median - 0.01 * rng.random()
+            expected[(s, ses)] = {"mean": mean, "median": median, None: weighted}[statistic]
             rows.append(dict(participant_id=s, session_id=ses, roi="vACC", param="md", mean=mean,
-                             median=median, n_voxels=300, coverage=0.95, entities=""))
+                             median=median, roi_gm_weighted_median=weighted, n_voxels=300,
+                             coverage=0.95, entities=""))
     bids, out = tmp_path / "bids", tmp_path / "out"
     write_study(bids, out, participants, pd.DataFrame(scores), pd.DataFrame(rows))
     config = Config(bids_dir=bids, output_dir=out, analysis_level="group", n_permutations=0,
@@ -202,3 +205,4 @@ def test_roi_statistic_picks_the_column(tmp_path, statistic):
         assert change.loc[f"sub-{s}", "followup"] == pytest.approx(expected[(s, "post")], rel=1e-9)
     document = json.loads((out / "group" / "models.json").read_text())
     assert document["options"]["roi_statistic"] == statistic
+    assert document["roi_value"]["statistic"] == (statistic or "roi_gm_weighted_median")

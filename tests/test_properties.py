@@ -160,9 +160,10 @@ def test_load_roi_values_reads_every_table_exactly(tables_by_session, statistic)
             table.to_csv(dwi / f"sub-{subject}_ses-{session}_atlas-ketamine7_model-tensor_"
                                "roistats.tsv", sep="\t", index=False, na_rep="n/a")
             expected.append(table.assign(participant_id=subject, session_id=session))
-        values, notes = roistats.load_roi_values(out, "ketamine7", statistic=statistic)
+        values, notes, roi_value = roistats.load_roi_values(out, "ketamine7", statistic=statistic)
     expected = pd.concat(expected, ignore_index=True)
     assert notes == []
+    assert roi_value["statistic"] == statistic
     keys = ["participant_id", "session_id", "roi", "param"]
     got = values.set_index(keys).sort_index()
     want = expected.set_index(keys).sort_index()
@@ -231,7 +232,7 @@ def _change_from_files(bids: Path, out: Path, swap: bool = False) -> pd.DataFram
     """change.tsv content from the files, through the group level's public functions."""
     participants = clinical.read_participants(bids)
     scores = clinical.read_session_scores(bids, participants.index)
-    values, _ = roistats.load_roi_values(out, "ketamine7")
+    values, _, _ = roistats.load_roi_values(out, "ketamine7")
     found = {s: set(values.loc[values["participant_id"] == s, "session_id"])
              for s in participants.index}
     sessions = clinical.choose_sessions(found, scores, None, None).table

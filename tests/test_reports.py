@@ -593,6 +593,7 @@ def make_group_tree(root: Path, *, full: bool = True) -> Path:
     }).to_csv(group / "prediction.tsv", sep="\t", index=False)
     (group / "models.json").write_text(json.dumps({
         "software": {"bids_ketamine": "0.1.0", "statsmodels": "0.15"},
+        "roi_value": {"statistic": "roi_gm_weighted_median", "reason": "the default"},
         "arms": {"column": "group", "treatment": "ketamine", "control": "saline",
                  "n": dict(ARMS)},
         "sessions": {"rule": "acq_time", "pairs": [["pre", "post"]]},
@@ -691,6 +692,13 @@ def test_group_prediction_and_figures(group_reports):
     assert "skipped: 8 participants" in summary["qids_sr"]["note"][1]
     assert "figures/forest_param-md_term-interaction.png" in parsed.images
     assert sum(src.startswith("figures/scatter_") for src in parsed.images) == 4
+
+
+def test_group_methods_name_the_roi_value(group_reports):
+    text = group_reports["full"].read_text()
+    methods = text[text.index('id="methods"'):]
+    assert "<h3>ROI value of each session</h3>" in methods
+    assert "roi_gm_weighted_median" in methods and "the default" in methods
 
 
 def test_group_report_self_contained(group_reports):

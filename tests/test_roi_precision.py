@@ -407,8 +407,9 @@ def test_roi_statistics_checks_every_image_against_the_labels_grid(argument, nam
 def _write_table(out_dir, subject, session, columns, value):
     folder = out_dir / f"sub-{subject}" / f"ses-{session}" / "dwi"
     folder.mkdir(parents=True, exist_ok=True)
-    row = {"roi": "vACC", "param": "md", "mean": 0.8, "median": 0.79, "std": 0.1, "n_voxels": 40,
-           "coverage": 1.0, "roi_gm_weighted_mean": value, "gm_weighted_mean": value + 0.01}
+    row = {"roi": "vACC", "param": "md", "mean": 0.8, "median": value - 0.01, "std": 0.1, "n_voxels": 40,
+           "coverage": 1.0, "roi_gm_weighted_mean": value, "gm_weighted_mean": value + 0.01,
+           "roi_gm_weighted_median": value + 0.02 if np.isfinite(value) else "n/a"}
     pd.DataFrame([{c: row[c] for c in columns}]).to_csv(
         folder / f"sub-{subject}_ses-{session}_atlas-ketamine7_model-tensor_roistats.tsv", sep="\t",
         index=False)
@@ -421,13 +422,41 @@ def test_group_reads_the_new_roi_statistic_and_rejects_old_tables(tmp_path):
     new = ROISTATS_COLUMNS + ["gm_weighted_mean", "roi_gm_weighted_mean"]
     _write_table(tmp_path, "01", "pre", new, 0.81)
     _write_table(tmp_path, "01", "post", new, 0.77)
-    values, _ = load_roi_values(tmp_path, "ketamine7", (), "roi_gm_weighted_mean")
+    values, _, _ = load_roi_values(tmp_path, "ketamine7", (), "roi_gm_weighted_mean")
     assert sorted(values["value"].round(6)) == [0.77, 0.81]
     _write_table(tmp_path, "02", "pre", ROISTATS_COLUMNS, 0.8)
     with pytest.raises(InputError, match="no 'roi_gm_weighted_mean' column"):
         load_roi_values(tmp_path, "ketamine7", (), "roi_gm_weighted_mean")
     with pytest.raises(ValueError, match="statistic must be one of"):
         load_roi_values(tmp_path, "ketamine7", (), "mode")
+
+
+def test_group_default_roi_statistic_falls_back_for_every_participant(tmp_path):
+    """Without --roi-statistic the group level takes DEFAULT_ROI_STATISTIC while every table holds
+    it; where one table lacks it (an older participant level, or no grey-matter weights:
+    n/a throughout), the fallback for every participant, never a mix, and the reason names the
+    table."""
+    from bids_ketamine.config import DEFAULT_ROI_STATISTIC, ROI_STATISTIC_FALLBACK
+    from bids_ketamine.group.roistats import load_roi_values
+
+    assert (DEFAULT_ROI_STATISTIC, ROI_STATISTIC_FALLBACK) == ("roi_gm_weighted_median", "median")
+    full = ROISTATS_COLUMNS + ["roi_gm_weighted_median"]
+    _write_table(tmp_path, "01", "pre", full, 0.81)
+    _write_table(tmp_path, "01", "post", full, 0.77)
+    values, _, chosen = load_roi_values(tmp_path, "ketamine7")
+    assert chosen == {"statistic": "roi_gm_weighted_median", "reason": "the default"}
+    assert sorted(values["value"].round(6)) == [0.79, 0.83]
+    for name, columns, value, why in (
+            ("02", ROISTATS_COLUMNS, 0.8, "has no such column"),
+            ("03", full, np.nan, "holds no value of it")):
+        _write_table(tmp_path, name, "pre", columns, value)
+        values, _, chosen = load_roi_values(tmp_path, "ketamine7")
+        assert chosen["statistic"] == "median"
+        assert f"sub-{name}_ses-pre_atlas-ketamine7_model-tensor_roistats.tsv {why}" in chosen["reason"]
+        assert sorted(values.loc[values["participant_id"] == "01", "value"].round(6)) == [0.76, 0.8]
+        (tmp_path / f"sub-{name}").rename(tmp_path / f"old-{name}")  # out of the study again
+    values, _, chosen = load_roi_values(tmp_path, "ketamine7", (), "median")
+    assert chosen == {"statistic": "median", "reason": "chosen with --roi-statistic"}
 
 
 def test_weighted_median_closed_forms():

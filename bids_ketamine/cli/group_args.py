@@ -12,7 +12,12 @@ from bids_ketamine.cli.arg_types import (
     remission,
     session_name,
 )
-from bids_ketamine.config import DEFAULT_REMISSION, ROI_STATISTICS
+from bids_ketamine.config import (
+    DEFAULT_REMISSION,
+    DEFAULT_ROI_STATISTIC,
+    ROI_STATISTIC_FALLBACK,
+    ROI_STATISTICS,
+)
 
 
 def add_group_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,7 +31,9 @@ def add_group_arguments(parser: argparse.ArgumentParser) -> None:
         "voxels, their grey-matter-fraction-weighted mean (gm_weighted_mean), the grey-matter "
         "MD of the tissue-mixture fit (pv_gm), or the mean/median weighted by each voxel's "
         "grey-matter volume fraction of the ROI (roi_gm_weighted_mean, roi_gm_weighted_median); "
-        "see docs/participant.md (default: %(default)s)",
+        f"see docs/participant.md (default: {DEFAULT_ROI_STATISTIC}, or {ROI_STATISTIC_FALLBACK} "
+        "for every participant where some ROI table lacks it: --gm-threshold none, or tables of "
+        "an older version; the choice is logged and recorded in models.json)",
     )
     grp.add_argument(
         "--baseline-session",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_ketamine.config import ROI_STATISTICS
+from bids_ketamine.config import DEFAULT_ROI_STATISTIC, ROI_STATISTIC_FALLBACK, ROI_STATISTICS
 from bids_ketamine.derivatives import (
     ROISTATS_COLUMNS,
     classify,
@@ -169,8 +169,46 @@ def combine_series(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return combined.reset_index()
 
 
+def choose_roi_statistic(found: pd.DataFrame, statistic: str | None = None) -> tuple[str, str]:
+    """The ROI table column the group level takes as each session's value, and why.
+
+    Parameters
+    ----------
+    found : pandas.DataFrame
+        The study's ROI tables (:func:`find_roistats`).
+    statistic : str or None
+        The user's ``--roi-statistic`` (returned as it is: a table without it is an error when
+        read), or None for the default.
+
+    Returns
+    -------
+    statistic : str
+        :data:`~bids_ketamine.config.DEFAULT_ROI_STATISTIC` when every table holds a value of it;
+        otherwise :data:`~bids_ketamine.config.ROI_STATISTIC_FALLBACK`, for every participant
+        alike, so that no change mixes two statistics.
+    reason : str
+        One sentence for the log and ``models.json``; it names the first table without the default.
+    """
+    if statistic is not None:
+        return statistic, "chosen with --roi-statistic"
+    for path in found["path"]:
+        header, rows = _read_table_rows(path)
+        if DEFAULT_ROI_STATISTIC not in header:
+            why = "has no such column (written by an older participant level)"
+        elif np.isnan(_numbers([row[header.index(DEFAULT_ROI_STATISTIC)] for row in rows],
+                               path, DEFAULT_ROI_STATISTIC)).all():
+            why = "holds no value of it (participant level run without grey-matter weights, " \
+                  "--gm-threshold none)"
+        else:
+            continue
+        return ROI_STATISTIC_FALLBACK, (
+            f"default {DEFAULT_ROI_STATISTIC} not available: {path} {why}; "
+            f"{ROI_STATISTIC_FALLBACK} used for every participant")
+    return DEFAULT_ROI_STATISTIC, "the default"
+
+
 def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, ...] = (),
-                    statistic: str = "median") -> tuple[pd.DataFrame, list[dict]]:
+                    statistic: str | None = None) -> tuple[pd.DataFrame, list[dict], dict]:
     """One ROI value table for the whole study, with the rule for multi-series sessions.
 
     Parameters
@@ -181,8 +219,9 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
         Atlas name.
     participant_label : tuple of str
         Restrict to these participants; empty = all.
-    statistic : str
-        The ROI table column taken as each session's value (one of :data:`ROI_STATISTICS`).
+    statistic : str or None
+        The ROI table column taken as each session's value (one of :data:`ROI_STATISTICS`);
+        None: the default, or its fallback (:func:`choose_roi_statistic`).
 
     Returns
     -------
@@ -192,13 +231,15 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
     series_notes : list of dict
         One entry per session with several series tables: which table(s) gave the
         values and how.
+    roi_value : dict
+        ``statistic`` (the column used) and ``reason`` (why that one).
 
     Raises
     ------
     InputError
         If there is no ROI table at all ("run the participant level first").
     """
-    if statistic not in ROI_STATISTICS:
+    if statistic is not None and statistic not in ROI_STATISTICS:
         raise ValueError(f"statistic must be one of {', '.join(ROI_STATISTICS)}, got {statistic!r}")
     found = find_roistats(output_dir, atlas, participant_label)
     if found.empty:
@@ -206,6 +247,7 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
             f"no participant-level outputs in {output_dir} (no *_atlas-{atlas}_model-tensor_"
             "roistats.tsv): run the participant level first"
         )
+    statistic, reason = choose_roi_statistic(found, statistic)
     pieces, notes = [], []
     simple = found.groupby(["participant_id", "session_id"])["path"].transform("size") == 1
     if simple.any():
@@ -245,8 +287,8 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
             "coverage": table["coverage"].to_numpy(dtype=float),
         }))
     values = pd.concat(pieces, ignore_index=True)
-    return values.sort_values(["participant_id", "session_id"], kind="stable",
-                              ignore_index=True), notes
+    return (values.sort_values(["participant_id", "session_id"], kind="stable", ignore_index=True),
+            notes, {"statistic": statistic, "reason": reason})
 
 
 def _require_column(columns, statistic: str, path: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bids_ketamine.config import DEFAULT_OUTCOMES, KETAMINE7_ROIS, Config
+from bids_ketamine.config import DEFAULT_OUTCOMES, KETAMINE7_ROIS, ROI_STATISTIC_FALLBACK, Config
 from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.errors import ClinicalDataError, InputError
 from bids_ketamine.group import clinical, figures, models, response, roistats, tables
@@ -182,15 +182,19 @@ def _design_arms(config: Config, participants: pd.DataFrame, treatment: pd.Serie
 
 def _predictor_values(config: Config, imaging: list, per_session: list, scores: pd.DataFrame,
                       participants: pd.DataFrame,
-                      exclusions: _Exclusions) -> tuple[pd.DataFrame, list]:
+                      exclusions: _Exclusions) -> tuple[pd.DataFrame, list, dict | None]:
     """Long table of the predictor values: ROI values of the imaging parameters and the
-    per-session scores; participants with outputs but no row in participants.tsv excluded."""
+    per-session scores; participants with outputs but no row in participants.tsv excluded.
+    Also the notes on multi-series sessions and the ROI statistic used (None without imaging)."""
     bids_dir = Path(config.bids_dir)
     output_dir = Path(config.output_dir)
-    pieces, series_notes = [], []
+    pieces, series_notes, roi_value = [], [], None
     if imaging:
-        roi_values, series_notes = roistats.load_roi_values(
+        roi_values, series_notes, roi_value = roistats.load_roi_values(
             output_dir, config.atlas_name, tuple(config.participant_label), config.roi_statistic)
+        log = LOGGER.warning if roi_value["statistic"] == ROI_STATISTIC_FALLBACK \
+            and config.roi_statistic is None else LOGGER.info
+        log("ROI value: %s (%s)", roi_value["statistic"], roi_value["reason"])
         unknown = sorted(set(roi_values["participant_id"]) - set(participants.index))
         for participant in unknown:
             exclusions.add(participant, f"has participant-level outputs but is not listed in "
@@ -205,7 +209,7 @@ def _predictor_values(config: Config, imaging: list, per_session: list, scores: 
     for param in per_session:
         pieces.append(tables.values_from_scores(scores, param))
     values = pd.concat(pieces, ignore_index=True)
-    return values, series_notes
+    return values, series_notes, roi_value
 
 
 def run_group_level(config: Config) -> dict:
@@ -248,8 +252,8 @@ def run_group_level(config: Config) -> dict:
     )
     single_arm = control_label is None
     participants, arms = _design_arms(config, participants, treatment, control_label)
-    values, series_notes = _predictor_values(config, imaging, per_session, scores, participants,
-                                             exclusions)
+    values, series_notes, roi_value = _predictor_values(config, imaging, per_session, scores,
+                                                        participants, exclusions)
 
     in_arm = treatment.notna()
     for participant in participants.index[~in_arm]:
@@ -433,7 +437,7 @@ def run_group_level(config: Config) -> dict:
         "outcomes": outcomes,
         "params": {"imaging": imaging, "per_session": per_session,
                    "per_session_roi": tables.NO_ROI},
-        "roi_value": "ROI mean of the participant-level roistats.tsv",
+        "roi_value": roi_value,
         "roi_tables": {"rule": "session table without acq/run entities when present, else "
                                "series averaged weighted by n_voxels",
                        "multi_series_sessions": series_notes},

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bids_ketamine.config import KETAMINE7_ROIS
+from bids_ketamine.config import DEFAULT_ROI_STATISTIC, KETAMINE7_ROIS, ROI_STATISTICS
+from bids_ketamine.derivatives import ROISTATS_COLUMNS
 
 
 def write_study(bids_dir: Path, output_dir: Path, participants: pd.DataFrame,
@@ -34,7 +35,9 @@ def write_study(bids_dir: Path, output_dir: Path, participants: pd.DataFrame,
     roi_values : pandas.DataFrame
         ``participant_id``, ``session_id`` (bare), ``roi``, ``param``, ``mean``,
         ``n_voxels``, ``coverage`` and optionally ``entities`` (e.g. ``"_run-1"``; one
-        table per distinct value).
+        table per distinct value) and the other ROI statistics' columns (``median``: the mean
+        when absent; the default statistic's: the median when absent; the others are written
+        when present).
     atlas : str
         Atlas name in the file names.
     """
@@ -51,8 +54,9 @@ def write_study(bids_dir: Path, output_dir: Path, participants: pd.DataFrame,
     if "entities" not in values:
         values["entities"] = ""
     values["median"] = values.get("median", values["mean"])
+    values[DEFAULT_ROI_STATISTIC] = values.get(DEFAULT_ROI_STATISTIC, values["median"])
     values["std"] = values.get("std", 0.1)
-    columns = ["roi", "param", "mean", "median", "std", "n_voxels", "coverage"]
+    columns = [*ROISTATS_COLUMNS, *(c for c in ROI_STATISTICS if c in values and c not in ROISTATS_COLUMNS)]
     for (subject, session, entities), rows in values.groupby(
             ["participant_id", "session_id", "entities"], sort=False):
         folder = output_dir / f"sub-{subject}" / f"ses-{session}" / "dwi"

@@ -104,8 +104,9 @@ def group_methods(info: dict[str, Any], has_info: bool, cite: Citations) -> Sect
     if not has_info:
         parts.append(not_available("Options and software versions", "models.json"))
     else:
-        for key, title in (("estimation", "Estimation"), ("fdr", "Multiple comparisons"),
-                           ("covariates", "Covariates"), ("software", "Software versions")):
+        for key, title in (("roi_value", "ROI value of each session"), ("estimation", "Estimation"),
+                           ("fdr", "Multiple comparisons"), ("covariates", "Covariates"),
+                           ("software", "Software versions")):
             value = info.get(key)
             if isinstance(value, dict) and value:
                 parts.append(f"<h3>{title}</h3>" + key_value_table(value))
