@@ -12,7 +12,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from bids_ketamine import __version__

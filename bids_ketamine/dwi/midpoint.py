@@ -10,15 +10,12 @@ import numpy as np
 from scipy import linalg
 
 from bids_ketamine.dwi.rigid import log_euclidean_mean, register, resample
+from bids_ketamine.dwi.transforms import real_logm
 from bids_ketamine.dwi.worldgrid import (as_volume, centre_of_mass, float_data, fov_corners,
                                          translation_matrix, world_image)
 from bids_ketamine.utils.images import as_image
 
 __all__ = ["MidpointResult", "midpoint_space"]
-
-
-def _real_logm(matrix) -> np.ndarray:
-    return np.real(linalg.logm(matrix))
 
 
 # ---------------------------------------------------------------------------------------
@@ -99,7 +96,7 @@ def _symmetric_pair(images, masks, i, j, factors):
         _best(data_i, aff_i, masks[i], data_j, aff_j, [np.linalg.inv(backward.matrix)], forward),
         _best(data_j, aff_j, masks[j], data_i, aff_i, [np.linalg.inv(forward.matrix)], backward),
     )
-    return linalg.expm((_real_logm(forward.matrix) - _real_logm(backward.matrix)) / 2.0)
+    return linalg.expm((real_logm(forward.matrix) - real_logm(backward.matrix)) / 2.0)
 
 
 def midpoint_space(images, masks=None, *, factors=(4, 2, 1), voxel_size=None) -> MidpointResult:

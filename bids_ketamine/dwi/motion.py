@@ -52,6 +52,7 @@ from bids_ketamine.dwi.rigid import (
     resample,
     sample_at_points,
 )
+from bids_ketamine.dwi.transforms import real_logm
 from bids_ketamine.dwi.worldgrid import translation_matrix
 
 __all__ = ["MotionResult", "correct_motion", "framewise_displacement", "rotate_bvecs"]
@@ -224,7 +225,7 @@ def _predict_dwis(signal: np.ndarray, design: np.ndarray, dwi_idx) -> np.ndarray
 
 def _rigid_log(matrix: np.ndarray) -> np.ndarray:
     """6-vector (translation part, rotation vector) of the logarithm of a rigid transform."""
-    log = linalg.logm(matrix).real
+    log = real_logm(matrix)
     return np.array([*log[:3, 3], log[2, 1], log[0, 2], log[1, 0]])
 
 

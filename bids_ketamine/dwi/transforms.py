@@ -6,6 +6,8 @@ stated at the top of :mod:`bids_ketamine.dwi.rigid`.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from scipy import linalg
 
@@ -17,6 +19,7 @@ __all__ = [
     "matrix_power_half",
     "matrix_to_params",
     "params_to_matrix",
+    "real_logm",
     "rotation_angle",
 ]
 
@@ -118,8 +121,35 @@ def rotation_angle(matrix) -> float:
     return float(np.arccos(np.clip((np.trace(rot) - 1.0) / 2.0, -1.0, 1.0)))
 
 
-def _real_logm(matrix: np.ndarray) -> np.ndarray:
-    log = linalg.logm(matrix)
+#: Seed of NumPy's global generator while :func:`scipy.linalg.logm` runs (:func:`real_logm`).
+LOGM_SEED = 0
+_LOGM_LOCK = threading.Lock()
+
+
+def real_logm(matrix) -> np.ndarray:
+    """Real principal logarithm of a 4x4 transform, the same to the last bit in every run.
+
+    SciPy's :func:`~scipy.linalg.logm` (inverse scaling and squaring) estimates matrix 1-norms
+    with :func:`scipy.sparse.linalg.onenormest`, which draws random sign vectors from NumPy's
+    global generator; the estimates steer the algorithm's choices, so the last bits of the
+    logarithm depend on that generator's state.  Unseeded, two runs of the same data then
+    differ: on 2026-12-05 the motion correction of one heavy-motion session gave DW volumes
+    one float32 ulp apart in about half of its runs.  The generator is seeded with
+    :data:`LOGM_SEED` for the call and given back its state afterwards (under a lock, for
+    callers in threads).
+
+    Raises
+    ------
+    ValueError
+        If the logarithm is not real (a rotation of 180 degrees or a reflection).
+    """
+    with _LOGM_LOCK:
+        state = np.random.get_state()
+        np.random.seed(LOGM_SEED)
+        try:
+            log = linalg.logm(np.asarray(matrix, dtype=float))
+        finally:
+            np.random.set_state(state)
     if np.iscomplexobj(log):
         if np.abs(log.imag).max() > 1e-8:
             raise ValueError(
@@ -137,7 +167,7 @@ def matrix_power(matrix, power: float) -> np.ndarray:
     the inverse of ``matrix_power(T, p)``; a rigid transform stays rigid.
     """
     matrix = check_matrix(matrix)
-    result = linalg.expm(power * _real_logm(matrix))
+    result = linalg.expm(power * real_logm(matrix))
     result[3] = [0.0, 0.0, 0.0, 1.0]
     return result
 
@@ -172,7 +202,7 @@ def log_euclidean_mean(matrices, weights=None) -> np.ndarray:
         if weights.shape != (len(mats),) or np.any(weights < 0) or weights.sum() <= 0:
             raise ValueError("weights must be one non-negative number per transform")
         weights = weights / weights.sum()
-    log_mean = sum(w * _real_logm(m) for w, m in zip(weights, mats))
+    log_mean = sum(w * real_logm(m) for w, m in zip(weights, mats))
     result = linalg.expm(log_mean)
     result[3] = [0.0, 0.0, 0.0, 1.0]
     return result
