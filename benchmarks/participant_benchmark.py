@@ -8,11 +8,12 @@ Default: one simulated realistic-preset session (2 mm, 6 b=0 + 64 directions).
 Usage::
 
     python benchmarks/participant_benchmark.py [--preset realistic|small] [--sessions 1|2]
-        [--t1w MM] [--nprocs 2] [--bids-dir DIR --participant-label LABEL]
+        [--t1w MM] [--distortion HZ] [--nprocs 2] [--bids-dir DIR --participant-label LABEL]
 
 Targets (issue "Performance"): the whole participant level of one realistic session in under
 5 minutes wall on 2 cores, peak RSS under 4 GB.  Issue 19: a realistic 2-session subject with
-a T1w in each session (``--sessions 2 --t1w 1``) in under 8 minutes.
+a T1w in each session (``--sessions 2 --t1w 1``) in under 8 minutes, also with its
+susceptibility distortion corrected (``--distortion 100``: reverse-PE b=0 volumes, PEPOLAR).
 """
 
 from __future__ import annotations
@@ -64,6 +65,9 @@ def main(argv=None) -> dict:
                         help="with --bids-dir: process this session only (default: all)")
     parser.add_argument("--t1w", type=float, default=None, metavar="MM",
                         help="simulate a T1w of this voxel size in each session (the anatomical path)")
+    parser.add_argument("--distortion", type=float, default=None, metavar="HZ",
+                        help="simulate a susceptibility field of this size with reverse-PE b=0 volumes "
+                             "(the PEPOLAR correction runs)")
     parser.add_argument("--keep", type=Path, default=None, help="keep outputs in this folder")
     args = parser.parse_args(argv)
 
@@ -76,7 +80,9 @@ def main(argv=None) -> dict:
             if not bids_dir.exists():
                 subprocess.run(["bids-ketamine-simulate", str(bids_dir), "--n-subjects", "1", "--seed", "11",
                                 "--preset", args.preset, "--quiet"]
-                               + (["--t1w", str(args.t1w)] if args.t1w else []), check=True)
+                               + (["--t1w", str(args.t1w)] if args.t1w else [])
+                               + (["--distortion", str(args.distortion), "--reverse-pe"] if args.distortion else []),
+                               check=True)
         command = ["bids-ketamine", str(bids_dir), str(root / "out"), "participant", "-w", str(root / "work"),
                    "--participant-label", args.participant_label, "--nprocs", str(args.nprocs),
                    "--omp-nthreads", str(args.nprocs), "--resource-monitor"]
@@ -95,6 +101,7 @@ def main(argv=None) -> dict:
             "dataset": str(args.bids_dir or f"simulated {args.preset}"),
             "sessions": args.sessions if args.bids_dir is None else (args.session_label or "all"),
             "t1w_mm": args.t1w,
+            "distortion_hz": args.distortion,
             "nprocs": args.nprocs,
             "wall_s": round(wall, 1),
             "peak_rss_gb": round(peak_gb, 2),
@@ -105,6 +112,7 @@ def main(argv=None) -> dict:
     name = "participant_" + (args.preset if args.bids_dir is None else Path(args.bids_dir).name)
     name += f"_{args.sessions}ses" if args.bids_dir is None and args.sessions == 2 else ""
     name += "_t1w" if args.t1w else ""
+    name += "_pepolar" if args.distortion else ""
     (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
     print(f"participant level: {row['wall_s']} s wall, peak RSS {row['peak_rss_gb']} GB "
           f"(load average {row['load_avg_1min']})")
