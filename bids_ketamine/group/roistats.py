@@ -113,7 +113,11 @@ def read_roistats(path: Path) -> pd.DataFrame:
         If the file is empty or damaged, lacks a contract column, or holds a value that
         is neither a number nor ``n/a``.
     """
-    header, rows = _read_table_rows(path)
+    return _table_from_rows(path, *_read_table_rows(path))
+
+
+def _table_from_rows(path: Path, header: list[str], rows: list[list[str]]) -> pd.DataFrame:
+    """:func:`read_roistats` of a table already read by :func:`_read_table_rows`."""
     columns = {name: [row[i] for row in rows] for i, name in enumerate(header)}
     table = pd.DataFrame({
         "roi": columns["roi"],
@@ -169,13 +173,13 @@ def combine_series(tables: list[pd.DataFrame]) -> pd.DataFrame:
     return combined.reset_index()
 
 
-def choose_roi_statistic(found: pd.DataFrame, statistic: str | None = None) -> tuple[str, str]:
+def choose_roi_statistic(tables: dict, statistic: str | None = None) -> tuple[str, str]:
     """The ROI table column the group level takes as each session's value, and why.
 
     Parameters
     ----------
-    found : pandas.DataFrame
-        The study's ROI tables (:func:`find_roistats`).
+    tables : dict
+        The study's ROI tables: path -> (header, rows) of :func:`_read_table_rows`.
     statistic : str or None
         The user's ``--roi-statistic`` (returned as it is: a table without it is an error when
         read), or None for the default.
@@ -191,20 +195,23 @@ def choose_roi_statistic(found: pd.DataFrame, statistic: str | None = None) -> t
     """
     if statistic is not None:
         return statistic, "chosen with --roi-statistic"
-    for path in found["path"]:
-        header, rows = _read_table_rows(path)
-        if DEFAULT_ROI_STATISTIC not in header:
-            why = "has no such column (written by an older participant level)"
-        elif np.isnan(_numbers([row[header.index(DEFAULT_ROI_STATISTIC)] for row in rows],
-                               path, DEFAULT_ROI_STATISTIC)).all():
-            why = "holds no value of it (participant level run without grey-matter weights, " \
-                  "--gm-threshold none)"
-        else:
-            continue
-        return ROI_STATISTIC_FALLBACK, (
-            f"default {DEFAULT_ROI_STATISTIC} not available: {path} {why}; "
-            f"{ROI_STATISTIC_FALLBACK} used for every participant")
+    for path, (header, rows) in tables.items():
+        why = _default_missing(path, header, rows)
+        if why:
+            return ROI_STATISTIC_FALLBACK, (
+                f"default {DEFAULT_ROI_STATISTIC} not available: {path} {why}; "
+                f"{ROI_STATISTIC_FALLBACK} used for every participant")
     return DEFAULT_ROI_STATISTIC, "the default"
+
+
+def _default_missing(path: Path, header: list[str], rows: list[list[str]]) -> str | None:
+    """Why one ROI table cannot give :data:`DEFAULT_ROI_STATISTIC` (None: it can)."""
+    if DEFAULT_ROI_STATISTIC not in header:
+        return "has no such column (written by an older participant level)"
+    column = header.index(DEFAULT_ROI_STATISTIC)
+    if np.isnan(_numbers([row[column] for row in rows], path, DEFAULT_ROI_STATISTIC)).all():
+        return "holds no value of it (participant level run without grey-matter weights, --gm-threshold none)"
+    return None
 
 
 def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, ...] = (),
@@ -247,27 +254,29 @@ def load_roi_values(output_dir: Path, atlas: str, participant_label: tuple[str, 
             f"no participant-level outputs in {output_dir} (no *_atlas-{atlas}_model-tensor_"
             "roistats.tsv): run the participant level first"
         )
-    statistic, reason = choose_roi_statistic(found, statistic)
+    read = {path: _read_table_rows(path) for path in found["path"]}
+    statistic, reason = choose_roi_statistic(read, statistic)
     pieces, notes = [], []
     simple = found.groupby(["participant_id", "session_id"])["path"].transform("size") == 1
     if simple.any():
-        pieces.append(_read_single_tables(found.loc[simple], statistic))
+        pieces.append(_read_single_tables(found.loc[simple], statistic, read))
     for (subject, session), files in found.loc[~simple].groupby(
             ["participant_id", "session_id"], sort=True):
         session_table = files.loc[files["entities"] == ""]
         series = files.loc[files["entities"] != ""]
         if not session_table.empty:
-            table = read_roistats(session_table["path"].iloc[0])
-            _require_column(table.columns, statistic, session_table["path"].iloc[0])
+            path = session_table["path"].iloc[0]
+            table = _table_from_rows(path, *read[path])
+            _require_column(table.columns, statistic, path)
             if len(series):
                 notes.append({
                     "participant_id": f"sub-{subject}", "session_id": f"ses-{session}",
                     "rule": "session table (--combine-runs average) used",
-                    "used": [session_table["path"].iloc[0].name],
+                    "used": [path.name],
                     "not_used": [p.name for p in series["path"]],
                 })
         else:
-            tables = [read_roistats(p) for p in series["path"]]
+            tables = [_table_from_rows(p, *read[p]) for p in series["path"]]
             for path, item in zip(series["path"], tables):
                 _require_column(item.columns, statistic, path)
             table = combine_series(tables)
@@ -300,12 +309,12 @@ def _require_column(columns, statistic: str, path: Path) -> None:
         )
 
 
-def _read_single_tables(found: pd.DataFrame, statistic: str) -> pd.DataFrame:
-    """Sessions with one ROI table each, read in bulk into one value table."""
+def _read_single_tables(found: pd.DataFrame, statistic: str, read: dict) -> pd.DataFrame:
+    """Sessions with one ROI table each, into one value table (``read``: path -> header, rows)."""
     subjects, sessions, rois, params, value, n_voxels, coverage = ([] for _ in range(7))
     for subject, session, path in found[["participant_id", "session_id", "path"]].itertuples(
             index=False):
-        header, rows = _read_table_rows(path)
+        header, rows = read[path]
         _require_column(header, statistic, path)
         at = {name: header.index(name) for name in (*ROISTATS_COLUMNS, statistic)}
         subjects.extend([subject] * len(rows))
