@@ -19,6 +19,9 @@ Usage::
 
     python benchmarks/power_benchmark.py --precision benchmarks/results/precision.json \
         --level moderate --replicates 300
+    # measurement error without the simulator's interpolation: results/power_exact_heavy.json
+    python benchmarks/power_benchmark.py --precision benchmarks/results/precision_exact.json \
+        --level heavy --replicates 300
 """
 
 from __future__ import annotations
@@ -80,6 +83,13 @@ def power(precision: dict, level: str, statistics, n_subjects: int, replicates: 
     return out.pivot(index="statistic", columns="roi", values="power").loc[[TRUTH, *statistics]]
 
 
+def output_name(precision: Path, level: str) -> str:
+    """The results file of a precision file and level: ``power.json`` for the moderate level of
+    ``precision.json``, ``power_exact_heavy.json`` for the heavy level of ``precision_exact.json``."""
+    name = precision.stem.replace("precision", "power", 1)
+    return f"{name}.json" if level == "moderate" else f"{name}_{level}.json"
+
+
 def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--precision", type=Path, default=RESULTS / "precision.json")
@@ -93,7 +103,7 @@ def main(argv=None) -> pd.DataFrame:
     precision = json.loads(args.precision.read_text())
     table = power(precision, args.level, args.statistics, args.n_subjects, args.replicates, args.seed)
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "power.json").write_text(json.dumps({
+    (args.results / output_name(args.precision, args.level)).write_text(json.dumps({
         "n_subjects": args.n_subjects, "replicates": args.replicates, "level": args.level,
         "precision": str(args.precision), "power": table.round(3).to_dict(orient="index")}, indent=2) + "\n")
     markdown = table.round(3).to_markdown() if hasattr(table, "to_markdown") else table.round(3).to_string()
