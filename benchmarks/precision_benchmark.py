@@ -54,30 +54,33 @@ def _run(command: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
+def simulate_and_run(run_dir: Path, level: str, n_subjects: int, seed: int, preset: str, nprocs: int,
+                     simulator_options: list[str]) -> Path:
+    """Simulate one trial of a motion level into ``run_dir/bids`` (the harder simulator's settings
+    plus ``simulator_options``) and run the participant level into ``run_dir/out``; each step
+    is skipped when its outputs exist."""
+    bids, out = run_dir / "bids", run_dir / "out"
+    if not (bids / "sourcedata" / "simulation" / "truth.tsv").exists():
+        _run([sys.executable, "-m", "bids_ketamine.cli.simulate", str(bids), "--overwrite",
+              "--n-subjects", str(n_subjects), "--seed", str(seed), "--preset", preset,
+              "--effect-model", "blobs", "--repositioning", "2", "2",
+              "--motion", str(MOTION_LEVELS[level]), "--quiet", *simulator_options])
+    if not list(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
+        _run([sys.executable, "-m", "bids_ketamine.cli.run", str(bids), str(out), "participant",
+              "-w", str(run_dir / "work"), "--nprocs", str(nprocs), "--omp-nthreads", "1"])
+    return run_dir
+
+
 def simulate_and_process(workdir: Path, level: str, n_subjects: int, seed: int, preset: str,
                          nprocs: int, t1w_mm: float | None = None,
                          motion_sampling: str = DEFAULT_MOTION_SAMPLING) -> dict[str, Path]:
     """Simulate the change and null trials of one motion level and run the participant level
     (with ``t1w_mm``, each session also has a T1w of that voxel size: the T1w path;
     ``motion_sampling``: the simulator's ``--motion-sampling``)."""
-    outputs = {}
-    for condition in ("change", "null"):
-        name = f"{level}_{condition}"
-        bids = workdir / name / "bids"
-        out = workdir / name / "out"
-        if not (bids / "sourcedata" / "simulation" / "truth.tsv").exists():
-            _run([sys.executable, "-m", "bids_ketamine.cli.simulate", str(bids), "--overwrite",
-                  "--n-subjects", str(n_subjects), "--seed", str(seed), "--preset", preset,
-                  "--effect-model", "blobs", "--repositioning", "2", "2",
-                  "--motion", str(MOTION_LEVELS[level]), "--motion-sampling", motion_sampling,
-                  "--quiet"]
-                 + (["--null"] if condition == "null" else [])
-                 + (["--t1w", str(t1w_mm)] if t1w_mm else []))
-        if not list(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
-            _run([sys.executable, "-m", "bids_ketamine.cli.run", str(bids), str(out), "participant",
-                  "-w", str(workdir / name / "work"), "--nprocs", str(nprocs), "--omp-nthreads", "1"])
-        outputs[condition] = workdir / name
-    return outputs
+    options = ["--motion-sampling", motion_sampling] + (["--t1w", str(t1w_mm)] if t1w_mm else [])
+    return {condition: simulate_and_run(workdir / f"{level}_{condition}", level, n_subjects, seed, preset,
+                                        nprocs, options + (["--null"] if condition == "null" else []))
+            for condition in ("change", "null")}
 
 
 def session_rule_table(run_dir: Path, subject: str, session: str) -> pd.DataFrame:
