@@ -55,7 +55,7 @@ import numpy as np
 import pandas as pd
 
 from bids_ketamine.config import Config
-from precision_benchmark import MOTION_LEVELS, RESULTS, recovered_changes, simulate_and_run
+from precision_benchmark import MOTION_LEVELS, RESULTS, recovered_changes, simulate_and_run, write_results
 
 #: Simulator options of each arm (beside the harder simulator's; all are null trials).
 ARMS = {"noisy": [], "noise_free": ["--no-noise"], "static": ["--no-noise", "--no-motion"]}
@@ -258,12 +258,7 @@ def main(argv=None) -> int:
             results["arms"][name] = summary(table)
         if arm != "static":
             results["motion_error_mm"][arm] = motion_error(run_dir)
-    args.results.mkdir(parents=True, exist_ok=True)
-    name = f"null_sources_{args.motion}"
-    (args.results / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = markdown(results)
-    (args.results / f"{name}.md").write_text(text)
-    print(text)
+    write_results(args.results, f"null_sources_{args.motion}", results, markdown(results))
     return 0
 
 

@@ -219,12 +219,16 @@ def main(argv=None) -> int:
             "motion_scale": MOTION_LEVELS[level], "wall_s": round(time.time() - started, 1),
             "summary": summarise(change, null),
         }
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    text = markdown(results)
-    (args.results / f"{name}.md").write_text(text)
-    print(text)
+    write_results(args.results, name, results, markdown(results))
     return 0
+
+
+def write_results(folder: Path, name: str, results: dict, text: str) -> None:
+    """``folder/name.json`` (the results) and ``folder/name.md`` (``text``, also printed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (folder / f"{name}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
