@@ -100,6 +100,28 @@ def test_descriptor_validates():
     assert descriptor["name"] == "bids-ketamine"
 
 
+def test_descriptor_is_the_generators_output():
+    """boutiques.json is what tools/make_boutiques.py writes from the parser (one source): a CLI
+    change without regenerating it fails here, with the command that fixes it."""
+    import os
+    import subprocess
+
+    generated = subprocess.run([sys.executable, str(REPO / "tools" / "make_boutiques.py")], check=True,
+                               capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert json.loads(generated) == _descriptor(), (
+        "boutiques.json is stale: run `python tools/make_boutiques.py > boutiques.json`")
+
+
+def test_exclusive_options_disable_each_other():
+    """-v and -q, which argparse refuses together, disable each other in the descriptor."""
+    by_id = {item["id"]: item for item in _descriptor()["inputs"]}
+    assert by_id["quiet"]["disables-inputs"] == ["verbosity"]
+    assert by_id["verbosity"]["disables-inputs"] == ["quiet"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["/data", "/out", "participant", "-v", "-q"])
+
+
 def test_descriptor_inputs_are_exactly_the_cli_options():
     descriptor = _descriptor()
     by_flag = _action_by_flag()

@@ -1,7 +1,7 @@
 """Generate boutiques.json from bids_ketamine.cli.parser.build_parser().
 
 Run after any change to the command line: ``python tools/make_boutiques.py > boutiques.json``
-(tests/test_packaging.py checks that the two agree).
+(tests/test_packaging.py checks that the file is this script's output).
 """
 import argparse, json, re
 from bids_ketamine import __version__
@@ -76,6 +76,10 @@ for a in p._actions:
     if a.dest in MACHINE_DEPENDENT_DEFAULTS:
         help_text += " (default: the number of CPUs of the machine)"
     item["description"] = help_text
+    exclusive = [other for group in p._mutually_exclusive_groups if a in group._group_actions
+                 for other in group._group_actions if other is not a]
+    if exclusive:  # options argparse refuses together (-v and -q)
+        item["disables-inputs"] = [other.dest for other in exclusive]
     inputs.append(item)
 
 cmd = "bids-ketamine " + " ".join(i["value-key"] for i in inputs)

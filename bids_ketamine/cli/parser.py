@@ -207,7 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only rebuild the HTML reports from outputs already in OUTPUT_DIR",
     )
-    run.add_argument(
+    # -v and -q contradict each other: argparse refuses both, and tools/make_boutiques.py
+    # turns the group into Boutiques' "disables-inputs"
+    logging_options = run.add_mutually_exclusive_group()
+    logging_options.add_argument(
         "-v",
         "--verbose",
         dest="verbosity",
@@ -215,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=config_default("verbosity"),
         help="more log messages (-vv for debugging) and a progress line per finished node group",
     )
-    run.add_argument(
+    logging_options.add_argument(
         "-q",
         "--quiet",
         action="store_true",
@@ -402,8 +405,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
             f"--baseline-session and --followup-session are both '{args.baseline_session}'; "
             "give two different sessions"
         )
-    if args.quiet and args.verbosity:
-        parser.error("--quiet and --verbose contradict each other; give one of them")
     if args.atlas != "ketamine7" and not Path(args.atlas).suffix and "/" not in args.atlas:
         parser.error(
             f"--atlas '{args.atlas}' is neither 'ketamine7' nor a NIfTI file; give the path "
