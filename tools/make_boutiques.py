@@ -23,12 +23,17 @@ NAMES = {"bids_dir": "BIDS dataset", "output_dir": "Output (derivatives) directo
          "remission_thresholds": "Remission thresholds", "plugin_args": "Plugin arguments",
          "use_syn_sdc": "Fieldmap-less distortion correction (SyN-SDC)"}
 
+
+
+def input_id(action: argparse.Action) -> str:
+    """The descriptor's id of an option: its dest, ``no_`` before it for a store-false flag."""
+    return f"no_{action.dest}" if isinstance(action, argparse._StoreFalseAction) else action.dest
+
+
 p = cli.build_parser()
 inputs, groups = [], []
-group_of = {}
 for grp in p._action_groups:
-    members = [f"no_{a.dest}" if isinstance(a, argparse._StoreFalseAction) else a.dest
-               for a in grp._group_actions if a.dest not in ("help", "version")]
+    members = [input_id(a) for a in grp._group_actions if a.dest not in ("help", "version")]
     if grp.title in ("positional arguments", "options", "optional arguments") or not members:
         continue
     gid = re.sub(r"[^0-9a-zA-Z]+", "_", grp.title.lower()).strip("_")
@@ -37,7 +42,7 @@ for grp in p._action_groups:
 for a in p._actions:
     if a.dest in ("help", "version"):
         continue
-    ident = f"no_{a.dest}" if isinstance(a, argparse._StoreFalseAction) else a.dest
+    ident = input_id(a)
     item = {"id": ident, "name": NAMES.get(a.dest, a.dest.replace("_", " ").capitalize()),
             "value-key": f"[{ident.upper()}]"}
     help_text = (a.help or "").replace("%(default)s", str(a.default))
@@ -79,7 +84,7 @@ for a in p._actions:
     exclusive = [other for group in p._mutually_exclusive_groups if a in group._group_actions
                  for other in group._group_actions if other is not a]
     if exclusive:  # options argparse refuses together (-v and -q)
-        item["disables-inputs"] = [other.dest for other in exclusive]
+        item["disables-inputs"] = [input_id(other) for other in exclusive]
     inputs.append(item)
 
 cmd = "bids-ketamine " + " ".join(i["value-key"] for i in inputs)
