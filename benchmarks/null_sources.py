@@ -16,7 +16,8 @@ cubic B-spline, each volume once; DIPY's WLS tensor fit) onto the static head's 
 truth's anatomy is: the error left by a perfect motion estimate, the interpolation of the moved
 volumes alone.  ``true_motion_reference`` does the same onto the participant level's reference
 pose (where its maps show the head: the pose its motion estimates imply for the b=0 volumes), so
-that it and the participant level differ only by the error of the motion estimates; it and
+that it and the participant level differ by the error of the motion estimates (and the rest of
+the preprocessing: denoising, b-vector rotation, the tensor fit); it and
 ``true_motion`` differ by what the values taken with the static pose's anatomy lose when the
 head is elsewhere (an error of this evaluation, not of the pipeline).
 
