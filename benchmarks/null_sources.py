@@ -35,7 +35,7 @@ Values per participant x ROI x session:
 
 Per arm and value: the RMS and the largest false change (percent of the baseline), and the RMS
 per ROI; per arm with motion, the RMS position error of the participant level's motion estimates
-(b=0 and DW volumes apart).  Results: ``results/null_sources.json`` and ``.md``.
+(b=0 and DW volumes apart).  Results: ``results/null_sources_<motion>.json`` and ``.md``.
 
 Usage::
 
@@ -46,7 +46,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -63,9 +62,9 @@ ARMS = {"noisy": [], "noise_free": ["--no-noise"], "static": ["--no-noise", "--n
 #: The participant level's statistics compared.
 STATISTICS = ("roi_gm_weighted_median", "median")
 #: The app's default CSF exclusion (um^2/ms), used by ``true_weighted_median``.
-CSF_MD_THRESHOLD = {field.name: field.default for field in dataclasses.fields(Config)}["csf_md_threshold"]
-#: b-values below this are b=0 volumes (s/mm^2; the simulator writes 0).
-B0_THRESHOLD = 50
+CSF_MD_THRESHOLD = Config.default("csf_md_threshold")
+#: The app's default b=0 threshold (s/mm^2; the simulator writes 0).
+B0_THRESHOLD = Config.default("b0_threshold")
 #: The tensor fit of ``true_motion`` (DIPY) and its MD unit (mm^2/s) -> um^2/ms.
 MD_SCALE = 1000.0
 
@@ -79,8 +78,10 @@ def _load(path: Path, canonical: bool = False) -> np.ndarray:
     return np.asarray((nib.as_closest_canonical(image) if canonical else image).dataobj, dtype=float)
 
 
-def _true_roi_values(md: np.ndarray, run_dir: Path, subject: str, session: str, canonical: bool) -> dict:
-    """``core_median`` and ``true_weighted_median`` of every ROI (the session's own grid)."""
+def _true_roi_values(md: np.ndarray, run_dir: Path, subject: str, session: str, canonical: bool,
+                     rois: list[str]) -> dict:
+    """``core_median`` and ``true_weighted_median`` of every ROI (the session's own grid; ``rois``:
+    the atlas' names in label order, from truth.json)."""
     from bids_ketamine.dwi.partial_volume import weighted_median
 
     prefix = f"{subject}_ses-{session}"
@@ -89,9 +90,8 @@ def _true_roi_values(md: np.ndarray, run_dir: Path, subject: str, session: str, 
     labels = _load(truth / f"{prefix}_space-dwi_atlas-ketamine7_dseg.nii.gz", canonical).astype(int)
     grey_matter = _load(truth / f"{prefix}_space-dwi_label-GM_probseg.nii.gz", canonical)
     not_csf = np.isfinite(md) & (md <= CSF_MD_THRESHOLD)
-    truth_json = json.loads((run_dir / "bids" / "sourcedata" / "simulation" / "truth.json").read_text())
     values = {}
-    for index, roi in enumerate(truth_json["anatomy"]["roi_names"], start=1):
+    for index, roi in enumerate(rois, start=1):
         soft = (labels == index) & not_csf
         values[roi] = {"core_median": float(np.median(md[core == index])),
                        "true_weighted_median": weighted_median(md[soft], grey_matter[soft])}
@@ -136,9 +136,8 @@ def true_motion_md(run_dir: Path, subject: str, session: str, onto_reference: bo
     folder = run_dir / "bids" / subject / f"ses-{session}" / "dwi"
     image = nib.load(str(folder / f"{prefix}_dwi.nii.gz"))
     data = np.asarray(image.dataobj, dtype=float)
-    bvals = np.loadtxt(folder / f"{prefix}_dwi.bval")
     bvecs = np.loadtxt(folder / f"{prefix}_dwi.bvec")
-    true, _, _, pose = _motion(run_dir, subject, session)
+    true, _, bvals, pose = _motion(run_dir, subject, session)
     # volume v shows the static head moved by M_v; the reference shows it moved by the pose:
     # the reference at x is volume v at M_v @ pose^-1 x
     to_reference = np.linalg.inv(pose) if onto_reference else np.eye(4)
@@ -180,8 +179,9 @@ def arm_changes(run_dir: Path, source: str = "pipeline") -> pd.DataFrame:
     reference pose (``"true_motion_reference"``).
     """
     subjects = sorted(p.name for p in (run_dir / "bids").glob("sub-*") if p.is_dir())
-    sessions = json.loads((run_dir / "bids" / "sourcedata" / "simulation" / "truth.json").read_text())
-    baseline, followup = sessions["design"]["sessions"][:2]
+    truth = json.loads((run_dir / "bids" / "sourcedata" / "simulation" / "truth.json").read_text())
+    baseline, followup = truth["design"]["sessions"][:2]
+    rois = truth["anatomy"]["roi_names"]
     rows = []
     for subject in subjects:
         values = {}
@@ -190,10 +190,10 @@ def arm_changes(run_dir: Path, source: str = "pipeline") -> pd.DataFrame:
                 dwi = run_dir / "out" / subject / f"ses-{session}" / "dwi"
                 md = _load(dwi / f"{subject}_ses-{session}_space-dwi_model-tensor_param-md_dwimap.nii.gz")
                 # the outputs are RAS+; the truth's images are on the simulated (raw) grid
-                values[session] = _true_roi_values(md, run_dir, subject, session, canonical=True)
+                values[session] = _true_roi_values(md, run_dir, subject, session, True, rois)
             else:
                 md = true_motion_md(run_dir, subject, session, onto_reference=source == "true_motion_reference")
-                values[session] = _true_roi_values(md, run_dir, subject, session, canonical=False)
+                values[session] = _true_roi_values(md, run_dir, subject, session, False, rois)
         for roi, before in values[baseline].items():
             rows.append({"participant_id": subject, "roi": roi,
                          **{name: 100.0 * (values[followup][roi][name] - value) / value

@@ -24,7 +24,6 @@ NAMES = {"bids_dir": "BIDS dataset", "output_dir": "Output (derivatives) directo
          "use_syn_sdc": "Fieldmap-less distortion correction (SyN-SDC)"}
 
 
-
 def input_id(action: argparse.Action) -> str:
     """The descriptor's id of an option: its dest, ``no_`` before it for a store-false flag."""
     return f"no_{action.dest}" if isinstance(action, argparse._StoreFalseAction) else action.dest
