@@ -2,7 +2,7 @@
 
 Each run is loaded and denoised on its own (denoising needs the run's own noise, before any
 interpolation); the runs are then joined here, on the first run's grid, and motion correction
-aligns every volume of every run to one b=0 reference, so the tensor is fitted to all of them.
+aligns every volume of every run to one reference, so the tensor is fitted to all of them.
 """
 
 from __future__ import annotations

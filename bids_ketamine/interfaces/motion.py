@@ -35,7 +35,7 @@ class _MotionCorrectInputSpec(BaseInterfaceInputSpec):
 
 
 class _MotionCorrectOutputSpec(TraitedSpec):
-    dwi_file = File(exists=True, desc="motion-corrected DWI on the b=0 reference grid")
+    dwi_file = File(exists=True, desc="motion-corrected DWI on the input grid, at the series' mean head position")
     bval_file = File(exists=True, desc="b-values")
     bvec_file = File(exists=True, desc="b-vectors rotated with each volume (FSL convention)")
     b0_file = File(exists=True, desc="mean of the aligned b=0 volumes")
@@ -43,7 +43,7 @@ class _MotionCorrectOutputSpec(TraitedSpec):
 
 
 class MotionCorrect(SimpleInterface):
-    """Align every volume to the b=0 reference and rotate its b-vector
+    """Align every volume to the series' mean head position and rotate its b-vector
     (:func:`bids_ketamine.dwi.motion.correct_motion`); with ``distorted_file``, resample that
     series through the motion and the distortion together."""
 

@@ -26,7 +26,7 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
     denoising, then Gibbs removal, then motion correction).  With ``n_runs`` > 1
     (``--combine-runs average``) each run is loaded, denoised (and Gibbs-corrected) on its
     own, the runs are joined (:class:`~bids_ketamine.interfaces.io.ConcatenateRuns`) and
-    motion correction aligns every volume to one b=0 reference.  With a ``fieldmap`` plan the
+    motion correction aligns every volume to one reference.  With a ``fieldmap`` plan the
     susceptibility distortion is estimated after denoising and Gibbs removal
     (:func:`~bids_ketamine.workflows.fieldmap.init_fieldmap_wf`), motion is estimated on the
     unwarped series, and each volume is resampled once, through its motion and the distortion
@@ -169,7 +169,8 @@ def _description(config: Config, n_runs: int) -> str:
                 "tensor cannot see, such as all diffusion-weighted volumes moving together, was set by "
                 "smoothness in time and, where the b=0 volumes left it uncertain, by aligning the mean "
                 "diffusion-weighted image to the mean b=0 with mutual information [@dipy]) and the gradient "
-                "directions were rotated with each volume; all volumes were resampled once. Framewise "
+                "directions were rotated with each volume; all volumes were resampled once, at the series' "
+                "mean head position. Framewise "
                 "displacement [@power2012] summarises the motion per volume.")
     return " ".join(text)
 
