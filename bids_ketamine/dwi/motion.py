@@ -630,9 +630,8 @@ def correct_motion(
                                  common_sd.round(3), offset.round(3), weight.round(2))
             LOGGER.debug("motion correction round %d done", round_ + 1)
         if reference == "mean":
-            # 3. The output's reference at the series' mean pose: a point y there is the first
-            # b=0 frame's point mean^-1 y (Notes).
-            # joined runs: the first run's mean pose (Notes)
+            # 3. The output's reference at the series' mean pose (joined runs: the first run's):
+            # a point y there is the first b=0 frame's point mean^-1 y (Notes).
             own = transforms if run_index is None else transforms[run_index == 0]
             transforms[:] = transforms @ np.linalg.inv(_mean_pose(own, centre))
         # 4. Resample everything once from the input.

@@ -169,8 +169,8 @@ def _description(config: Config, n_runs: int) -> str:
                 "tensor cannot see, such as all diffusion-weighted volumes moving together, was set by "
                 "smoothness in time and, where the b=0 volumes left it uncertain, by aligning the mean "
                 "diffusion-weighted image to the mean b=0 with mutual information [@dipy]) and the gradient "
-                "directions were rotated with each volume; all volumes were resampled once, at the series' "
-                "mean head position. Framewise "
+                "directions were rotated with each volume; all volumes were resampled once, at the "
+                f"{'first run' if n_runs > 1 else 'series'}'s mean head position. Framewise "
                 "displacement [@power2012] summarises the motion per volume.")
     return " ".join(text)
 
