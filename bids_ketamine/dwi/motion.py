@@ -47,6 +47,7 @@ from threadpoolctl import threadpool_limits
 
 from bids_ketamine.dwi.mask import brain_mask
 from bids_ketamine.dwi.rigid import (
+    log_euclidean_mean,
     matrix_power,
     matrix_to_params,
     register,
@@ -341,11 +342,6 @@ def _block_offset(b0_mean, dw_mean, affine, mask, centre) -> np.ndarray:
     return _centred_log(correction, centre)
 
 
-def _mean_pose(transforms: np.ndarray, centre) -> np.ndarray:
-    """Log-Euclidean mean of rigid transforms, with rotations about ``centre`` (world mm)."""
-    return _centred_exp(np.mean([_centred_log(matrix, centre) for matrix in transforms], axis=0), centre)
-
-
 def _interpolate_between_b0s(transforms: np.ndarray, b0_idx: np.ndarray,
                              run_index: np.ndarray | None = None) -> np.ndarray:
     """Starting transforms of every volume: the b=0 motion interpolated in time.
@@ -633,7 +629,7 @@ def correct_motion(
             # 3. The output's reference at the series' mean pose (joined runs: the first run's):
             # a point y there is the first b=0 frame's point mean^-1 y (Notes).
             own = transforms if run_index is None else transforms[run_index == 0]
-            transforms[:] = transforms @ np.linalg.inv(_mean_pose(own, centre))
+            transforms[:] = transforms @ np.linalg.inv(log_euclidean_mean(own))
         # 4. Resample everything once from the input.
         corrected = np.empty(shape + (n_vol,), dtype=np.float32)
 
