@@ -38,7 +38,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
     "difference is in the data at the same anatomical location (ortho MD sampled at the tilted "
     "ROI voxels through the rigid midpoint transforms, nearest neighbour, is 4.5-6.7 % above tilted's) and does not move with denoising, motion, "
     "eddy-current (12-dof) or Gibbs correction, WLS/OLS/NLLS/RESTORE, ROI statistic, tissue "
-    "thresholds or a per-series SyN. strict: the test fails as soon as this passes",
+    "thresholds or a per-series SyN. Between the years every tissue's MD rose 2-5 % (template white "
+    "matter +3.9 / +5.1 %, benchmarks/real_retest.py): net of that shift the year differences are "
+    "within 3.1 % (roi_gm_weighted_median). strict: the test fails as soon as this passes",
 )
 def test_real_canon_sessions_and_acquisitions_agree(real_dwi, tmp_path):
     """sub-canon: ROI MD agrees between years (same acquisition) and between acq-ortho and
