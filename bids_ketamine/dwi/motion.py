@@ -486,7 +486,10 @@ def correct_motion(
     worst: ``roi_gm_weighted_median`` 0.53 % and 2.41 % with the first b=0's reference, 0.22 %
     and 0.79 % with the mean pose; ``median`` 0.47 % and 2.08 %, 0.24 % and 0.74 %. The motion
     estimates themselves are the same (docs/participant.md, "Moderate motion: where the error
-    comes from").
+    comes from"). Under heavy motion (mean FD 3 mm, noisy null trial, 12 subjects) the mean pose
+    is the less precise of the two (``roi_gm_weighted_median`` SD 0.46 % against 0.35 %, worst
+    1.46 % against 0.89 %), for a reason not known; the b=0 nearest the mean pose was no better
+    than the mean under moderate motion (0.38 %, worst 1.25 %).
 
     Joined runs (``run_lengths``) take the first run's mean pose.  What matters is that the b=0
     and DW volumes are displaced alike on average, which holds within every run at that pose
