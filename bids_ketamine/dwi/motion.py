@@ -488,8 +488,8 @@ def correct_motion(
     estimates themselves are the same (docs/participant.md, "Moderate motion: where the error
     comes from"). Under heavy motion (mean FD 3 mm, noisy null trial, 12 subjects) the mean pose
     is the less precise of the two (``roi_gm_weighted_median`` SD 0.46 % against 0.35 %, worst
-    1.46 % against 0.89 %), for a reason not known; the b=0 nearest the mean pose was no better
-    than the mean under moderate motion (0.38 %, worst 1.25 %).
+    1.46 % against 0.89 %), for a reason not known; the pose of the b=0 nearest the mean pose
+    falls between the two at both levels (moderate 0.38 %, worst 1.25 %; heavy 0.39 %, 1.51 %).
 
     Joined runs (``run_lengths``) take the first run's mean pose.  What matters is that the b=0
     and DW volumes are displaced alike on average, which holds within every run at that pose
