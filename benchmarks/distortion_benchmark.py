@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from bids_ketamine.simulate import PRESETS
+from participant_runs import participant_level_done  # benchmarks/, beside this script
 
 RESULTS = Path(__file__).parent / "results"
 CONDITIONS = {"distorted": ["--distortion", "100", "--reverse-pe"],
@@ -75,7 +76,7 @@ def simulate_and_process(workdir: Path, n_subjects: int, seed: int, paths=tuple(
         for path in _arms(condition, paths):
             extra = PATHS[path]
             out = workdir / f"out_{condition}_{path}"
-            if not list(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
+            if not participant_level_done(bids, out):
                 _run([sys.executable, "-m", "bids_ketamine.cli.run", str(bids), str(out), "participant",
                       "-w", str(workdir / f"work_{condition}_{path}"), "--nprocs", "2", "--omp-nthreads", "1",
                       *extra], workdir / f"log_{condition}_{path}.txt")

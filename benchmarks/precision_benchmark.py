@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bids_ketamine.simulate.session import DEFAULT_MOTION_SAMPLING, MOTION_SAMPLING
+from participant_runs import participant_level_done  # benchmarks/, beside this script
 
 RESULTS = Path(__file__).parent / "results"
 #: Per-volume motion scale (simulator ``--motion``) of each level; mean FD of the pipeline's
@@ -58,16 +59,14 @@ def simulate_and_run(run_dir: Path, level: str, n_subjects: int, seed: int, pres
                      simulator_options: list[str]) -> Path:
     """Simulate one trial of a motion level into ``run_dir/bids`` (the harder simulator's settings
     plus ``simulator_options``) and run the participant level into ``run_dir/out``; each step
-    is skipped when its outputs exist (the participant level: a ROI table for every series)."""
+    is skipped when its outputs exist (the participant level: :func:`participant_level_done`)."""
     bids, out = run_dir / "bids", run_dir / "out"
     if not (bids / "sourcedata" / "simulation" / "truth.tsv").exists():
         _run([sys.executable, "-m", "bids_ketamine.cli.simulate", str(bids), "--overwrite",
               "--n-subjects", str(n_subjects), "--seed", str(seed), "--preset", preset,
               "--effect-model", "blobs", "--repositioning", "2", "2",
               "--motion", str(MOTION_LEVELS[level]), "--quiet", *simulator_options])
-    # every series' ROI table, not just one: an interrupted participant level leaves some
-    tables, series = out.glob("sub-*/ses-*/dwi/*_roistats.tsv"), bids.glob("sub-*/ses-*/dwi/*_dwi.nii.gz")
-    if len(list(tables)) < len(list(series)):
+    if not participant_level_done(bids, out):
         _run([sys.executable, "-m", "bids_ketamine.cli.run", str(bids), str(out), "participant",
               "-w", str(run_dir / "work"), "--nprocs", str(nprocs), "--omp-nthreads", "1"])
     return run_dir

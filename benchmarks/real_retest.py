@@ -35,6 +35,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from participant_runs import participant_level_done  # benchmarks/, beside this script
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-dwi"
 RESULTS = Path(__file__).parent / "results" / "real_retest.json"
@@ -51,7 +52,7 @@ def run_participant(data: Path, workdir: Path) -> Path:
     from bids_ketamine.cli.run import main
 
     out = workdir / "out"
-    if not list(out.glob("sub-canon/ses-*/dwi/*_roistats.tsv")):
+    if not participant_level_done(data, out, "canon"):
         try:
             main([str(data), str(out), "participant", "-w", str(workdir / "work"), "--participant-label",
                   "canon", "--skip-bids-validation"])
