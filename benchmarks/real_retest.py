@@ -95,6 +95,8 @@ def roi_differences(table: pd.DataFrame, statistic: str) -> pd.DataFrame:
 def global_md(folder: Path) -> pd.DataFrame:
     """Per series: the median MD of its brain mask, and of the template's white and grey matter
     over the voxels whose MD is finite and positive in all four template-space maps."""
+    from nilearn.image import resample_to_img
+
     from bids_ketamine.resources import get_template
 
     maps, rows = {}, {}
@@ -106,16 +108,15 @@ def global_md(folder: Path) -> pd.DataFrame:
             rows[(year, acquisition)] = {"brain_mask": float(np.median(md[brain]))}
             maps[(year, acquisition)] = nib.load(stem + "space-MNI152NLin2009aSym_model-tensor_param-md_dwimap.nii.gz")
     grid = next(iter(maps.values()))
+    values = {key: image.get_fdata() for key, image in maps.items()}
+    measured = np.all([np.isfinite(v) & (v > 0) for v in values.values()], axis=0)
     template = get_template("MNI152NLin2009aSym")
-    measured = np.all([np.isfinite(m.get_fdata()) & (m.get_fdata() > 0) for m in maps.values()], axis=0)
-    from nilearn.image import resample_to_img
-
     for tissue, threshold in (("wm", 0.9), ("gm", 0.6)):
         probability = resample_to_img(str(getattr(template, tissue)), grid, interpolation="linear",
                                       force_resample=True, copy_header=True).get_fdata()
         voxels = measured & (probability >= threshold)
-        for key, image in maps.items():
-            rows[key][f"template_{tissue}"] = float(np.median(image.get_fdata()[voxels]))
+        for key, md in values.items():
+            rows[key][f"template_{tissue}"] = float(np.median(md[voxels]))
             rows[key][f"template_{tissue}_voxels"] = int(voxels.sum())
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["year", "acquisition"])
 
