@@ -3,7 +3,7 @@
 
 Measured, in this process:
 
-- ``count_s``: :func:`bids_ketamine.utils.progress.expected_nodes` on the real participant
+- ``count_s``: :func:`bids_ketamine.utils.workflow_progress.expected_nodes` on the real participant
   workflow of ``--n-subjects`` participants (every one built from the series of the given
   dataset's first participant), once per run;
 - ``per_event_us``: one nipype ``status_callback`` call of :class:`WorkflowProgress` (the full
@@ -57,7 +57,7 @@ class _Node:
 
 def _event_cost(nodes: dict, mode: str, repeats: int) -> float:
     """Microseconds per status_callback call, over ``repeats`` full event streams."""
-    from bids_ketamine.utils.progress import WorkflowProgress
+    from bids_ketamine.utils.workflow_progress import WorkflowProgress
 
     events = [(_Node(name), status) for name in nodes for status in ("start", "end")]
     elapsed = 0.0
@@ -123,7 +123,7 @@ def replay_eta(work_dir: Path, nodes: dict) -> dict:
 
     from nipype.pipeline.engine.utils import load_resultfile
 
-    from bids_ketamine.utils.progress import WorkflowProgress
+    from bids_ketamine.utils.workflow_progress import WorkflowProgress
 
     events = []
     for path in sorted((work_dir / "bids_ketamine_wf").glob("**/result_*.pklz")):
@@ -165,7 +165,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("bids_ketamine.progress").disabled = True  # time the reporter, not I/O
 
-    from bids_ketamine.utils.progress import expected_nodes
+    from bids_ketamine.utils.workflow_progress import expected_nodes
 
     workflow = _workflow(args.bids_dir, args.n_subjects, args.work_dir)
     started = time.perf_counter()

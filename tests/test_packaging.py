@@ -366,3 +366,32 @@ def test_dockerfile_fetches_the_templates_the_app_reads(tmp_path, monkeypatch):
     found = resources._templateflow_template("MNI152NLin2009cAsym")
     assert found is not None and found.source == "templateflow"
     assert "res-01" in found.t1w.name and "label-CSF" in found.csf.name
+
+
+def test_every_module_imports_first():
+    """Each module of the package imports in an interpreter where no other module of the
+    package was imported before it (a circular import shows only in that order: a nipype worker
+    unpickling a node imports its interface's module first)."""
+    import pkgutil
+    import subprocess
+
+    import bids_ketamine
+
+    modules = [info.name for info in pkgutil.walk_packages(bids_ketamine.__path__, "bids_ketamine.")
+               if ".tests" not in info.name]
+    code = (
+        "import importlib, sys\n"
+        "failed = []\n"
+        f"for name in {modules!r}:\n"
+        "    for loaded in [m for m in sys.modules if m == 'bids_ketamine' or m.startswith('bids_ketamine.')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as err:\n"
+        "        failed.append(f'{name}: {type(err).__name__}: {err}')\n"
+        "print('\\n'.join(failed))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(modules) > 50
+    assert done.stdout.strip() == "", done.stdout

@@ -23,14 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bids_ketamine.utils import progress as progress_module
 from bids_ketamine.utils.progress import (
     Progress,
-    StageProgress,
-    WorkflowProgress,
     format_duration,
     progress_mode,
 )
+from bids_ketamine.utils.workflow_progress import WorkflowProgress
 
 REPO = Path(__file__).resolve().parents[1]
 PROGRESS_LOGGER = "bids_ketamine.progress"
@@ -469,7 +467,7 @@ def test_mapnode_workflow_runs_with_the_reporter_under_multiproc(tmp_path):
     from nipype.interfaces import utility as niu
     from nipype.pipeline import engine as pe
 
-    from bids_ketamine.utils.progress import expected_nodes
+    from bids_ketamine.utils.workflow_progress import expected_nodes
 
     participant = pe.Workflow(name="sub_01_wf")
     mapped = pe.MapNode(niu.Function(function=_add_one, input_names=["value"], output_names=["value"]),

@@ -371,12 +371,3 @@ class StageProgress:
         """Stop the display (no-op when it never opened)."""
         if self.progress is not None:
             self.progress.close()
-
-
-# The nipype callback builds on Progress: it lives in workflow_progress, re-exported here.
-from bids_ketamine.utils.workflow_progress import (  # noqa: E402,F401
-    CALLBACK_PLUGINS,
-    WorkflowProgress,
-    expected_nodes,
-    node_cost,
-)
