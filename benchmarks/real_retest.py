@@ -12,7 +12,13 @@ script runs the participant level once and reports, per acquisition and ROI stat
   of each series' brain mask (the quantity the dataset's README gives: about 0.77 in 2020 and
   0.79 in 2021), and the median over the template's white matter (probability >= 0.9) and grey
   matter (>= 0.6) of the four series' template-space MD maps, the same voxels in every series;
+- the same shift as the participant level reports it in its tissue tables
+  (``*_model-tensor_tissuestats.tsv``: the MD median over the participant's shared brain
+  mask, white matter and grey matter, in each series' own grid), the measures that the group
+  level's ``--covariates md_wm_change`` uses;
 - each ROI difference net of each global shift, i.e. what remains specific to the ROI.
+- each series' noise level and SNR (b=0 and mean DW image), from the participant level's noise
+  map: a noise floor that differed between the years would bias MD by itself.
 
 A global shift is in the measured MD of every voxel (a b-value scale, a different gradient
 calibration or temperature), so an ideal pipeline reports it too: the simulator counts its
@@ -44,7 +50,10 @@ ACQUISITIONS = ("ortho", "tilted")
 STATISTICS = ("median", "mean", "roi_gm_weighted_median", "roi_gm_weighted_mean", "gm_weighted_mean")
 MIN_COVERAGE = 0.8
 LIMIT_PCT = 5.0
-GLOBAL_MEASURES = ("brain_mask", "template_wm", "template_gm")
+#: The participant level's own tissue table (``*_tissuestats.tsv``): MD median over the
+#: shared brain mask and the participant's white / grey matter in each series' native grid.
+TISSUE_MEASURES = ("tissue_brain", "tissue_wm", "tissue_gm")
+GLOBAL_MEASURES = ("brain_mask", "template_wm", "template_gm", *TISSUE_MEASURES)
 
 
 def run_participant(data: Path, workdir: Path) -> Path:
@@ -93,8 +102,9 @@ def roi_differences(table: pd.DataFrame, statistic: str) -> pd.DataFrame:
 
 
 def global_md(folder: Path) -> pd.DataFrame:
-    """Per series: the median MD of its brain mask, and of the template's white and grey matter
-    over the voxels whose MD is finite and positive in all four template-space maps."""
+    """Per series: the median MD of its brain mask, of the template's white and grey matter
+    over the voxels whose MD is finite and positive in all four template-space maps, and the
+    participant level's own tissue medians (:data:`TISSUE_MEASURES`)."""
     from nilearn.image import resample_to_img
 
     from bids_ketamine.resources import get_template
@@ -106,6 +116,9 @@ def global_md(folder: Path) -> pd.DataFrame:
             md = nib.load(stem + "space-dwi_model-tensor_param-md_dwimap.nii.gz").get_fdata()
             brain = nib.load(stem + "space-dwi_desc-brain_mask.nii.gz").get_fdata() > 0
             rows[(year, acquisition)] = {"brain_mask": float(np.median(md[brain]))}
+            tissues = pd.read_csv(stem + "model-tensor_tissuestats.tsv", sep="\t").query("param == 'md'")
+            for tissue, median in zip(tissues["tissue"], tissues["median"]):
+                rows[(year, acquisition)][f"tissue_{tissue}"] = float(median)
             maps[(year, acquisition)] = nib.load(stem + "space-MNI152NLin2009aSym_model-tensor_param-md_dwimap.nii.gz")
     grid = next(iter(maps.values()))
     values = {key: image.get_fdata() for key, image in maps.items()}
@@ -119,6 +132,27 @@ def global_md(folder: Path) -> pd.DataFrame:
             rows[key][f"template_{tissue}"] = float(np.median(md[voxels]))
             rows[key][f"template_{tissue}_voxels"] = int(voxels.sum())
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["year", "acquisition"])
+
+
+def noise_levels(folder: Path) -> dict:
+    """Per series, from the participant level's outputs, inside its brain mask: the median MP-PCA
+    noise level, the median mean b=0 over it (b=0 SNR) and the median of the mean DW image over
+    it (DW SNR): whether the years differ in the noise floor that biases MD (Rician bias of a
+    signal at SNR s: about 1 / (2 s^2))."""
+    levels = {}
+    for year in YEARS:
+        for acquisition in ACQUISITIONS:
+            stem = _series(folder, year, acquisition)
+            brain = nib.load(stem + "space-dwi_desc-brain_mask.nii.gz").get_fdata() > 0
+            noise = float(np.median(nib.load(stem + "space-dwi_model-mppca_param-noise_dwimap.nii.gz").get_fdata()[brain]))
+            b0 = nib.load(stem + "space-dwi_desc-b0_dwiref.nii.gz").get_fdata()
+            dwi = nib.load(stem + "space-dwi_desc-preproc_dwi.nii.gz")
+            weighted = np.loadtxt(stem + "space-dwi_desc-preproc_dwi.bval") > 50
+            mean_dw = np.asarray(dwi.dataobj, dtype=np.float32)[..., weighted].mean(axis=-1)
+            levels[f"{year}_{acquisition}"] = {"noise": round(noise, 2),
+                                               "b0_snr": round(float(np.median(b0[brain])) / noise, 1),
+                                               "dw_snr": round(float(np.median(mean_dw[brain])) / noise, 1)}
+    return levels
 
 
 def summarise(table: pd.DataFrame, shift: pd.DataFrame) -> dict:
@@ -153,8 +187,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     folder = run_participant(args.data, args.workdir)
     results = summarise(roi_table(folder), global_md(folder))
+    results["noise_levels"] = noise_levels(folder)
     args.results.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({"global_shift_pct": results["global_shift_pct"],
+    print(json.dumps({"global_shift_pct": results["global_shift_pct"], "noise_levels": results["noise_levels"],
                       **{s: {k: {m: v[m] for m in ("mean_abs_pct", "largest_pct", "above_limit")}
                              for k, v in r.items()} for s, r in results["statistics"].items()}}, indent=2))
     return 0

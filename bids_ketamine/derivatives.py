@@ -60,6 +60,7 @@ SERIES_OUTPUTS: dict[str, dict[str, str]] = {
     "dseg_tsv": {"space": "dwi", "atlas": "{atlas}", "suffix": "dseg", "extension": ".tsv"},
     "roistats_file": {"atlas": "{atlas}", "model": "tensor", "suffix": "roistats",
                       "extension": ".tsv"},
+    "tissuestats_file": {"model": "tensor", "suffix": "tissuestats", "extension": ".tsv"},
     # with a susceptibility-distortion correction only (:data:`FIELDMAP_OUTPUTS`)
     "field_file": {"datatype": "fmap", "desc": "preproc", "suffix": "fieldmap", "extension": ".nii.gz"},
     "uncorrected_b0_file": {"space": "dwi", "desc": "uncorrected", "suffix": "dwiref", "extension": ".nii.gz"},

@@ -25,7 +25,7 @@ from bids_ketamine.config import Config
 from bids_ketamine.errors import ClinicalDataError
 from bids_ketamine.group import clinical, models, response, tables
 from bids_ketamine.group.run import run_group_level
-from bids_ketamine.group.synthetic import multisession_study, random_study, write_study
+from bids_ketamine.group.synthetic import multisession_study, random_study, write_study, write_tissue_tables
 from bids_ketamine.simulate.infusion import InfusionDesign, repeated_infusion_tables
 
 
@@ -167,16 +167,13 @@ def test_trajectory_rows_equal_a_direct_mixedlm_fit(tmp_path):
     assert effect["p_value"] < 0.001  # the effect is found, not only covered
 
 
-def test_change_covariate_enters_the_formula(tmp_path):
-    participants, scores, rois = random_study(24, rois=("vACC",), seed=5)
-    bids, out = tmp_path / "bids", tmp_path / "out"
-    write_study(bids, out, participants, scores, rois)
-    config = Config(bids_dir=bids, output_dir=out, analysis_level="group", outcomes=("madrs",),
-                    covariates=("qids_sr_change", "age"), n_permutations=0)
-    run_group_level(config)
+def _assert_interaction_with(out, participants, scores, rois, covariate: str, values) -> None:
+    """The group level's MADRS interaction model with ``covariate`` and age: its formula, and its
+    estimates and HC3 errors against OLS computed here; ``values(wide, subjects)`` gives the
+    covariate's column (``wide``: the session scores, one column per measure and session)."""
     document = json.loads((out / "group" / "models.json").read_text())
     assert document["formulas"]["interaction/md/madrs_change"] == (
-        "madrs_change ~ treatment + md_change + treatment:md_change + qids_sr_change + age")
+        f"madrs_change ~ treatment + md_change + treatment:md_change + {covariate} + age")
     wide = scores.pivot(index="participant_id", columns="session_id")
     md = rois.pivot(index="participant_id", columns="session_id", values="mean")
     people = participants.assign(participant_id=participants["participant_id"].str[4:]) \
@@ -185,15 +182,58 @@ def test_change_covariate_enters_the_formula(tmp_path):
     treatment = (people.loc[subjects, "group"] == "ketamine").to_numpy(float)
     md_change = (md["post"] - md["pre"]).loc[subjects].to_numpy()
     x = np.column_stack([np.ones(len(subjects)), treatment, md_change, treatment * md_change,
-                         (wide[("qids_sr", "post")] - wide[("qids_sr", "pre")]).to_numpy(),
-                         people.loc[subjects, "age"].to_numpy(float)])
+                         values(wide, subjects), people.loc[subjects, "age"].to_numpy(float)])
     y = (wide[("madrs", "post")] - wide[("madrs", "pre")]).to_numpy()
     beta, se, _, _ = _ols_hc3(x, y)
     rows = _rows(_read_tsv(out / "group" / "models.tsv"), model="interaction", measure="change")
-    names = ["intercept", "treatment", "md_change", "treatment:md_change", "qids_sr_change", "age"]
+    names = ["intercept", "treatment", "md_change", "treatment:md_change", covariate, "age"]
     np.testing.assert_allclose(rows.loc[names, "estimate"], beta, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(rows.loc[names, "std_error"], se, rtol=1e-6)
     assert set(rows["outcome_session"].astype(str)) == {"post"}
+
+
+def test_change_covariate_enters_the_formula(tmp_path):
+    participants, scores, rois = random_study(24, rois=("vACC",), seed=5)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    write_study(bids, out, participants, scores, rois)
+    config = Config(bids_dir=bids, output_dir=out, analysis_level="group", outcomes=("madrs",),
+                    covariates=("qids_sr_change", "age"), n_permutations=0)
+    run_group_level(config)
+    _assert_interaction_with(out, participants, scores, rois, "qids_sr_change",
+                             lambda wide, _: (wide[("qids_sr", "post")] - wide[("qids_sr", "pre")]).to_numpy())
+
+
+def test_tissue_measure_change_as_a_covariate(tmp_path):
+    """``--covariates md_wm_change``: the change of the participant level's white-matter median
+    MD (its tissue tables) enters the interaction model like a clinical score's change, and
+    ``--params md_wm`` analyses that global change itself."""
+    participants, scores, rois = random_study(24, rois=("vACC",), seed=5)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    write_study(bids, out, participants, scores, rois)
+    rng = np.random.default_rng(11)
+    subjects = sorted(rois["participant_id"].unique())
+    md_wm = {(s, ses): 0.7 + 0.03 * rng.standard_normal() for s in subjects for ses in ("pre", "post")}
+    write_tissue_tables(out, pd.DataFrame([
+        {"participant_id": s, "session_id": ses, "tissue": "wm", "param": "md", "median": value}
+        for (s, ses), value in md_wm.items()]))
+    config = Config(bids_dir=bids, output_dir=out, analysis_level="group", outcomes=("madrs",),
+                    covariates=("md_wm_change", "age"), n_permutations=0)
+    run_group_level(config)
+    _assert_interaction_with(out, participants, scores, rois, "md_wm_change",
+                             lambda _, subjects: [md_wm[(s, "post")] - md_wm[(s, "pre")] for s in subjects])
+
+    run_group_level(config.replace(params=("md_wm",), covariates=()))
+    change = _read_tsv(out / "group" / "change.tsv").set_index("participant_id")
+    assert set(change["param"]) == {"md_wm"}
+    for subject in subjects:
+        wm_change = md_wm[(subject, "post")] - md_wm[(subject, "pre")]
+        assert change.at[f"sub-{subject}", "change"] == pytest.approx(wm_change, rel=1e-5)
+    # outputs of a version before the tissue tables: the error says to rerun the participant level
+    for path in out.rglob("*_tissuestats.tsv"):
+        path.unlink()
+    for option in ({"covariates": ("md_wm_change",)}, {"params": ("md_wm",)}):
+        with pytest.raises(ClinicalDataError, match="tissuestats.tsv tables.*rerun the participant level"):
+            run_group_level(config.replace(**option))
 
 
 def _early_change_p_values(design: InfusionDesign) -> dict:

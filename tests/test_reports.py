@@ -24,6 +24,7 @@ from header_series import header_only_series
 
 from bids_ketamine.cli.workflow import write_run_records
 from bids_ketamine.config import KETAMINE7_ROIS, OFFLINE_TEMPLATE, Config
+from bids_ketamine.dwi.tissue_stats import tissue_statistics
 from bids_ketamine.workflows.base import init_bids_ketamine_wf
 
 try:  # tests/ is not a package: pytest puts it on sys.path (rootdir-relative imports)
@@ -160,6 +161,9 @@ def make_participant_tree(root: Path, *, full: bool = True, subject: str = SUBJE
                      index=False, float_format="%.6f")
         if not full:
             continue
+        shared_md = (0.8 * gm + 0.7 * wm + 3.0 * csf) * 0.99 * mask  # the sessions' mean: one CSF rule
+        tissue_statistics(maps, mask, tissue_fractions={"gm": gm, "wm": wm}, md=shared_md).to_csv(
+            dwi / f"{prefix}_model-tensor_tissuestats.tsv", sep="\t", index=False, float_format="%.6f")
         for param in ("fa", "md"):
             _save(maps[param], affine,
                   dwi / f"{prefix}_space-{OFFLINE_TEMPLATE}_model-tensor_param-{param}_dwimap.nii.gz")
@@ -346,6 +350,21 @@ def test_roi_table_equals_tsv(participant_reports, participant_tree):
                 assert float(row["md_std"][0]) == pytest.approx(record["std"], rel=1e-12)
                 assert int(row["n_voxels"][1]) == record["n_voxels"]
                 assert row["coverage"][1] == f"{record['coverage']:.3f}"
+
+
+def test_whole_brain_md_table(participant_reports, participant_tree):
+    """Each session's tissue medians as in its table, and their share of the change: MD drops by
+    2 % at follow-up in every tissue, so each session lies 1/0.99 - 1 = 1.0101 % from the mean."""
+    rows = {row["series"][1]: row for row in parse_page(participant_reports["01"]).tables["tissue-table"]}
+    assert sorted(rows) == sorted(f"ses-{session}" for session in SESSIONS)
+    for session in SESSIONS:
+        tsv = participant_tree / f"sub-01/ses-{session}/dwi/sub-01_ses-{session}_model-tensor_tissuestats.tsv"
+        md = pd.read_csv(tsv, sep="\t").query("param == 'md'").set_index("tissue")["median"]
+        sign = 1 if session == "pre" else -1
+        for tissue in ("brain", "wm", "gm"):
+            assert float(rows[f"ses-{session}"][tissue][0]) == pytest.approx(md[tissue], rel=1e-12)
+            assert float(rows[f"ses-{session}"][f"{tissue}_relative"][0]) == pytest.approx(sign * 1.0101, abs=2e-4)
+    assert "tissue-table" not in parse_page(participant_reports["02"]).tables  # no tissue tables there
 
 
 def test_warnings_are_the_planted_problems(participant_reports):

@@ -96,6 +96,16 @@ def test_participant_graph(tmp_path, denoise, longitudinal, gm_threshold, n_sess
         assert {("shared_md_files", "shared_md_file"), ("shared_mask_files", "shared_mask_file")} <= shared
         roistats = nodes[f"{roi}.roistats_{key}"]
         assert roistats.inputs.csf_md_threshold == config.csf_md_threshold
+        # the tissue table: the same maps, voxel selection and fractions as the ROI table
+        tissuestats = f"{roi}.tissuestats_{key}"
+        assert nodes[tissuestats].inputs.csf_md_threshold == config.csf_md_threshold
+        for field in ("fa_file", "md_file", "ad_file", "rd_file", "mask_file"):
+            assert _trace(edges, tissuestats, field) == _trace(edges, f"{roi}.roistats_{key}", field)
+        assert _pairs(edges[(f"{roi}.shared_selection", tissuestats)]) == shared
+        for tissue in ("gm", "wm"):
+            assert (_pairs(edges.get((f"{roi}.{tissue}_to_native_{key}", tissuestats), []))
+                    == ({("out_file", f"{tissue}_file")} if gm_threshold is not None else set()))
+        assert _trace(edges, sink.format("tissuestats_file"), "in_file") == (tissuestats, "out_file")
         assert ("midpoint_file", "moving_file") in edges[(registration.replace("template_registration", "midpoint"),
                                                           registration)]
         # the registration travels as files (nipype hashes their content), to every warping node
@@ -117,6 +127,8 @@ def test_participant_graph(tmp_path, denoise, longitudinal, gm_threshold, n_sess
     assert ("shared by the participant's sessions" in methods) == (longitudinal and n_sessions == 2)
     assert ("Marchenko-Pastur" in methods) == (denoise == "mppca")
     assert f"MD above {config.csf_md_threshold:g}" in methods
+    assert "over the brain mask" in methods
+    assert ("over its white matter (fraction at least 0.9)" in methods) == (gm_threshold is not None)
 
 
 def _name(node) -> str:
@@ -230,6 +242,8 @@ def test_roi_wf_wiring_with_t1w_tissues(tmp_path):
             assert {src[0]: src[2] for src, _ in connections if isinstance(src, tuple)} == {
                 "xfm_files": (index,), "b0_files": (index,)}
             assert ("out_file", f"{tissue}_file") in edges[(node, f"roistats_{key}")]
+            # the tissue table reads the same fractions (it has no CSF row)
+            assert (("out_file", f"{tissue}_file") in edges.get((node, f"tissuestats_{key}"), [])) == (tissue != "csf")
         weights = f"roi_weights_{key}"
         assert type(workflow.get_node(weights).interface).__name__ == "T1wROIWeights"
         assert ("out_file", "atlas_file") in edges[("atlas_to_t1w", weights)]

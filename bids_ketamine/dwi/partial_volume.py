@@ -204,7 +204,12 @@ def grey_matter_md(md, fractions: dict, *, wm_md: float, b_value: float, csf_md:
     return float(-np.log(attenuation) / b) if attenuation > 0 else float("nan")
 
 
-def tissue_md(md, fraction, mask, *, min_fraction: float = 0.9) -> float:
+#: A voxel with at least this fraction of one tissue counts as that tissue alone (the white
+#: matter's MD of ``pv_gm``'s mixture, the white-matter row of the tissue table).
+PURE_TISSUE_FRACTION = 0.9
+
+
+def tissue_md(md, fraction, mask, *, min_fraction: float = PURE_TISSUE_FRACTION) -> float:
     """Median MD of the nearly pure voxels of one tissue (e.g. the session's white matter).
 
     Parameters

@@ -29,7 +29,7 @@ import pandas as pd
 from bids_ketamine.config import DEFAULT_OUTCOMES, KETAMINE7_ROIS, ROI_STATISTIC_FALLBACK, Config
 from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.errors import ClinicalDataError, InputError
-from bids_ketamine.group import clinical, figures, models, response, roistats, tables
+from bids_ketamine.group import clinical, figures, models, response, roistats, tables, tissue
 from bids_ketamine.group.fits import (
     PREDICTION_COLUMNS,
     SINGLE_ARM_MODEL,
@@ -88,8 +88,9 @@ def _classify_params(params, scores: pd.DataFrame, bids_dir: Path) -> tuple[list
         else:
             raise ClinicalDataError(
                 f"--params {param}: neither a tensor parameter ({', '.join(TENSOR_PARAMS)}) "
-                f"nor a numeric per-session column of {bids_dir}/sub-*/sub-*_sessions.tsv or "
-                f"phenotype/*.tsv (numeric columns: {', '.join(measures) or 'none'}); fix --params"
+                f"nor a numeric per-session column of {bids_dir}/sub-*/sub-*_sessions.tsv, "
+                f"phenotype/*.tsv or the tissue tables (numeric columns: {', '.join(measures) or 'none'}); "
+                f"fix --params{tissue.missing_hint([param])}"
             )
     return imaging, per_session
 
@@ -118,7 +119,7 @@ def _covariate_names(config: Config, outcome: str, data: pd.DataFrame, bids_dir:
         raise ClinicalDataError(
             f"covariate(s) {', '.join(missing)} not found in {bids_dir}/participants.tsv nor as "
             f"<outcome>_baseline or <outcome>_change of a per-session score (available: "
-            f"{', '.join(available)}); fix --covariates"
+            f"{', '.join(available)}); fix --covariates{tissue.missing_hint(missing)}"
         )
     return list(dict.fromkeys(names))
 
@@ -244,6 +245,7 @@ def run_group_level(config: Config) -> dict:
                                               tuple(config.participant_label),
                                               config.treatment_label)
     scores = clinical.read_session_scores(bids_dir, participants.index)
+    scores = tissue.join_session_measures(scores, tissue.tissue_measures(output_dir, participants.index))
     outcomes = clinical.resolve_outcomes(config.outcomes, scores, DEFAULT_OUTCOMES, bids_dir)
     imaging, per_session = _classify_params(config.params, scores, bids_dir)
     params = imaging + per_session

@@ -16,6 +16,7 @@ import pandas as pd
 
 from bids_ketamine.config import DEFAULT_ROI_STATISTIC, KETAMINE7_ROIS, ROI_STATISTICS
 from bids_ketamine.derivatives import ROISTATS_COLUMNS
+from bids_ketamine.dwi.tissue_stats import TISSUESTATS_COLUMNS
 
 
 def write_study(bids_dir: Path, output_dir: Path, participants: pd.DataFrame,
@@ -63,6 +64,29 @@ def write_study(bids_dir: Path, output_dir: Path, participants: pd.DataFrame,
         folder.mkdir(parents=True, exist_ok=True)
         name = f"sub-{subject}_ses-{session}{entities}_atlas-{atlas}_model-tensor_roistats.tsv"
         rows[columns].to_csv(folder / name, sep="\t", index=False, na_rep="n/a")
+
+
+def write_tissue_tables(output_dir: Path, tissue_values: pd.DataFrame) -> None:
+    """Write the participant level's tissue tables (``*_tissuestats.tsv``).
+
+    Parameters
+    ----------
+    output_dir : Path
+        OUTPUT_DIR; session folders are created if missing.
+    tissue_values : pandas.DataFrame
+        ``participant_id``, ``session_id`` (bare), ``tissue``, ``param``, ``median``, and
+        optionally ``entities`` (one table per distinct value, as :func:`write_study`) and
+        ``n_voxels`` (1000 when absent).
+    """
+    values = tissue_values.copy()
+    values["entities"] = values.get("entities", "")
+    values["n_voxels"] = values.get("n_voxels", 1000)
+    for (subject, session, entities), rows in values.groupby(
+            ["participant_id", "session_id", "entities"], sort=False):
+        folder = Path(output_dir) / f"sub-{subject}" / f"ses-{session}" / "dwi"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"sub-{subject}_ses-{session}{entities}_model-tensor_tissuestats.tsv"
+        rows[TISSUESTATS_COLUMNS].to_csv(folder / name, sep="\t", index=False, na_rep="n/a")
 
 
 def _participants_and_md(rng, labels, treatment, n_rois):

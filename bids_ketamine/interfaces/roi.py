@@ -22,24 +22,48 @@ from bids_ketamine.interfaces.registration import TransformInputSpec
 from bids_ketamine.utils.images import open_image
 
 
-class _ROIStatsInputSpec(BaseInterfaceInputSpec):
-    dseg_file = File(exists=True, mandatory=True, desc="atlas labels in the native DWI grid")
-    labels_file = File(exists=True, mandatory=True, desc="TSV of the atlas labels (index, name)")
+def _float_map(path: str) -> np.ndarray:
+    """A map's voxel values as float32."""
+    return np.asarray(nib.load(path).dataobj, dtype=np.float32)
+
+
+def _tensor_maps(inputs) -> dict[str, np.ndarray]:
+    """The ``fa``/``md``/``ad``/``rd`` maps of an interface's ``<param>_file`` inputs."""
+    return {param: _float_map(getattr(inputs, f"{param}_file")) for param in ("fa", "md", "ad", "rd")}
+
+
+def _brain_mask(inputs) -> np.ndarray:
+    """The series' brain mask, within the participant's shared mask when given."""
+    mask = _float_map(inputs.mask_file) > 0
+    if inputs.shared_mask_file:
+        mask &= _float_map(inputs.shared_mask_file) > 0
+    return mask
+
+
+class _TensorMapsInputSpec(BaseInterfaceInputSpec):
+    """The inputs of every table of a series' tensor maps: the maps, the voxel selection and the
+    tissue fractions."""
+
     mask_file = File(exists=True, mandatory=True, desc="brain mask")
     fa_file = File(exists=True, mandatory=True, desc="FA map")
     md_file = File(exists=True, mandatory=True, desc="MD map (um^2/ms)")
     ad_file = File(exists=True, mandatory=True, desc="AD map (um^2/ms)")
     rd_file = File(exists=True, mandatory=True, desc="RD map (um^2/ms)")
-    coverage = traits.Dict(traits.Str, traits.Float, desc="ROI name -> coverage")
     csf_md_threshold = traits.Either(None, traits.Float, usedefault=True,
                                      desc="exclude voxels with MD above this (um^2/ms)")
     gm_file = File(exists=True, desc="grey-matter probability on the native grid")
-    gm_threshold = traits.Either(None, traits.Float, usedefault=True,
-                                 desc="keep voxels with grey-matter probability at least this")
     # issue 20: the participant's shared voxel selection and tissue fractions (all optional)
     shared_md_file = File(exists=True, desc="participant MD (mean of sessions) for the CSF exclusion")
     shared_mask_file = File(exists=True, desc="participant brain mask (inside every session's)")
     wm_file = File(exists=True, desc="white-matter probability on the native grid")
+
+
+class _ROIStatsInputSpec(_TensorMapsInputSpec):
+    dseg_file = File(exists=True, mandatory=True, desc="atlas labels in the native DWI grid")
+    labels_file = File(exists=True, mandatory=True, desc="TSV of the atlas labels (index, name)")
+    coverage = traits.Dict(traits.Str, traits.Float, desc="ROI name -> coverage")
+    gm_threshold = traits.Either(None, traits.Float, usedefault=True,
+                                 desc="keep voxels with grey-matter probability at least this")
     roi_weights_file = File(exists=True, desc="4-D ROI grey-matter volume fractions (ROIWeights)")
     csf_file = File(exists=True, desc="CSF probability on the native grid")
     b0_file = File(exists=True, desc="mean b=0 image: the tissues' b=0 signals of pv_gm's mixture")
@@ -60,25 +84,20 @@ class ROIStats(SimpleInterface):
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.roi import roi_statistics
 
-        def _load(path):
-            return np.asarray(nib.load(path).dataobj, dtype=np.float32)
-
-        maps = {p: _load(getattr(self.inputs, f"{p}_file")) for p in ("fa", "md", "ad", "rd")}
+        maps = _tensor_maps(self.inputs)
         labels = pd.read_csv(self.inputs.labels_file, sep="\t")
-        mask = _load(self.inputs.mask_file) > 0
-        if self.inputs.shared_mask_file:
-            mask &= _load(self.inputs.shared_mask_file) > 0
-        gm = _load(self.inputs.gm_file) if self.inputs.gm_file else None
+        mask = _brain_mask(self.inputs)
+        gm = _float_map(self.inputs.gm_file) if self.inputs.gm_file else None
         fractions = None
         if gm is not None and self.inputs.wm_file and self.inputs.csf_file:
-            fractions = {"gm": gm, "wm": _load(self.inputs.wm_file), "csf": _load(self.inputs.csf_file)}
-        roi_weights = _load(self.inputs.roi_weights_file) if self.inputs.roi_weights_file else None
+            fractions = {"gm": gm, "wm": _float_map(self.inputs.wm_file), "csf": _float_map(self.inputs.csf_file)}
+        roi_weights = _float_map(self.inputs.roi_weights_file) if self.inputs.roi_weights_file else None
         table = roi_statistics(
             maps,
             np.asarray(nib.load(self.inputs.dseg_file).dataobj).astype(int),
             labels,
             mask,
-            md=_load(self.inputs.shared_md_file) if self.inputs.shared_md_file else None,
+            md=_float_map(self.inputs.shared_md_file) if self.inputs.shared_md_file else None,
             csf_md_threshold=self.inputs.csf_md_threshold,
             tissue_fractions=fractions,
             roi_weights=roi_weights,
@@ -86,9 +105,37 @@ class ROIStats(SimpleInterface):
             gm_threshold=self.inputs.gm_threshold,
             coverage=dict(self.inputs.coverage) if self.inputs.coverage else None,
             b_value=self.inputs.b_value if isdefined(self.inputs.b_value) else None,
-            b0=_load(self.inputs.b0_file) if self.inputs.b0_file else None,
+            b0=_float_map(self.inputs.b0_file) if self.inputs.b0_file else None,
         )
         self._results["out_file"] = str(Path(runtime.cwd) / "roistats.tsv")
+        table.to_csv(self._results["out_file"], sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+        return runtime
+
+
+class _TissueStatsOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="tissue statistics TSV")
+
+
+class TissueStats(SimpleInterface):
+    """Tabulate the tensor maps over the brain, white and grey matter
+    (:func:`bids_ketamine.dwi.tissue_stats.tissue_statistics`)."""
+
+    input_spec = _TensorMapsInputSpec
+    output_spec = _TissueStatsOutputSpec
+
+    def _run_interface(self, runtime):
+        from bids_ketamine.dwi.tissue_stats import tissue_statistics
+
+        fractions = {tissue: _float_map(getattr(self.inputs, f"{tissue}_file")) for tissue in ("gm", "wm")
+                     if getattr(self.inputs, f"{tissue}_file")}
+        table = tissue_statistics(
+            _tensor_maps(self.inputs),
+            _brain_mask(self.inputs),
+            tissue_fractions=fractions,
+            md=_float_map(self.inputs.shared_md_file) if self.inputs.shared_md_file else None,
+            csf_md_threshold=self.inputs.csf_md_threshold,
+        )
+        self._results["out_file"] = str(Path(runtime.cwd) / "tissuestats.tsv")
         table.to_csv(self._results["out_file"], sep="\t", index=False, float_format="%.6g", na_rep="n/a")
         return runtime
 

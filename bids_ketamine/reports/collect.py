@@ -28,6 +28,7 @@ _FILE_KEYS = {
     "bvec_file": "bvec", "b0_file": "b0", "mask_file": "mask", "noise_file": "noise",
     "motion_file": "motion", "model_metadata": "tensor_json", "midpoint_xfm": "xfm_midpoint",
     "field_file": "field", "field_metadata": "field_json", "uncorrected_b0_file": "uncorrected_b0",
+    "tissuestats_file": "tissuestats",
 }
 #: Field -> attribute of :class:`AtlasOutputs`.
 _ATLAS_KEYS = {"dseg_file": "dseg", "dseg_tsv": "dseg_tsv", "roistats_file": "roistats"}
@@ -60,8 +61,8 @@ class SeriesOutputs:
         The session label, without ``ses-``.
     files : dict of str to Path
         Single files by role: ``preproc``, ``preproc_json``, ``bval``, ``bvec``, ``b0``,
-        ``mask``, ``noise``, ``motion``, ``tensor_json``, ``xfm_midpoint``; with a distortion
-        correction ``field``, ``field_json`` (in ``fmap/``) and ``uncorrected_b0``.
+        ``mask``, ``noise``, ``motion``, ``tensor_json``, ``xfm_midpoint``, ``tissuestats``; with a
+        distortion correction ``field``, ``field_json`` (in ``fmap/``) and ``uncorrected_b0``.
     maps : dict of str to Path
         DWI-space tensor maps by parameter (``fa``, ``md``, ``ad``, ``rd``).
     template_maps : dict of str to dict of str to Path

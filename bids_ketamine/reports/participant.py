@@ -20,6 +20,7 @@ import numpy as np
 from bids_ketamine import __version__
 from bids_ketamine.config import Config
 from bids_ketamine.derivatives import SeriesSummary
+from bids_ketamine.dwi.tissue_stats import TISSUE_MIN_FRACTION
 from bids_ketamine.reports import figures, qc
 from bids_ketamine.reports.collect import (
     ParticipantOutputs,
@@ -35,6 +36,7 @@ from bids_ketamine.reports.html import (
     details,
     escape,
     figure,
+    format_number,
     format_text,
     key_value_table,
     not_available,
@@ -43,6 +45,7 @@ from bids_ketamine.reports.html import (
 )
 from bids_ketamine.reports.methods import participant_methods
 from bids_ketamine.reports.series import FA_CONTOUR, FA_WINDOW, SeriesParts
+from bids_ketamine.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger(__name__)
 
@@ -274,7 +277,40 @@ class _ParticipantReport(SeriesParts):
                 "means the sessions were aligned; blur or double edges mean they were not.",
             ))
         parts.append(self._sessions_in_template())
+        parts.append(self._tissue_md())
         return Section("longitudinal", "Longitudinal registration", "".join(parts))
+
+    def _tissue_md(self) -> str:
+        """Each series' MD median over the brain, white and grey matter (its tissue table), and,
+        with several series, each relative to the participant's mean: a change of the whole brain."""
+        rows = []
+        for series in self.out.series:
+            path = series.files.get("tissuestats")
+            if path is None:
+                continue
+            table = read_tsv(path)
+            md = table[table["param"].astype(str) == "md"].set_index("tissue")["median"]
+            rows.append({"series": series.label,
+                         **{tissue: float(md.get(tissue, np.nan)) for tissue in TISSUE_MIN_FRACTION}})
+        if not rows:
+            return not_available("Whole-brain MD", f"sub-{self.out.subject}/ses-*/dwi/*_model-tensor_tissuestats.tsv")
+        names = {"brain": "brain", "wm": "white matter", "gm": "grey matter"}
+        columns = [Column("series", "Series", format_text, numeric=False)]
+        columns += [Column(tissue, f"MD, {names[tissue]} (µm²/ms)") for tissue in TISSUE_MIN_FRACTION]
+        if len(rows) > 1:
+            for tissue in TISSUE_MIN_FRACTION:
+                values = np.array([row[tissue] for row in rows])
+                mean = np.nanmean(values) if np.isfinite(values).any() else np.nan
+                for row, value in zip(rows, values):
+                    row[f"{tissue}_relative"] = 100.0 * (value / mean - 1.0)
+            columns += [Column(f"{tissue}_relative", f"{names[tissue].capitalize()}: % from the mean",
+                               lambda value: format_number(value, 2)) for tissue in TISSUE_MIN_FRACTION]
+        caption = ("Median MD over the brain mask, the white matter and the grey matter of each series "
+                   "(docs/outputs.md). A difference that every tissue shares between sessions is a change "
+                   "of the whole brain (scanner software, calibration, or the intervention itself), not of "
+                   "an ROI; the group level can adjust for it (<code>--covariates md_wm_change</code>).")
+        return ("<h3>Whole-brain MD</h3>" + data_table(rows, columns, table_id="tissue-table", sortable=False)
+                + f"<p>{caption}</p>")
 
     def _sessions_in_template(self) -> str:
         by_space: dict[str, list[tuple[str, Path]]] = {}

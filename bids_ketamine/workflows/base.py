@@ -171,7 +171,9 @@ def init_single_subject_wf(subject: str, series: list[DwiSeries], config: Config
                                               (("outputnode.md_files", pick, position), "inputnode.tpl_md_file")]),
                 (longitudinal, derivatives, [(("outputnode.xfm_files", pick, position), "inputnode.midpoint_xfm")]),
                 (roi, derivatives, [(("outputnode.dseg_files", pick, position), "inputnode.dseg_file"),
-                                    (("outputnode.roistats_files", pick, position), "inputnode.roistats_file")]),
+                                    (("outputnode.roistats_files", pick, position), "inputnode.roistats_file"),
+                                    (("outputnode.tissuestats_files", pick, position),
+                                     "inputnode.tissuestats_file")]),
             ])
     return workflow
 

@@ -6,9 +6,17 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from bids_ketamine.config import Config
+from bids_ketamine.dwi.tissue_stats import TISSUE_MIN_FRACTION
 from bids_ketamine.interfaces.anat import TemplateToT1w
 from bids_ketamine.interfaces.registration import REGISTRATION_FIELDS, ROICoverage, WarpFromTemplate, WarpToTemplate
-from bids_ketamine.interfaces.roi import ROIStats, ROIWeights, SharedSelection, T1wFractionsToNative, T1wROIWeights
+from bids_ketamine.interfaces.roi import (
+    ROIStats,
+    ROIWeights,
+    SharedSelection,
+    T1wFractionsToNative,
+    T1wROIWeights,
+    TissueStats,
+)
 from bids_ketamine.workflows.connections import pick
 from bids_ketamine.workflows.literate import LiterateWorkflow
 
@@ -69,8 +77,9 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
 
     Outputs
     -------
-    roistats_files, dseg_files
-        Per series: the ROI table and the atlas on the native grid.
+    roistats_files, dseg_files, tissuestats_files
+        Per series: the ROI table, the atlas on the native grid, and the table of the brain,
+        white and grey matter (:class:`TissueStats`: a global change beside the ROIs').
     """
     gm_restricted = config.gm_threshold is not None and (anatomical or bool(gm_file))
     subject_tissues = anatomical and gm_restricted
@@ -79,15 +88,18 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
     inputnode = pe.Node(niu.IdentityInterface(fields=[*SERIES_FIELDS, *REGISTRATION_FIELDS,
                                                       *(ANAT_TISSUE_FIELDS if anatomical else ())]),
                         name="inputnode")
-    outputnode = pe.Node(niu.IdentityInterface(fields=["roistats_files", "dseg_files"]), name="outputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["roistats_files", "dseg_files", "tissuestats_files"]),
+                         name="outputnode")
     n_series = len(series_keys)
     shared = pe.Node(SharedSelection(), name="shared_selection", mem_gb=1.0)
     merge_tables = pe.Node(niu.Merge(n_series), name="merge_roistats", run_without_submitting=True)
     merge_dseg = pe.Node(niu.Merge(n_series), name="merge_dseg", run_without_submitting=True)
+    merge_tissuestats = pe.Node(niu.Merge(n_series), name="merge_tissuestats", run_without_submitting=True)
     workflow.connect([
         (inputnode, shared, [("md_files", "md_files"), ("mask_files", "mask_files"), ("xfm_files", "xfm_files")]),
         (merge_tables, outputnode, [("out", "roistats_files")]),
         (merge_dseg, outputnode, [("out", "dseg_files")]),
+        (merge_tissuestats, outputnode, [("out", "tissuestats_files")]),
     ])
     # template-space images brought into each series' grid: (file, interpolation order)
     template_inputs = {"atlas": (atlas_file, 0)}
@@ -104,6 +116,8 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
                                     gm_threshold=config.gm_threshold), name=f"roistats_{key}", mem_gb=1.0)
         if b_values and b_values[index] is not None:
             roistats.inputs.b_value = b_values[index]
+        tissuestats = pe.Node(TissueStats(csf_md_threshold=config.csf_md_threshold),
+                              name=f"tissuestats_{key}", mem_gb=1.0)
         coverage = pe.Node(ROICoverage(atlas_file=atlas_file, labels_file=labels_file),
                            name=f"coverage_{key}", mem_gb=1.0)
         mask_to_atlas = pe.Node(WarpToTemplate(reference_file=atlas_file, order=1),
@@ -113,12 +127,17 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
             (inputnode, mask_to_atlas, [(("mask_files", pick, index), "in_files")]),
             (mask_to_atlas, coverage, [(("out_files", pick, 0), "mask_file")]),
             (coverage, roistats, [("coverage", "coverage")]),
-            (inputnode, roistats, [((f"{field}_files", pick, index), f"{field}_file")
-                                   for field in ("mask", "fa", "md", "ad", "rd", "b0")]),
-            (shared, roistats, [(("shared_md_files", pick, index), "shared_md_file"),
-                                (("shared_mask_files", pick, index), "shared_mask_file")]),
+            (inputnode, roistats, [(("b0_files", pick, index), "b0_file")]),
             (roistats, merge_tables, [("out_file", f"in{index + 1}")]),
+            (tissuestats, merge_tissuestats, [("out_file", f"in{index + 1}")]),
         ])
+        for table in (roistats, tissuestats):  # the same maps and voxel selection
+            workflow.connect([
+                (inputnode, table, [((f"{field}_files", pick, index), f"{field}_file")
+                                    for field in ("mask", "fa", "md", "ad", "rd")]),
+                (shared, table, [(("shared_md_files", pick, index), "shared_md_file"),
+                                 (("shared_mask_files", pick, index), "shared_mask_file")]),
+            ])
         for tissue, (path, order) in template_inputs.items():
             to_native = pe.Node(WarpFromTemplate(in_file=path, order=order),
                                 name=f"{tissue}_to_native_{key}", mem_gb=1.0)
@@ -127,7 +146,7 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
                 workflow.connect([(to_native, roistats, [("out_file", "dseg_file")]),
                                   (to_native, merge_dseg, [("out_file", f"in{index + 1}")])])
             else:
-                workflow.connect([(to_native, roistats, [("out_file", f"{tissue}_file")])])
+                _connect_fractions(workflow, to_native, tissue, roistats, tissuestats)
         if subject_tissues:
             # the T1w's tissue fractions and each ROI's grey-matter fraction, rigidly to this grid
             roi_weights = pe.Node(T1wROIWeights(labels_file=labels_file), name=f"roi_weights_{key}", mem_gb=2.0)
@@ -135,8 +154,8 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
                               (inputnode, roi_weights, [("gm_probseg", "gm_file")])])
             for tissue in ("gm", "wm", "csf"):
                 to_native = pe.Node(T1wFractionsToNative(), name=f"{tissue}_to_native_{key}", mem_gb=1.0)
-                workflow.connect([(inputnode, to_native, [(f"{tissue}_probseg", "in_file")]),
-                                  (to_native, roistats, [("out_file", f"{tissue}_file")])])
+                workflow.connect([(inputnode, to_native, [(f"{tissue}_probseg", "in_file")])])
+                _connect_fractions(workflow, to_native, tissue, roistats, tissuestats)
                 _connect_t1w_path(workflow, inputnode, to_native, index)
             _connect_t1w_path(workflow, inputnode, roi_weights, index)
         elif gm_restricted:
@@ -154,6 +173,14 @@ def init_roi_wf(config: Config, series_keys: list[str], *, atlas_file: str, labe
             if node is not mask_to_atlas:
                 workflow.connect([(inputnode, node, [(("b0_files", pick, index), "reference_file")])])
     return workflow
+
+
+def _connect_fractions(workflow, to_native, tissue: str, roistats, tissuestats) -> None:
+    """Feed one tissue's fractions on the series' grid to the ROI table, and to the tissue
+    table where it has a row of that tissue (grey and white matter)."""
+    workflow.connect([(to_native, roistats, [("out_file", f"{tissue}_file")])])
+    if tissue in TISSUE_MIN_FRACTION:
+        workflow.connect([(to_native, tissuestats, [("out_file", f"{tissue}_file")])])
 
 
 def _connect_t1w_path(workflow, inputnode, node, index: int) -> None:
@@ -195,4 +222,9 @@ def _description(config: Config, n_series: int, atlas_name: str, gm_restricted: 
                 + (f"; with each ROI's grey-matter volume fraction of every voxel ({weights}), "
                    "grey-matter-weighted values too" if gm_restricted else "")
                 + ".")
+    tissues = (f", over its white matter (fraction at least {TISSUE_MIN_FRACTION['wm']:g}) and over its grey "
+               f"matter (at least {TISSUE_MIN_FRACTION['gm']:g}), on the same voxel selection,"
+               if gm_restricted else "")
+    text.append(f"The median of each parameter over the brain mask{tissues} was tabulated too, to show "
+                "a change of the whole brain beside the ROIs' changes.")
     return " ".join(text)
