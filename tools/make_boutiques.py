@@ -98,6 +98,7 @@ outputs = [
     ("tensor_maps_template", "Tensor maps (template space)", f"{O}/{SES}*_space-MNI*_model-tensor_param-*_dwimap.nii.gz", True, True, "FA and MD in template space"),
     ("roi_segmentations", "ROI segmentations", f"{O}/{SES}*_space-dwi_atlas-*_dseg.nii.gz", True, True, "the atlas ROIs in each session's DWI space"),
     ("roi_statistics", "ROI statistics", f"{O}/{SES}*_atlas-*_model-tensor_roistats.tsv", True, True, "roi, param, mean, median, std, n_voxels, coverage per ROI and tensor parameter"),
+    ("tissue_statistics", "Tissue statistics", f"{O}/{SES}*_model-tensor_tissuestats.tsv", True, True, "tissue, param, median, n_voxels: each tensor map's median over the brain mask, the white and the grey matter (a whole-brain change between sessions)"),
     ("group_change", "Change table", f"{O}/group/change.tsv", False, True, "group level: per participant, ROI and parameter, baseline, follow-up and change with clinical scores"),
     ("group_models", "Model table", f"{O}/group/models.tsv", False, True, "group level: one row per model term (treatment x change models), with FDR-corrected p-values"),
     ("group_models_json", "Model description", f"{O}/group/models.json", False, True, "group level: formulas, options, software versions and exclusions"),
