@@ -49,3 +49,32 @@ def test_denoising_mask_without_brain_keeps_everything():
     assert denoising_mask(flat, (2, 2, 2)).all()
     with pytest.raises(ValueError, match="margin_mm"):
         denoising_mask(flat, (2, 2, 2), margin_mm=-1)
+
+
+def test_brain_mask_interface_leaves_out_what_a_volume_did_not_see(head, tmp_path):
+    """BrainMask: the brain of the mean b=0, less the voxels outside some volume's field of view
+    (the motion correction's ``covered``) and those with no signal in any volume."""
+    import nibabel as nib
+
+    from bids_ketamine.interfaces.mask import BrainMask
+
+    b0, inside = head
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    covered = np.ones(inside.shape, np.uint8)
+    covered[:, :, 40:] = 0  # the top slices: out of some volume's view
+    dwi = np.repeat(b0[..., None], 3, axis=-1).astype(np.float32)
+    dwi[30:, :, :] = 0  # no signal in any volume
+    files = {}
+    for name, values in (("b0", b0.astype(np.float32)), ("covered", covered), ("dwi", dwi)):
+        files[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.Nifti1Image(values, affine).to_filename(files[name])
+    result = BrainMask(b0_file=files["b0"], dwi_file=files["dwi"], covered_file=files["covered"]).run(
+        cwd=str(tmp_path))
+    mask = np.asarray(nib.load(result.outputs.mask_file).dataobj) > 0
+    expected = brain_mask(b0, (covered > 0) & (dwi.max(axis=-1) > 0))
+    assert inside[:30, :, 40:].any() and inside[30:, :, :40].any()  # both rules remove brain
+    assert not mask[:, :, 40:].any() and not mask[30:].any()
+    np.testing.assert_array_equal(mask, expected)
+    (tmp_path / "alone").mkdir()
+    alone = BrainMask(b0_file=files["b0"]).run(cwd=str(tmp_path / "alone")).outputs.mask_file
+    assert (np.asarray(nib.load(alone).dataobj) > 0)[:30, :, 40:].any()

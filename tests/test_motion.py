@@ -232,6 +232,27 @@ def test_corrected_data_match_the_reference_position(simulated, corrected, true_
 
 
 @pytest.mark.slow
+def test_covered_voxels_are_those_every_volume_saw(simulated, corrected, true_reference):
+    """``covered`` is where every volume's true position (its true motion from the output's true
+    pose) lies in the acquired field of view, up to the motion estimates' error (0.1 voxel, 0.4 mm,
+    at the edge); each voxel left out holds a volume sampled outside it (0, no measurement)."""
+    s = simulated
+    shape = s["data"].shape[:3]
+    homogeneous = np.vstack([np.indices(shape).reshape(3, -1), np.ones((1, int(np.prod(shape))))])
+    margin = np.full(homogeneous.shape[1], np.inf)  # how far inside every volume's view (voxels)
+    for motion in s["motions"]:
+        coords = (np.linalg.inv(s["affine"]) @ motion @ np.linalg.inv(true_reference) @ s["affine"]
+                  @ homogeneous)[:3]
+        inside = np.minimum(coords + 0.5, np.asarray(shape)[:, None] - 0.5 - coords).min(axis=0)
+        margin = np.minimum(margin, inside)
+    margin = margin.reshape(shape)
+    assert (margin < -0.1).sum() > 1000  # the drift takes edge voxels out of some volumes' view
+    assert corrected.covered[margin > 0.1].all()
+    assert not corrected.covered[margin < -0.1].any()
+    assert (corrected.data[~corrected.covered].min(axis=-1) == 0).all()
+
+
+@pytest.mark.slow
 def test_framewise_displacement_of_the_result_by_hand(corrected):
     params = corrected.params
     row1, row2 = params.iloc[1], params.iloc[2]

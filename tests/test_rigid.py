@@ -200,6 +200,23 @@ def test_resample_labels_nearest_keeps_dtype_and_values():
     np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_resample_keeps_the_edge_slice_within_half_a_voxel(order):
+    """A voxel whose source lies within the input's half-voxel margin keeps the edge value (a
+    scanner voxel covers its whole extent); beyond it, ``cval``.  The top slice of a series
+    whose head moved by 0.1 voxel was once zeroed (ndimage's order-0 "constant" mode)."""
+    data = np.full((6, 6, 10), 7.0)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    for shift_voxels, top in ((0.1, 7.0), (0.45, 7.0), (-0.45, 7.0), (0.55, -1.0)):
+        motion = np.eye(4)
+        motion[2, 3] = 3.0 * shift_voxels
+        out = resample(data, affine, data.shape, affine, motion, order=order, cval=-1.0)
+        assert np.allclose(out[..., -1], top), (shift_voxels, order)
+        bottom = -1.0 if shift_voxels < -0.5 else 7.0
+        assert np.allclose(out[..., 0], bottom), (shift_voxels, order)
+        assert np.allclose(out[..., 1:-1], 7.0)
+
+
 def test_resample_checks_input():
     with pytest.raises(ValueError, match="order"):
         resample(np.zeros((4, 4, 4)), np.eye(4), (4, 4, 4), np.eye(4), order=2)

@@ -77,6 +77,9 @@ def test_participant_graph(tmp_path, denoise, longitudinal, gm_threshold, n_sess
         assert _trace(edges, f"{roi}.roistats_{key}", "b0_file")[0].startswith(f"dwi_preproc_{key}_wf.")
         assert nodes[f"{roi}.roistats_{key}"].inputs.b_value == item.fit_b_mean
         assert _trace(edges, f"{roi}.roistats_{key}", "mask_file") == (f"dwi_preproc_{key}_wf.brain_mask", "mask_file")
+        # the brain mask leaves out what some volume did not see (motion out of the field of view)
+        assert ("covered_file", "covered_file") in _pairs(
+            edges[(f"dwi_preproc_{key}_wf.motion_correct", f"dwi_preproc_{key}_wf.brain_mask")])
         assert _trace(edges, f"{roi}.atlas_to_native_{key}", "reference_file") == (
             f"dwi_preproc_{key}_wf.motion_correct", "b0_file")
         # this series' table reaches this series' sink

@@ -46,6 +46,7 @@ from scipy import linalg, ndimage
 from threadpoolctl import threadpool_limits
 
 from bids_ketamine.dwi.mask import brain_mask
+from bids_ketamine.dwi.resample import inside_field_of_view
 from bids_ketamine.dwi.rigid import (
     log_euclidean_mean,
     matrix_power,
@@ -85,6 +86,12 @@ class MotionResult:
     mask : ndarray of bool, shape (X, Y, Z)
         The brain mask used as the registration target's support (in the first b=0's
         position, where the registrations ran).
+    covered : ndarray of bool, shape (X, Y, Z)
+        The voxels of the output that every volume saw: their sampling position, moved by the
+        volume's motion (and its distortion), lies in the acquired field of view.  Elsewhere
+        some volume holds no measurement (0 from outside its field of view), and a tensor fit
+        there reads that as a signal: on real sub-canon, whose head moved by more than half a
+        slice, such voxels of the top slice gave MD up to 10^5 um^2/ms.
     """
 
     data: np.ndarray
@@ -93,6 +100,7 @@ class MotionResult:
     params: pd.DataFrame
     b0_reference: np.ndarray
     mask: np.ndarray
+    covered: np.ndarray
 
 
 def framewise_displacement(params, radius: float = 50.0) -> np.ndarray:
@@ -638,16 +646,22 @@ def correct_motion(
 
         grid = np.indices(shape, dtype=float).reshape(3, -1)
 
+        def _positions(index):
+            to_voxel = np.linalg.inv(affine) @ transforms[index] @ affine
+            return to_voxel[:3, :3] @ grid + to_voxel[:3, 3:4]
+
         def _final(index):
             if distortion is None:
                 corrected[..., index] = _resampled(index, order=3)
                 return
-            to_voxel = np.linalg.inv(affine) @ transforms[index] @ affine
-            coords = to_voxel[:3, :3] @ grid + to_voxel[:3, 3:4]
             volume = np.asarray(distorted[..., index], dtype=np.float32)
-            corrected[..., index] = distortion.sample(volume, coords, order=3).reshape(shape)
+            corrected[..., index] = distortion.sample(volume, _positions(index), order=3).reshape(shape)
 
         _map(_final, range(n_vol))
+        covered = np.ones(shape, dtype=bool)
+        for index in range(n_vol):
+            positions = _positions(index) if distortion is None else distortion.positions(_positions(index))
+            covered &= inside_field_of_view(positions, shape).reshape(shape)
     if np.min(data if distorted is None else distorted) >= 0:
         # cubic splines overshoot: keep non-negative data non-negative
         np.clip(corrected, 0, None, out=corrected)
@@ -664,4 +678,5 @@ def correct_motion(
         params=params,
         b0_reference=b0_reference,
         mask=mask,
+        covered=covered,
     )

@@ -33,12 +33,17 @@ def _checked_input(data, affine, transform, order: int):
     return data, affine, transform
 
 
+def inside_field_of_view(coords, shape) -> np.ndarray:
+    """Whether each voxel coordinate (3, n) lies in a grid of ``shape``: within its voxels'
+    extent, i.e. a half-voxel margin around the edge voxels' centres (as a scanner grid's)."""
+    extent = np.asarray(shape[:3])[:, None]
+    return np.all((coords >= -0.5) & (coords <= extent - 0.5), axis=0)
+
+
 def sample_at_voxels(data, coords, order: int, cval: float = 0.0) -> np.ndarray:
     """Sample one 3-D volume at voxel coordinates ``coords`` (3, n); outside the field of view
-    (beyond a half-voxel margin) gives ``cval``.  Order 3 is a cubic B-spline (prefiltered)."""
-    shape = np.asarray(data.shape)[:, None]
-    # A half-voxel margin keeps the edge voxels' values (as a scanner grid would).
-    inside = np.all((coords >= -0.5) & (coords <= shape - 0.5), axis=0)
+    (:func:`inside_field_of_view`) gives ``cval``.  Order 3 is a cubic B-spline (prefiltered)."""
+    inside = inside_field_of_view(coords, data.shape)
     if order <= 1:
         values = ndimage.map_coordinates(data, coords, order=order, mode="nearest")
     else:
@@ -127,11 +132,11 @@ def resample(
     index_map = np.linalg.inv(affine) @ transform @ ref_affine  # output index -> input voxel
     index_map[3] = [0.0, 0.0, 0.0, 1.0]  # exact, as affine_transform requires
     volumes = data[..., None] if data.ndim == 3 else data
-    # Output voxels whose source lies outside the input (half-voxel margin) get cval.
-    inside = ndimage.affine_transform(
-        np.ones(volumes.shape[:3], dtype=np.uint8), index_map, output_shape=ref_shape,
-        order=0, mode="constant", cval=0,
-    ).astype(bool)
+    # Output voxels whose source lies outside the input (half-voxel margin) get cval.  (Not
+    # ndimage's order-0 "constant" mode on a volume of ones: that drops an edge slice as soon
+    # as its source lies beyond the edge voxel's centre by any amount.)
+    grid = np.indices(ref_shape, dtype=float).reshape(3, -1)
+    inside = inside_field_of_view(index_map[:3, :3] @ grid + index_map[:3, 3:4], volumes.shape).reshape(ref_shape)
     out_dtype = data.dtype if order == 0 else np.result_type(data.dtype, np.float32)
     out = np.empty(ref_shape + (volumes.shape[3],), dtype=out_dtype)
     for n in range(volumes.shape[3]):

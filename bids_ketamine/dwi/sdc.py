@@ -158,6 +158,14 @@ class DisplacementField:
                       else np.ones_like(shift))
         return cls(shift=shift, axis=axis, modulation=modulation)
 
+    def positions(self, coords) -> np.ndarray:
+        """The distorted image's voxel coordinates (3, n) that :meth:`sample` reads for the
+        undistorted positions ``coords``: each moved along the phase-encoding axis by the shift."""
+        coords = np.asarray(coords, dtype=float)
+        shifted = coords.copy()
+        shifted[self.axis] += ndimage.map_coordinates(self.shift, coords, order=1, mode="nearest")
+        return shifted
+
     def sample(self, volumes, coords, *, order: int = 1) -> np.ndarray:
         """The corrected image's values at undistorted voxel positions.
 
@@ -178,8 +186,7 @@ class DisplacementField:
         from bids_ketamine.dwi.resample import sample_at_voxels
 
         coords = np.asarray(coords, dtype=float)
-        shifted = coords.copy()
-        shifted[self.axis] += ndimage.map_coordinates(self.shift, coords, order=1, mode="nearest")
+        shifted = self.positions(coords)
         modulation = ndimage.map_coordinates(self.modulation, coords, order=1, mode="nearest")
         volumes = np.asarray(volumes)
         stack = volumes[..., None] if volumes.ndim == 3 else volumes

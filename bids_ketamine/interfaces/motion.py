@@ -40,6 +40,7 @@ class _MotionCorrectOutputSpec(TraitedSpec):
     bvec_file = File(exists=True, desc="b-vectors rotated with each volume (FSL convention)")
     b0_file = File(exists=True, desc="mean of the aligned b=0 volumes")
     motion_file = File(exists=True, desc="per-volume motion parameters and framewise displacement")
+    covered_file = File(exists=True, desc="voxels every volume saw (in its field of view), uint8")
 
 
 class MotionCorrect(SimpleInterface):
@@ -76,6 +77,7 @@ class MotionCorrect(SimpleInterface):
         self._results["bvec_file"] = str(out / "dwi_mc.bvec")
         self._results["b0_file"] = str(out / "b0_ref.nii.gz")
         self._results["motion_file"] = str(out / "motion.tsv")
+        self._results["covered_file"] = str(out / "covered.nii.gz")
         header = img.header.copy()
         header.set_data_dtype(np.float32)
         nib.Nifti1Image(np.asarray(result.data, dtype=np.float32), img.affine, header).to_filename(
@@ -85,4 +87,5 @@ class MotionCorrect(SimpleInterface):
         nib.Nifti1Image(np.asarray(result.b0_reference, dtype=np.float32), img.affine).to_filename(
             self._results["b0_file"])
         result.params.to_csv(self._results["motion_file"], sep="\t", index=False, float_format="%.6f")
+        nib.Nifti1Image(result.covered.astype(np.uint8), img.affine).to_filename(self._results["covered_file"])
         return runtime

@@ -95,7 +95,7 @@ def init_dwi_preproc_wf(config: Config, *, mem_gb: float = 1.0, n_runs: int = 1,
         (inputnode, load, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                            ("bvec_file", "bvec_file")]),
         (load, denoise, [("dwi_file", "dwi_file"), ("bval_file", "bval_file")]),
-        (motion, mask, [("b0_file", "b0_file"), ("dwi_file", "dwi_file")]),
+        (motion, mask, [("b0_file", "b0_file"), ("dwi_file", "dwi_file"), ("covered_file", "covered_file")]),
         (motion, outputnode, [("dwi_file", "dwi_file"), ("bval_file", "bval_file"),
                               ("bvec_file", "bvec_file"), ("b0_file", "b0_file"),
                               ("motion_file", "motion_file")]),
@@ -171,7 +171,8 @@ def _description(config: Config, n_runs: int) -> str:
                 "diffusion-weighted image to the mean b=0 with mutual information [@dipy]) and the gradient "
                 "directions were rotated with each volume; all volumes were resampled once, at the "
                 f"{'first run' if n_runs > 1 else 'series'}'s mean head position. Framewise "
-                "displacement [@power2012] summarises the motion per volume.")
+                "displacement [@power2012] summarises the motion per volume. Voxels that some volume's "
+                "motion had taken outside its field of view were left out of the brain mask.")
     return " ".join(text)
 
 
