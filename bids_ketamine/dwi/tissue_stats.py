@@ -3,7 +3,7 @@
 An ROI's MD can change between sessions for reasons that belong to no ROI: a scanner software
 upgrade, another gradient calibration or parallel imaging move the MD of every voxel.  On the
 real retest of ``sub-canon`` (the same acquisition a year apart, docs/participant.md, "Real
-retest") MD rose by 2-5 % in every tissue, and that global shift is most of each ROI's
+retest") MD rose by 4-5 % in every tissue, and that global shift is most of each ROI's
 difference between the years.  The medians of large tissue classes measure such a change beside
 the ROI values, so that a user can see it and the group level can adjust for it
 (``--covariates md_wm_change``, docs/group.md).
@@ -43,8 +43,8 @@ def tissue_statistics(
     """Median of each map over the brain and over its white and grey matter.
 
     Medians, not means: a brain mask holds voxels whose tensor fit is far off (on real sub-canon,
-    whose scanner zeroed the background, 2 % of the mask above 3.5 um^2/ms, a few at 10^5), and
-    one of them moves a mean more than a global change does.
+    whose scanner zeroed the background, 0.2 % of the mask above 3.5 um^2/ms, at its surface, a
+    few at 10^5), and one of them moves a mean more than a global change does.
 
     Parameters
     ----------
