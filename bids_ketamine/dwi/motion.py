@@ -88,10 +88,10 @@ class MotionResult:
         position, where the registrations ran).
     covered : ndarray of bool, shape (X, Y, Z)
         The voxels of the output that every volume saw: their sampling position, moved by the
-        volume's motion (and its distortion), lies in the acquired field of view.  Elsewhere
-        some volume holds no measurement (0 from outside its field of view), and a tensor fit
-        there reads that as a signal: on real sub-canon, whose head moved by more than half a
-        slice, such voxels of the top slice gave MD up to 10^5 um^2/ms.
+        volume's motion (and its distortion), lies in the acquired field of view (within half a
+        voxel of an edge voxel's centre).  Elsewhere some volume holds no measurement (0 from
+        outside its field of view), which a tensor fit reads as a signal: MD of 10^3-10^5 um^2/ms
+        where an edge slice of real sub-canon was zeroed that way (by a resampling bug, fixed).
     """
 
     data: np.ndarray
