@@ -128,7 +128,8 @@ def uih_runs(tmp_path_factory):
 def test_uih_ap_and_pa_md_maps_agree_better_corrected(uih_runs):
     """Issue 19: the AP and PA runs' MD maps, each in its own (identical) grid, agree better
     corrected than uncorrected: median relative difference inside both brain masks (MD 0-1.5,
-    tissue).  Measured 2026-12-05: 5.49 % uncorrected, 5.20 % corrected (r 0.755 -> 0.819).  With
+    tissue).  Measured 2026-12-06: 5.13 % uncorrected, 4.91 % corrected (r 0.768 -> 0.828; 5.49 and
+    5.20 % before that day's edge-slice fix).  With
     the unsmoothed field estimate used before (dwi/sdc.py PEPOLAR_SETTINGS), 5.71 % corrected
     against 5.39 % then: the correction made them agree worse."""
     results = {}
