@@ -31,7 +31,7 @@ def _rows(table, param="md"):
     return table[table["param"] == param].set_index("tissue")
 
 
-def test_tissue_medians_means_and_counts_are_the_hand_counted_ones():
+def test_tissue_medians_and_counts_are_the_hand_counted_ones():
     md, fractions = _phantom()
     fa = np.where(md < 1.1, 0.3, 0.05)
     table = tissue_statistics({"fa": fa, "md": md}, np.ones(SHAPE, bool), tissue_fractions=fractions)
