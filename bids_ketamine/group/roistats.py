@@ -18,6 +18,7 @@ import pandas as pd
 from bids_ketamine.config import DEFAULT_ROI_STATISTIC, ROI_STATISTIC_FALLBACK, ROI_STATISTICS
 from bids_ketamine.derivatives import (
     ROISTATS_COLUMNS,
+    SERIES_OUTPUTS,
     classify,
     parse_entities,
     series_suffix,
@@ -26,18 +27,20 @@ from bids_ketamine.errors import InputError
 from bids_ketamine.utils.tsv import is_missing, read_tsv_rows
 
 
-def find_roistats(output_dir: Path, atlas: str,
-                  participant_label: tuple[str, ...] = ()) -> pd.DataFrame:
-    """List the ROI tables of one atlas in a derivatives folder.
+def find_series_tables(output_dir: Path, field: str, participant_label=(), **names: str) -> pd.DataFrame:
+    """List one kind of per-series table of the participant level in a derivatives folder.
 
     Parameters
     ----------
     output_dir : Path
         OUTPUT_DIR of the participant level.
-    atlas : str
-        Atlas name of the file names (``atlas-<atlas>``).
-    participant_label : tuple of str
-        Restrict to these participants; empty = all.
+    field : str
+        The table's key of :data:`bids_ketamine.derivatives.SERIES_OUTPUTS` (``roistats_file``,
+        ``tissuestats_file``).
+    participant_label : iterable of str
+        Restrict to these participants (bare labels); empty = all.
+    names : str
+        Placeholders the name must have (``atlas="ketamine7"``).
 
     Returns
     -------
@@ -45,16 +48,24 @@ def find_roistats(output_dir: Path, atlas: str,
         ``participant_id``, ``session_id``, ``entities`` (e.g. ``"_acq-ortho_run-1"``,
         empty for the session table) and ``path``.
     """
+    spec = SERIES_OUTPUTS[field]
+    keep = {str(label) for label in participant_label}
     rows = []
-    for path in sorted(Path(output_dir).glob("sub-*/ses-*/dwi/*_roistats.tsv")):
+    for path in sorted(Path(output_dir).glob(f"sub-*/ses-*/dwi/*_{spec['suffix']}{spec['extension']}")):
         found = parse_entities(output_dir, path)
         known = classify(found)
-        if known is None or known[0] != "roistats_file" or known[1]["atlas"] != atlas:
+        if known is None or known[0] != field or any(known[1].get(k) != v for k, v in names.items()):
             continue
-        if "session" not in found or (participant_label and found["subject"] not in participant_label):
+        if "session" not in found or (keep and found["subject"] not in keep):
             continue
         rows.append((found["subject"], found["session"], series_suffix(found), path))
     return pd.DataFrame(rows, columns=["participant_id", "session_id", "entities", "path"])
+
+
+def find_roistats(output_dir: Path, atlas: str,
+                  participant_label: tuple[str, ...] = ()) -> pd.DataFrame:
+    """List the ROI tables of one atlas in a derivatives folder (:func:`find_series_tables`)."""
+    return find_series_tables(output_dir, "roistats_file", participant_label, atlas=atlas)
 
 
 def _rerun_hint(path: Path) -> str:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bids_ketamine.derivatives import TENSOR_PARAMS, classify, parse_entities, series_suffix
+from bids_ketamine.derivatives import TENSOR_PARAMS
 from bids_ketamine.dwi.tissue_stats import TISSUE_MIN_FRACTION, TISSUESTATS_COLUMNS
 from bids_ketamine.errors import InputError
+from bids_ketamine.group.roistats import find_series_tables
 from bids_ketamine.utils.tsv import read_tsv
 
 LOGGER = logging.getLogger(__name__)
@@ -64,27 +65,23 @@ def tissue_measures(output_dir: Path, participants=None) -> pd.DataFrame:
         If a table is not a readable TSV or lacks a column of
         :data:`~bids_ketamine.dwi.tissue_stats.TISSUESTATS_COLUMNS`.
     """
-    keep = None if participants is None else {str(p) for p in participants}
-    rows = []
-    for path in sorted(Path(output_dir).glob("sub-*/ses-*/dwi/*_tissuestats.tsv")):
-        found = parse_entities(output_dir, path)
-        known = classify(found)
-        if known is None or known[0] != "tissuestats_file" or "session" not in found:
-            continue
-        if keep is not None and found["subject"] not in keep:
-            continue
-        table = _read(path)
-        values = {measure_name(param, tissue): median
-                  for tissue, param, median in table[["tissue", "param", "median"]].itertuples(index=False)}
-        rows.append({"participant_id": found["subject"], "session_id": found["session"],
-                     "_combined": series_suffix(found) == "", **values})
     keys = ["participant_id", "session_id"]
-    if not rows:
+    participants = None if participants is None else list(participants)
+    if participants == []:
         return pd.DataFrame(columns=keys)
-    series = pd.DataFrame(rows)
-    has_combined = series.groupby(keys)["_combined"].transform("any")
-    series = series.loc[series["_combined"] | ~has_combined].drop(columns="_combined")
-    return series.groupby(keys, sort=True).mean(numeric_only=True).reset_index()
+    found = find_series_tables(output_dir, "tissuestats_file", participants or ())
+    if found.empty:
+        return pd.DataFrame(columns=keys)
+    # a session's table without acq/run entities when present, else all its series
+    combined = found["entities"] == ""
+    found = found.loc[combined | ~combined.groupby([found[k] for k in keys]).transform("any")]
+    rows = []
+    for subject, session, path in found[[*keys, "path"]].itertuples(index=False):
+        table = _read(path)
+        rows.append({"participant_id": subject, "session_id": session,
+                     **{measure_name(param, tissue): median for tissue, param, median
+                        in table[["tissue", "param", "median"]].itertuples(index=False)}})
+    return pd.DataFrame(rows).groupby(keys, sort=True).mean(numeric_only=True).reset_index()
 
 
 def _read(path: Path) -> pd.DataFrame:
