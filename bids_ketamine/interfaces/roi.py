@@ -70,8 +70,15 @@ class _ROIStatsInputSpec(_TensorMapsInputSpec):
     b_value = traits.Float(desc="mean b-value of the fitted DW volumes (s/mm^2); enables pv_gm")
 
 
-class _ROIStatsOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="roistats TSV")
+class _TableOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the table (TSV)")
+
+
+def _write_table(table: pd.DataFrame, runtime, name: str) -> str:
+    """Write a statistics table into the node's folder (``n/a`` for missing values)."""
+    path = str(Path(runtime.cwd) / name)
+    table.to_csv(path, sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+    return path
 
 
 class ROIStats(SimpleInterface):
@@ -79,7 +86,7 @@ class ROIStats(SimpleInterface):
     (:func:`bids_ketamine.dwi.roi.roi_statistics`)."""
 
     input_spec = _ROIStatsInputSpec
-    output_spec = _ROIStatsOutputSpec
+    output_spec = _TableOutputSpec
 
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.roi import roi_statistics
@@ -107,13 +114,8 @@ class ROIStats(SimpleInterface):
             b_value=self.inputs.b_value if isdefined(self.inputs.b_value) else None,
             b0=_float_map(self.inputs.b0_file) if self.inputs.b0_file else None,
         )
-        self._results["out_file"] = str(Path(runtime.cwd) / "roistats.tsv")
-        table.to_csv(self._results["out_file"], sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+        self._results["out_file"] = _write_table(table, runtime, "roistats.tsv")
         return runtime
-
-
-class _TissueStatsOutputSpec(TraitedSpec):
-    out_file = File(exists=True, desc="tissue statistics TSV")
 
 
 class TissueStats(SimpleInterface):
@@ -121,7 +123,7 @@ class TissueStats(SimpleInterface):
     (:func:`bids_ketamine.dwi.tissue_stats.tissue_statistics`)."""
 
     input_spec = _TensorMapsInputSpec
-    output_spec = _TissueStatsOutputSpec
+    output_spec = _TableOutputSpec
 
     def _run_interface(self, runtime):
         from bids_ketamine.dwi.tissue_stats import tissue_statistics
@@ -135,8 +137,7 @@ class TissueStats(SimpleInterface):
             md=_float_map(self.inputs.shared_md_file) if self.inputs.shared_md_file else None,
             csf_md_threshold=self.inputs.csf_md_threshold,
         )
-        self._results["out_file"] = str(Path(runtime.cwd) / "tissuestats.tsv")
-        table.to_csv(self._results["out_file"], sep="\t", index=False, float_format="%.6g", na_rep="n/a")
+        self._results["out_file"] = _write_table(table, runtime, "tissuestats.tsv")
         return runtime
 
 
