@@ -650,18 +650,23 @@ def correct_motion(
             to_voxel = np.linalg.inv(affine) @ transforms[index] @ affine
             return to_voxel[:3, :3] @ grid + to_voxel[:3, 3:4]
 
+        uncovered = [None] * n_vol  # per volume: the output voxels outside its field of view
+
         def _final(index):
+            positions = _positions(index)
             if distortion is None:
                 corrected[..., index] = _resampled(index, order=3)
-                return
-            volume = np.asarray(distorted[..., index], dtype=np.float32)
-            corrected[..., index] = distortion.sample(volume, _positions(index), order=3).reshape(shape)
+            else:
+                shifted = distortion.positions(positions)
+                volume = np.asarray(distorted[..., index], dtype=np.float32)
+                corrected[..., index] = distortion.sample(volume, positions, order=3,
+                                                          shifted=shifted).reshape(shape)
+                positions = shifted
+            uncovered[index] = np.flatnonzero(~inside_field_of_view(positions, shape))
 
         _map(_final, range(n_vol))
         covered = np.ones(shape, dtype=bool)
-        for index in range(n_vol):
-            positions = _positions(index) if distortion is None else distortion.positions(_positions(index))
-            covered &= inside_field_of_view(positions, shape).reshape(shape)
+        covered.flat[np.concatenate(uncovered)] = False
     if np.min(data if distorted is None else distorted) >= 0:
         # cubic splines overshoot: keep non-negative data non-negative
         np.clip(corrected, 0, None, out=corrected)

@@ -166,7 +166,7 @@ class DisplacementField:
         shifted[self.axis] += ndimage.map_coordinates(self.shift, coords, order=1, mode="nearest")
         return shifted
 
-    def sample(self, volumes, coords, *, order: int = 1) -> np.ndarray:
+    def sample(self, volumes, coords, *, order: int = 1, shifted=None) -> np.ndarray:
         """The corrected image's values at undistorted voxel positions.
 
         Parameters
@@ -178,6 +178,8 @@ class DisplacementField:
             Voxel coordinates of the positions (e.g. a reference grid moved by head motion).
         order : {1, 3}
             Interpolation of the volumes (the shift and the Jacobian are interpolated linearly).
+        shifted : ndarray, shape (3, n), optional
+            :meth:`positions` of ``coords``, when the caller has them already.
 
         Returns
         -------
@@ -186,7 +188,7 @@ class DisplacementField:
         from bids_ketamine.dwi.resample import sample_at_voxels
 
         coords = np.asarray(coords, dtype=float)
-        shifted = self.positions(coords)
+        shifted = self.positions(coords) if shifted is None else shifted
         modulation = ndimage.map_coordinates(self.modulation, coords, order=1, mode="nearest")
         volumes = np.asarray(volumes)
         stack = volumes[..., None] if volumes.ndim == 3 else volumes
