@@ -287,22 +287,25 @@ class _T1wROIWeightsInputSpec(_T1wToNativeInputSpec):
 class T1wROIWeights(SimpleInterface):
     """Each ROI's grey-matter volume fraction of every native voxel from the participant's own
     anatomy: ``(atlas == k) * GM`` on the T1w grid (the atlas carried into the T1w, the T1w's
-    grey-matter fraction) box-averaged to the DWI voxel size, then sampled through the rigid
-    T1w -> midpoint -> series maps.  The T1w counterpart of :class:`ROIWeights`."""
+    grey-matter fraction) supersampled in each DWI voxel through the rigid T1w -> midpoint ->
+    series maps (:func:`bids_ketamine.dwi.partial_volume.volume_fractions_on_grid`).  The T1w
+    counterpart of :class:`ROIWeights`."""
 
     input_spec = _T1wROIWeightsInputSpec
     output_spec = _NativeMapOutputSpec
 
     def _run_interface(self, runtime):
-        from bids_ketamine.dwi.partial_volume import volume_fractions_on_grid
+        from bids_ketamine.dwi.partial_volume import roi_grey_matter_volume_fractions, volume_fractions_on_grid
 
         atlas_img, gm_img, reference, on_grid = _weights_inputs(self.inputs)
         if not on_grid:
             raise ValueError(f"the atlas {self.inputs.atlas_file} is not on the grid of the grey-matter map "
                              f"{self.inputs.gm_file}; carry it into the T1w onto that grid (TemplateToT1w)")
-        fractions = _roi_fractions(atlas_img, np.asarray(gm_img.dataobj, dtype=np.float32),
-                                   self.inputs.labels_file, reference)
-        weights = volume_fractions_on_grid(fractions, atlas_img.affine, reference.shape[:3], reference.affine,
-                                           _native_to_t1w(self.inputs), box_averaged=True)
+        labels = pd.read_csv(self.inputs.labels_file, sep="\t")
+        label_gm = roi_grey_matter_volume_fractions(np.rint(np.asarray(atlas_img.dataobj)).astype(int),
+                                                    np.asarray(gm_img.dataobj, dtype=np.float32),
+                                                    labels["index"].tolist(), 1.0)
+        weights = volume_fractions_on_grid(label_gm, atlas_img.affine, reference.shape[:3], reference.affine,
+                                           _native_to_t1w(self.inputs))
         self._results["out_file"] = _write_native(weights, reference, Path(runtime.cwd) / "roi_gm_fractions.nii.gz")
         return runtime
