@@ -74,8 +74,9 @@ def test_roi_md_within_3_percent_of_truth(t1w_run):
 
 
 def test_pv_gm_reads_grey_matter_through_the_signal_mixture(t1w_run):
-    """``pv_gm``, the tissue-mixture fit, against the true grey-matter MD.  Measured (2026-12-05):
-    here -1.8 to -8.6 %, mean -4 %; on 3 subjects of the same settings largest 8.6 %, mean
+    """``pv_gm``, the tissue-mixture fit, against the true grey-matter MD.  Measured (2026-12-06,
+    tissue fractions supersampled into the DWI voxels): here -0.4 to -5.5 %, mean -2.2 %
+    (2026-12-05, box-averaged and sampled trilinearly: -1.8 to -8.6 %, mean -4 %); on 3 subjects of the same settings largest 8.6 %, mean
     -3.4 %; the earlier fit, a mixture of MD values (``3.0 x f_csf``) on the earlier tissue
     fractions, -8 to -27 %, mean -12 % (docs/participant.md)."""
     bids_dir, out_dir = t1w_run
@@ -89,11 +90,12 @@ def test_pv_gm_reads_grey_matter_through_the_signal_mixture(t1w_run):
 
 def test_roi_tissue_fractions_are_the_participants_own(t1w_run):
     """The grey-matter fraction behind the ROI values (node ``gm_to_native``: the T1w's Atropos
-    fraction, box-averaged to the DWI voxel, carried rigidly T1w -> midpoint -> session) against
+    fraction, supersampled in each DWI voxel, carried rigidly T1w -> midpoint -> session) against
     the simulator's true GM volume fraction of each session's DWI voxels (truth folder), inside
-    the true brain.  Measured on the harder simulator's 6 subjects (2026-12-05): r 0.90-0.94,
-    mean absolute error 0.10-0.12; the template's GM probability warped in, which the T1w path
-    used before: r 0.83-0.89, 0.14-0.16."""
+    the true brain.  Measured on the harder simulator's 6 subjects (2026-12-05, box-averaged and
+    sampled trilinearly): r 0.90-0.94, mean absolute error 0.10-0.12; the template's GM
+    probability warped in, which the T1w path used before: r 0.83-0.89, 0.14-0.16.  Here
+    (2026-12-06, supersampled): r 0.934 / 0.930, error 0.084 in both sessions."""
     import nibabel as nib
     import numpy as np
 
