@@ -302,6 +302,7 @@ class T1wROIWeights(SimpleInterface):
             raise ValueError(f"the atlas {self.inputs.atlas_file} is not on the grid of the grey-matter map "
                              f"{self.inputs.gm_file}; carry it into the T1w onto that grid (TemplateToT1w)")
         labels = pd.read_csv(self.inputs.labels_file, sep="\t")
+        # a box of one T1w voxel: each label's grey matter itself, averaged by the supersampling
         label_gm = roi_grey_matter_volume_fractions(np.rint(np.asarray(atlas_img.dataobj)).astype(int),
                                                     np.asarray(gm_img.dataobj, dtype=np.float32),
                                                     labels["index"].tolist(), 1.0)
