@@ -284,7 +284,7 @@ def test_elition_fieldmap_and_pepolar_displacements_within_1mm(elition_fields):
     "estimate (r -0.41; -0.35 with the unsmoothed PEPOLAR field used before) and, applied with the sidecar's polarity, makes the AP and PA b=0 agree worse "
     "(r 0.716 raw -> 0.550) while its negative, scaled by 0.25-0.5, makes them agree better (0.736). Philips "
     "DICOM records no phase-encoding polarity (the README's sign comes from the fat-shift direction) and "
-    "the Philips phase sign convention is not documented here: one of the two is reversed for this data. "
+    "the Philips phase sign convention is not documented here, so one of the two could be reversed. "
     "Registering the field map to the DWI (1.4 mm) changes none of it; the shifts between the AP and PA b=0 "
     "images themselves correlate with the GRE field's prediction at r -0.70 and with PEPOLAR's at 0.65, and "
     "where the GRE field predicts 2.9 voxels of relative shift they are shifted by 0.25 "
