@@ -383,9 +383,9 @@ def volume_fractions_on_grid(fractions, affine, ref_shape, ref_affine, transform
     ``1 / (n_x n_y n_z)`` of the two voxels' difference.
 
     Until 2026-12-06 the map was box-averaged to the reference voxel's size on the fine grid and
-    interpolated trilinearly at the reference voxel centres: exact for a flat boundary on a
-    grid aligned with the fine one, but the interpolation blurs a thin sheet such as the cortex
-    into its neighbours.  A wavy 3-mm sheet on a 2-mm grid carried into a rotated 3-mm grid,
+    interpolated trilinearly at the reference voxel centres: exact for a flat boundary between
+    fine voxels when the box spans an odd whole number of them on an aligned grid, but the
+    interpolation blurs a thin sheet such as the cortex into its neighbours.  A wavy 3-mm sheet on a 2-mm grid carried into a rotated 3-mm grid,
     against its fractions integrated there directly: mean absolute error 0.117 and bias -0.031
     then, 0.071 and -0.008 supersampled
     (``tests/test_roi_precision.py::test_volume_fractions_of_a_thin_sheet_keep_their_partial_volume``).
