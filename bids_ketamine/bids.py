@@ -442,11 +442,6 @@ def _matches(requested: tuple[str, ...], available: list[str], what: str, where:
     return list(requested)
 
 
-#: Datatypes present in datasets that this version does not use yet (logged once per participant;
-#: the T1w in ``anat/`` is used, :func:`collect_t1w`).
-UNUSED_DATATYPES = ("fmap",)
-
-
 def collect_dwi(
     layout,
     participant_label: tuple[str, ...] = (),
@@ -515,7 +510,6 @@ def collect_dwi(
                   if entities["subject"] == subject and matches_filters(entities, filters)]
         if series:
             found[subject] = sorted(series, key=lambda s: (s.session or "", s.prefix))
-            log_unused_inputs(subject, [(p, e) for p, e in images if e.get("subject") == subject])
     if not found:
         raise DatasetError(
             f"no DWI in '{root}' matches the selection (participants {list(participant_label) or 'all'}, "
@@ -616,18 +610,6 @@ def collect_t1w(layout, subject: str, session_label: tuple[str, ...] = (),
         found.append(T1wImage(subject=subject, session=session, path=chosen,
                               candidates=tuple(path for path, _ in images)))
     return found
-
-
-def log_unused_inputs(subject: str, images: list[tuple[Path, dict[str, str]]]) -> None:
-    """Log, once per participant, the images present that this version does not use (field maps)."""
-    unused: dict[str, list[str]] = {}
-    for path, entities in images:
-        if entities.get("datatype") in UNUSED_DATATYPES:
-            unused.setdefault(entities["datatype"], []).append(entities.get("suffix", path.name))
-    if unused:
-        LOGGER.info("sub-%s: inputs present but not used (no distortion correction yet): %s", subject,
-                    "; ".join(f"{datatype}/ {len(names)} image(s) ({', '.join(sorted(set(names)))})"
-                              for datatype, names in sorted(unused.items())))
 
 
 def combine_runs(series: list[DwiSeries]) -> list[DwiSeries]:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -71,24 +70,6 @@ def test_inheritance_skips_files_with_other_entities(tmp_path):
     image.touch()
     found = inherited_files(tmp_path, image, relative_entities(tmp_path, image), ".bval")
     assert found == [tmp_path / "dwi.bval", tmp_path / "acq-b_dwi.bval"]
-
-
-def test_unused_inputs_logged_once_per_participant(tmp_path, caplog):
-    root = make_tiny_bids(tmp_path / "bids", subjects=("01",), sessions=("pre", "post"))
-    for session in ("pre", "post"):
-        anat = root / "sub-01" / f"ses-{session}" / "anat"
-        anat.mkdir()
-        (anat / f"sub-01_ses-{session}_T1w.nii.gz").write_bytes(b"")
-    fmap = root / "sub-01" / "ses-pre" / "fmap"
-    fmap.mkdir()
-    for suffix in ("magnitude1", "phasediff"):
-        (fmap / f"sub-01_ses-pre_{suffix}.nii.gz").write_bytes(b"")
-    with caplog.at_level(logging.INFO, logger="bids_ketamine.bids"):
-        collect_dwi(load_layout(root, validate=False))
-    lines = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
-    # the T1w is used now (issue 19): only the field maps are reported unused
-    assert lines == ["sub-01: inputs present but not used (no distortion correction yet): "
-                     "fmap/ 2 image(s) (magnitude1, phasediff)"]
 
 
 # --- the real layouts of ../shared/data/bids-layouts --------------------------------------------

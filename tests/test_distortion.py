@@ -182,16 +182,44 @@ def test_fieldmap_plan_from_the_sidecars(tmp_path, caplog, case, epi_meta, dwi_m
     config = Config(bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", analysis_level="participant")
     caplog.set_level(logging.INFO, logger="bids_ketamine")
     plan = plan_fieldmaps(config, {"01": [series]})["01"][0].fieldmap
+    unused = [r.getMessage() for r in caplog.records if "not used by any DWI series" in r.getMessage()]
     if message is None:
         assert plan is not None and plan.method == "pepolar"
         assert (plan.axis, plan.sign, plan.total_readout_time) == (1, -1, 0.05)
         assert [Path(p).name for p in plan.reference_files] == ["sub-01_ses-pre_dir-PA_epi.nii.gz"]
+        assert unused == []
         ignored = config.replace(ignore=("fieldmaps",))
         assert plan_fieldmaps(ignored, {"01": [series]})["01"][0].fieldmap is None
     else:
         assert plan is None
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert any(message in text and "epi" in text for text in warnings), warnings
+        assert len(unused) == 1 and "ses-pre/fmap/sub-01_ses-pre_dir-PA_epi.nii.gz" in unused[0], unused
+
+
+def test_field_maps_meant_for_no_series_are_logged_unused(tmp_path, caplog):
+    """A GRE field map without IntendedFor or B0FieldIdentifier corrects nothing, and the
+    preflight says so once, naming the images and what would make them used."""
+    import logging
+
+    from header_series import fmap_image, header_only_series, with_sidecar
+
+    from bids_ketamine.cli.preflight import plan_fieldmaps
+    from bids_ketamine.config import Config
+
+    root = tmp_path / "bids"
+    series = with_sidecar(header_only_series(root, "pre"), {"PhaseEncodingDirection": "j-",
+                                                            "TotalReadoutTime": 0.05})
+    for suffix in ("magnitude1", "phasediff"):
+        fmap_image(root, "pre", suffix, {"EchoTime1": 0.004, "EchoTime2": 0.006})
+    config = Config(bids_dir=root, output_dir=tmp_path / "out", analysis_level="participant")
+    caplog.set_level(logging.INFO, logger="bids_ketamine")
+    assert plan_fieldmaps(config, {"01": [series]})["01"][0].fieldmap is None
+    lines = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+    assert lines == ["sub-01: field-map images not used by any DWI series: "
+                     "ses-pre/fmap/sub-01_ses-pre_magnitude1.nii.gz, ses-pre/fmap/sub-01_ses-pre_phasediff.nii.gz "
+                     "(an image is used when its IntendedFor names the DWI, or its B0FieldIdentifier is "
+                     "the DWI's B0FieldSource)"]
 
 
 @pytest.fixture(scope="module")

@@ -236,12 +236,30 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
         if use_fieldmaps and not any(item.fieldmap for item in planned[subject]):
             LOGGER.info("sub-%s: no field-map data for the DWI: susceptibility distortion is not corrected",
                         subject)
+        if use_fieldmaps:
+            _log_unused_fieldmaps(config.bids_dir, subject, planned[subject])
     if any(item.fieldmap is not None and item.fieldmap.method == "syn" for items in planned.values() for item in items):
         LOGGER.warning("--use-syn-sdc is experimental: it recovers the simulator's field, but on real test data "
                        "(philips-elition) its field did not agree with the reverse phase-encoding estimate and "
                        "made the two polarities' b=0 agree worse; check the report's distortion figures "
                        "(docs/anatomy.md, 'Fieldmap-less')")
     return planned
+
+
+def _log_unused_fieldmaps(bids_dir: Path, subject: str, series: list[DwiSeries]) -> None:
+    """Log, once per participant, the ``fmap/`` images of its processed sessions that no series'
+    correction uses (none meant for a DWI series, or one that cannot serve: warned about above)."""
+    used = {Path(path).resolve() for item in series if item.fieldmap is not None
+            for path in (*item.fieldmap.reference_files, item.fieldmap.magnitude_file) if path}
+    subject_dir = Path(bids_dir) / f"sub-{subject}"
+    folders = sorted({(subject_dir / f"ses-{item.session}" if item.session else subject_dir) / "fmap"
+                      for item in series})
+    unused = [path.relative_to(subject_dir).as_posix() for folder in folders if folder.is_dir()
+              for path in sorted(folder.glob("*.nii*")) if path.resolve() not in used]
+    if unused:
+        LOGGER.info("sub-%s: field-map images not used by any DWI series: %s (an image is used when its "
+                    "IntendedFor names the DWI, or its B0FieldIdentifier is the DWI's B0FieldSource)",
+                    subject, ", ".join(unused))
 
 
 def _field_map_data_plan(config: Config, item: DwiSeries, subject_series: list[DwiSeries]):
