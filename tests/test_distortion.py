@@ -188,6 +188,8 @@ def test_fieldmap_plan_from_the_sidecars(tmp_path, caplog, case, epi_meta, dwi_m
         assert (plan.axis, plan.sign, plan.total_readout_time) == (1, -1, 0.05)
         assert [Path(p).name for p in plan.reference_files] == ["sub-01_ses-pre_dir-PA_epi.nii.gz"]
         assert unused == []
+        assert "sub-01_ses-pre: susceptibility distortion corrected from PEPOLAR (reverse phase-encoded b=0) " \
+               "(sub-01_ses-pre_dir-PA_epi.nii.gz)" in [r.getMessage() for r in caplog.records]
         ignored = config.replace(ignore=("fieldmaps",))
         assert plan_fieldmaps(ignored, {"01": [series]})["01"][0].fieldmap is None
     else:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bids_ketamine.bids import DwiSeries
+from bids_ketamine.bids import FIELDMAP_METHODS, DwiSeries
 from bids_ketamine.config import Config
 from bids_ketamine.workflows.dwi_preproc import series_mem_gb
 
@@ -236,6 +236,11 @@ def plan_fieldmaps(config: Config, usable: dict[str, list[DwiSeries]],
         if use_fieldmaps and not any(item.fieldmap for item in planned[subject]):
             LOGGER.info("sub-%s: no field-map data for the DWI: susceptibility distortion is not corrected",
                         subject)
+        for item in planned[subject]:
+            if item.fieldmap is not None:
+                LOGGER.info("%s: susceptibility distortion corrected from %s (%s)", item.prefix,
+                            FIELDMAP_METHODS[item.fieldmap.method],
+                            ", ".join(Path(path).name for path in item.fieldmap.reference_files))
         if use_fieldmaps:
             _log_unused_fieldmaps(config.bids_dir, subject, planned[subject])
     if any(item.fieldmap is not None and item.fieldmap.method == "syn" for items in planned.values() for item in items):
