@@ -236,7 +236,9 @@ def test_anat_workflow_recovers_simulated_tissues(simulated_t1w, tmp_path):
     def _dice(a, b):
         return 2 * np.sum(a & b) / (a.sum() + b.sum())
 
-    assert _dice(warped, template_gm) >= 0.6
+    print(f"template GM Dice: registered {_dice(warped, template_gm):.3f}, "
+          f"world coordinates only {_dice(unwarped, template_gm):.3f}")
+    assert _dice(warped, template_gm) >= 0.85  # 0.924 on 2026-12-06 (0.907 with ANTsPy's default iterations)
     assert _dice(warped, template_gm) > _dice(unwarped, template_gm) + 0.1
 
 

@@ -34,6 +34,12 @@ __all__ = ["TemplateTransforms", "register_to_template", "to_template", "from_te
 #: Margin kept around the T1w brain mask when the T1w is cut to it before registering (mm).
 T1W_MASK_MARGIN_MM = 6.0
 
+#: SyN iterations per level (coarse to fine: 8, 4 and 2 mm at the default 2-mm resolution).
+#: ANTsPy's default ``(40, 20, 0)`` skips the finest level; its 10 iterations placed the ROIs
+#: better on the simulator (mean Dice with the true labels 0.72 -> 0.76 in BA10_R, 0.71 -> 0.73
+#: in the vACC; 3 mm, 6 subjects) for 20 s more per participant (docs/anatomy.md).
+SYN_ITERATIONS = (40, 20, 10)
+
 #: Interpolators accepted by :func:`to_template` and :func:`from_template`.
 INTERPOLATORS = ("linear", "nearestNeighbor", "bSpline", "genericLabel")
 
@@ -66,7 +72,8 @@ class TemplateTransforms:
 def register_to_template(t1w, template_t1w, output_prefix, *, template_mask=None,
                          t1w_mask=None, transform: str = "SyN", resolution_mm: float | None = 2.0,
                          seed: int = 1) -> TemplateTransforms:
-    """Register a T1w image to the template: affine, then symmetric diffeomorphic (SyN).
+    """Register a T1w image to the template: affine, then symmetric diffeomorphic (SyN,
+    :data:`SYN_ITERATIONS`).
 
     Parameters
     ----------
@@ -120,7 +127,8 @@ def register_to_template(t1w, template_t1w, output_prefix, *, template_mask=None
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(prefix).parent) as scratch, seeded(seed):
         result = ants.registration(fixed=fixed, moving=moving, type_of_transform=transform,
-                                   outprefix=str(Path(scratch) / "reg_"), **kwargs)
+                                   reg_iterations=SYN_ITERATIONS, outprefix=str(Path(scratch) / "reg_"),
+                                   **kwargs)
         affine = [f for f in result["fwdtransforms"] if f.endswith(".mat")][0]
         warps = [f for f in result["fwdtransforms"] if f.endswith(".nii.gz")]
         inverse = [f for f in result["invtransforms"] if f.endswith(".nii.gz")]
@@ -216,6 +224,7 @@ def transform_sidecar(transforms: TemplateTransforms, space: str, path, *,
         "ResampleTemplateIntoT1w": "antsApplyTransforms -r T1w -t [affine,1] -t inverse_warp "
                                    "(ANTsPy transformlist=[affine, inverse_warp], "
                                    "whichtoinvert=[True, False])",
-        "Software": "ANTsPy (antspyx) registration, type_of_transform " + transform,
+        "Software": "ANTsPy (antspyx) registration, type_of_transform " + transform
+                    + ("" if transform == "Affine" else f", reg_iterations {list(SYN_ITERATIONS)}"),
     }
     return atomic_write_text(path, json.dumps(content, indent=2) + "\n")
