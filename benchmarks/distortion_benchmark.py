@@ -18,7 +18,8 @@ Usage::
     python benchmarks/distortion_benchmark.py --evaluate-only --workdir /tmp/distortion
     python benchmarks/distortion_benchmark.py --oracle --workdir /tmp/distortion
 
-``--oracle`` asks where each ROI's error comes from: the median of the pipeline's own MD map over
+``--contrast`` regresses each session's ROI error on the ROI's true MD contrast with the grey
+matter outside the ROIs (the step partial volume blurs). ``--oracle`` asks where each ROI's error comes from: the median of the pipeline's own MD map over
 the pipeline's ROI labels, over the simulator's true labels on the same grid (no registration
 error) and over the true labels' nearly pure grey-matter voxels (``desc-greymatter_dseg``), for
 every ``out_<condition>_<path>`` folder beside its ``bids_<condition>`` (any simulation options).
@@ -186,6 +187,46 @@ def oracle_errors(workdir: Path) -> pd.DataFrame:
                                              true_labels=("true_labels", "max"), true_gm=("true_gm", "max")).round(2)
 
 
+#: ROI groups of :func:`contrast_regression`: thin cortical ROIs and compact subcortical ones.
+ROI_GROUPS = {"BA10": ("BA10_L", "BA10_R"), "vACC": ("vACC",),
+              "amygdala+hippocampus": ("amygdala_L", "amygdala_R", "hippocampus_L", "hippocampus_R")}
+
+
+def contrast_regression(workdir: Path, statistic: str = "median") -> pd.DataFrame:
+    """Per arm and ROI group, the least-squares slope and r of each session's ROI MD error (percent
+    of the truth) on the ROI's true contrast with the rest of the grey matter (true ROI MD over the
+    true MD of the grey matter outside the ROIs, minus 1, percent): how much of that step partial
+    volume takes away (-1: all of it)."""
+    rows = []
+    for out in sorted(workdir.glob("out_*")):
+        condition = next((bids.name[5:] for bids in workdir.glob("bids_*")
+                          if out.name.startswith(f"out_{bids.name[5:]}_")), None)
+        if condition is None:
+            continue
+        truth = pd.read_csv(workdir / f"bids_{condition}" / "sourcedata" / "simulation" / "truth.tsv", sep="\t")
+        tables = []
+        for table_path in sorted(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
+            subject, session = table_path.name.split("_")[:2]
+            table = pd.read_csv(table_path, sep="\t")
+            tables.append(table[table["param"] == "md"].assign(participant_id=subject, session=session[4:]))
+        if not tables:
+            continue
+        merged = pd.concat(tables).merge(truth, on=["participant_id", "roi"])
+        baseline = ~merged["session"].isin(truth["session_id"].str[4:])  # truth rows are the follow-ups
+        merged = merged[baseline | (merged["session"] == merged["session_id"].str[4:])]
+        baseline = baseline[merged.index]
+        true_md = np.where(baseline, merged["md_baseline"], merged["md_followup"])
+        other_gm = np.where(baseline, merged["md_gm_outside_rois_baseline"], merged["md_gm_outside_rois_followup"])
+        contrast, error = 100 * (true_md / other_gm - 1), 100 * (merged[statistic] / true_md - 1)
+        for group, rois in ROI_GROUPS.items():
+            inside = merged["roi"].isin(rois).to_numpy()
+            slope = np.polyfit(contrast[inside], error[inside], 1)[0]
+            rows.append({"arm": out.name[4:], "rois": group, "statistic": statistic, "slope": round(float(slope), 2),
+                         "r": round(float(np.corrcoef(contrast[inside], error[inside])[0, 1]), 2),
+                         "largest_error_pct": round(float(np.abs(error[inside]).max()), 2)})
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/distortion_benchmark"))
@@ -203,7 +244,14 @@ def main(argv=None) -> pd.DataFrame:
     parser.add_argument("--results", type=Path, default=RESULTS / "distortion.json")
     parser.add_argument("--oracle", action="store_true",
                         help="print where each ROI's error comes from (labels, true labels, true grey matter) and stop")
+    parser.add_argument("--contrast", action="store_true",
+                        help="print how each ROI group's error follows its true contrast with the rest of the "
+                             "grey matter (slope, r) and stop")
     args = parser.parse_args(argv)
+    if args.contrast:
+        table = contrast_regression(args.workdir, args.statistic)
+        print(table.to_string(index=False))
+        return table
     if args.oracle:
         table = oracle_errors(args.workdir)
         print(table.to_string())
