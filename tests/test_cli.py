@@ -6,7 +6,6 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -173,3 +172,24 @@ def test_ignore_is_repeatable_and_defaults_to_nothing(tmp_path):
     assert parse_args([*base, "--ignore", "t1w", "fieldmaps"]).ignore == ("t1w", "fieldmaps")
     assert parse_args([*base, "--ignore", "t1w", "--ignore", "fieldmaps"]).ignore == ("t1w", "fieldmaps")
     assert parse_args([*base, "--ignore", "t1w", "--ignore", "t1w"]).ignore == ("t1w",)
+
+
+def test_work_dir_from_another_version_is_warned_about(tmp_path, caplog):
+    """A work directory filled by another version is reported (nipype would reuse its results
+    whatever code made them), with the fix; the stamp then records this version."""
+    import logging
+
+    from bids_ketamine.cli.workflow import WORK_DIR_STAMP, stamp_work_dir
+
+    caplog.set_level(logging.WARNING, logger="bids_ketamine")
+    stamp_work_dir(tmp_path)  # a new work directory: nothing to warn about
+    assert caplog.records == []
+    assert json.loads((tmp_path / WORK_DIR_STAMP).read_text()) == {"version": __version__}
+    stamp_work_dir(tmp_path)  # the same version again
+    assert caplog.records == []
+    (tmp_path / WORK_DIR_STAMP).write_text(json.dumps({"version": "0.0.1"}))
+    stamp_work_dir(tmp_path)
+    [record] = caplog.records
+    assert f"filled by bids-ketamine 0.0.1 and this is {__version__}" in record.getMessage()
+    assert str(tmp_path) in record.getMessage() and "-w/--work-dir" in record.getMessage()
+    assert json.loads((tmp_path / WORK_DIR_STAMP).read_text()) == {"version": __version__}

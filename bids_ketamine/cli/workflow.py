@@ -10,10 +10,13 @@ afterwards that every series wrote its ROI table.
 from __future__ import annotations
 
 import getpass
+import json
 import logging
 import os
 import time
+from pathlib import Path
 
+from bids_ketamine import __version__
 from bids_ketamine.bids import DwiSeries
 from bids_ketamine.config import Config
 from bids_ketamine.derivatives import config_path, methods_path
@@ -41,6 +44,28 @@ def write_run_records(workflow, config: Config, subjects: list[str]) -> None:
                           workflow.get_node(f"sub_{subject}_wf").visit_desc() + "\n")
 
 
+#: The file in the work directory that records which version of the app filled it.
+WORK_DIR_STAMP = "bids_ketamine_version.json"
+
+
+def stamp_work_dir(work_dir: Path) -> None:
+    """Warn when ``work_dir`` was filled by another version of the app, then record this one.
+
+    nipype reuses a node's cached result when the node's inputs are unchanged, whatever code
+    produced it, so after an upgrade a reused work directory mixes results of both versions.
+    """
+    stamp = Path(work_dir) / WORK_DIR_STAMP
+    try:
+        previous = json.loads(stamp.read_text()).get("version") if stamp.exists() else None
+    except (OSError, ValueError, AttributeError):
+        previous = "unknown"
+    if previous is not None and previous != __version__:
+        LOGGER.warning("work directory %s was filled by bids-ketamine %s and this is %s: steps whose inputs "
+                       "are unchanged reuse the results of %s; to recompute everything, delete it or pass "
+                       "another -w/--work-dir", work_dir, previous, __version__, previous)
+    atomic_write_text(stamp, json.dumps({"version": __version__}) + "\n")
+
+
 def run_participant_workflows(config: Config, series_by_subject: dict[str, list[DwiSeries]],
                               layout=None) -> list[str]:
     """Check, build and run the participant workflow; return one message per failure.
@@ -54,6 +79,7 @@ def run_participant_workflows(config: Config, series_by_subject: dict[str, list[
     work_dir = config.work_dir or (config.output_dir.parent / "work")
     config = config.replace(work_dir=work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
+    stamp_work_dir(work_dir)
     t1w_by_subject = usable_t1w(config, layout, list(usable)) if layout is not None else {}
     usable = plan_fieldmaps(config, usable, series_by_subject, t1w_by_subject)
     workflow, template, atlas = init_bids_ketamine_wf(config, usable, t1w_by_subject)
