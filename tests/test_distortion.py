@@ -199,9 +199,11 @@ def test_fieldmap_plan_from_the_sidecars(tmp_path, caplog, case, epi_meta, dwi_m
         assert len(unused) == 1 and "ses-pre/fmap/sub-01_ses-pre_dir-PA_epi.nii.gz" in unused[0], unused
 
 
-def test_field_maps_meant_for_no_series_are_logged_unused(tmp_path, caplog):
+@pytest.mark.parametrize("intended", [False, True])
+def test_field_maps_meant_for_no_series_are_logged_unused(tmp_path, caplog, intended):
     """A GRE field map without IntendedFor or B0FieldIdentifier corrects nothing, and the
-    preflight says so once, naming the images and what would make them used."""
+    preflight says so once, naming the images and what would make them used; one meant for
+    the series is used, its second magnitude image included."""
     import logging
 
     from header_series import fmap_image, header_only_series, with_sidecar
@@ -212,14 +214,23 @@ def test_field_maps_meant_for_no_series_are_logged_unused(tmp_path, caplog):
     root = tmp_path / "bids"
     series = with_sidecar(header_only_series(root, "pre"), {"PhaseEncodingDirection": "j-",
                                                             "TotalReadoutTime": 0.05})
-    for suffix in ("magnitude1", "phasediff"):
-        fmap_image(root, "pre", suffix, {"EchoTime1": 0.004, "EchoTime2": 0.006})
+    meta = {"EchoTime1": 0.004, "EchoTime2": 0.006}
+    if intended:
+        meta["IntendedFor"] = "ses-pre/dwi/sub-01_ses-pre_dwi.nii.gz"
+    for suffix in ("magnitude1", "magnitude2", "phasediff"):
+        fmap_image(root, "pre", suffix, meta)
     config = Config(bids_dir=root, output_dir=tmp_path / "out", analysis_level="participant")
     caplog.set_level(logging.INFO, logger="bids_ketamine")
-    assert plan_fieldmaps(config, {"01": [series]})["01"][0].fieldmap is None
+    plan = plan_fieldmaps(config, {"01": [series]})["01"][0].fieldmap
     lines = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+    if intended:
+        assert plan is not None and plan.method == "phasediff"
+        assert lines == []
+        return
+    assert plan is None
     assert lines == ["sub-01: field-map images not used by any DWI series: "
-                     "ses-pre/fmap/sub-01_ses-pre_magnitude1.nii.gz, ses-pre/fmap/sub-01_ses-pre_phasediff.nii.gz "
+                     "ses-pre/fmap/sub-01_ses-pre_magnitude1.nii.gz, ses-pre/fmap/sub-01_ses-pre_magnitude2.nii.gz, "
+                     "ses-pre/fmap/sub-01_ses-pre_phasediff.nii.gz "
                      "(an image is used when its IntendedFor names the DWI, or its B0FieldIdentifier is "
                      "the DWI's B0FieldSource)"]
 

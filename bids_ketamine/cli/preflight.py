@@ -259,8 +259,12 @@ def _log_unused_fieldmaps(bids_dir: Path, subject: str, series: list[DwiSeries])
     subject_dir = Path(bids_dir) / f"sub-{subject}"
     folders = sorted({(subject_dir / f"ses-{item.session}" if item.session else subject_dir) / "fmap"
                       for item in series})
+    # the second magnitude image of a GRE field map in use is part of it, though only the first is read
+    used_acquisitions = {(path.parent, path.name.rsplit("_", 1)[0]) for path in used}
     unused = [path.relative_to(subject_dir).as_posix() for folder in folders if folder.is_dir()
-              for path in sorted(folder.glob("*.nii*")) if path.resolve() not in used]
+              for path in sorted(folder.glob("*.nii*")) if path.resolve() not in used
+              and not (path.name.rsplit("_", 1)[-1].startswith("magnitude")
+                       and (path.resolve().parent, path.name.rsplit("_", 1)[0]) in used_acquisitions)]
     if unused:
         LOGGER.info("sub-%s: field-map images not used by any DWI series: %s (an image is used when its "
                     "IntendedFor names the DWI, or its B0FieldIdentifier is the DWI's B0FieldSource)",
