@@ -83,6 +83,26 @@ def simulate_and_process(workdir: Path, n_subjects: int, seed: int, paths=tuple(
                       *extra], workdir / f"log_{condition}_{path}.txt")
 
 
+def _md_rows(out: Path) -> pd.DataFrame | None:
+    """The MD rows of every ROI table under one arm's output folder, with ``participant_id`` and
+    ``session`` (label without ``ses-``); None when there is none yet."""
+    tables = []
+    for table_path in sorted(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
+        subject, session = table_path.name.split("_")[:2]
+        table = pd.read_csv(table_path, sep="\t")
+        tables.append(table[table["param"] == "md"].assign(participant_id=subject, session=session[4:]))
+    return pd.concat(tables) if tables else None
+
+
+def _finished_arms(workdir: Path):
+    """``(output folder, condition)`` of every ``out_<condition>_<path>`` beside its ``bids_<condition>``."""
+    for out in sorted(workdir.glob("out_*")):
+        condition = next((bids.name[5:] for bids in workdir.glob("bids_*")
+                          if out.name.startswith(f"out_{bids.name[5:]}_")), None)
+        if condition is not None:
+            yield out, condition
+
+
 def evaluate(workdir: Path, statistic: str = "median") -> pd.DataFrame:
     """Per condition and path: the largest and median absolute ROI MD error (percent of the
     truth, both sessions) and r(recovered change, true change) pooled over participants x ROIs,
@@ -94,14 +114,10 @@ def evaluate(workdir: Path, statistic: str = "median") -> pd.DataFrame:
             continue
         truth = pd.read_csv(truth_file, sep="\t")
         for path in _arms(condition, PATHS):
-            tables = []
-            for table_path in sorted((workdir / f"out_{condition}_{path}").glob("sub-*/ses-*/dwi/*_roistats.tsv")):
-                subject, session = table_path.name.split("_")[:2]
-                table = pd.read_csv(table_path, sep="\t")
-                tables.append(table[table["param"] == "md"].assign(participant_id=subject, session=session[4:]))
-            if not tables:
+            md_rows = _md_rows(workdir / f"out_{condition}_{path}")
+            if md_rows is None:
                 continue
-            wide = pd.concat(tables).pivot_table(index=["participant_id", "roi"], columns="session",
+            wide = md_rows.pivot_table(index=["participant_id", "roi"], columns="session",
                                                  values=statistic).reset_index()
             merged = truth.merge(wide, on=["participant_id", "roi"])
             errors = pd.concat([merged["pre"] / merged["md_baseline"] - 1,
@@ -153,11 +169,7 @@ def oracle_errors(workdir: Path) -> pd.DataFrame:
     from bids_ketamine.simulate.study import truth_map_paths
 
     rows = []
-    for out in sorted(workdir.glob("out_*")):
-        condition = next((bids.name[5:] for bids in workdir.glob("bids_*")
-                          if out.name.startswith(f"out_{bids.name[5:]}_")), None)
-        if condition is None:
-            continue
+    for out, condition in _finished_arms(workdir):
         bids = workdir / f"bids_{condition}"
         truth = pd.read_csv(bids / "sourcedata" / "simulation" / "truth.tsv",
                             sep="\t").set_index(["participant_id", "roi"])
@@ -198,20 +210,12 @@ def contrast_regression(workdir: Path, statistic: str = "median") -> pd.DataFram
     true MD of the grey matter outside the ROIs, minus 1, percent): how much of that step partial
     volume takes away (-1: all of it)."""
     rows = []
-    for out in sorted(workdir.glob("out_*")):
-        condition = next((bids.name[5:] for bids in workdir.glob("bids_*")
-                          if out.name.startswith(f"out_{bids.name[5:]}_")), None)
-        if condition is None:
-            continue
+    for out, condition in _finished_arms(workdir):
         truth = pd.read_csv(workdir / f"bids_{condition}" / "sourcedata" / "simulation" / "truth.tsv", sep="\t")
-        tables = []
-        for table_path in sorted(out.glob("sub-*/ses-*/dwi/*_roistats.tsv")):
-            subject, session = table_path.name.split("_")[:2]
-            table = pd.read_csv(table_path, sep="\t")
-            tables.append(table[table["param"] == "md"].assign(participant_id=subject, session=session[4:]))
-        if not tables:
+        md_rows = _md_rows(out)
+        if md_rows is None:
             continue
-        merged = pd.concat(tables).merge(truth, on=["participant_id", "roi"])
+        merged = md_rows.merge(truth, on=["participant_id", "roi"])
         baseline = ~merged["session"].isin(truth["session_id"].str[4:])  # truth rows are the follow-ups
         merged = merged[baseline | (merged["session"] == merged["session_id"].str[4:])]
         baseline = baseline[merged.index]
